@@ -7,11 +7,12 @@ Docs: https://adam-lit.github.io/adam_lit/package.html.md"""
 # %% auto #0
 __all__ = []
 
-# %% ../nbs/06_package.ipynb #ff9700d5
+# %% ../nbs/06_package.ipynb #ce1334a6
 __version__ = "0.0.1"
 
 from .adam import Adam, AdamW
-from .backend import ArgumentTypeError
+from .lazyadam import LazyAdam
+from .backend import ArgumentTypeError, IndexedSlices
 from .optimizer import Optimizer
-from .rules import adam_step, amsgrad_step, bias_corrected_step_size
+from .rules import adam_step, amsgrad_step, bias_corrected_step_size, lazy_adam_rows, sparse_adam_step
 from . import schedules
