@@ -39,6 +39,7 @@ def test_dense_equivalent_adam_step_is_dense_sized():
     assert peak > table.nbytes
 
 
+@pytest.mark.filterwarnings("ignore:LazyAdam\\(amsgrad=True, numerics='legacy'\\)")
 @settings(max_examples=40, deadline=None)
 @given(rows=st.integers(1, 12), dim=st.integers(1, 4), k=st.integers(0, 20), seed=st.integers(0, 2**31 - 1),
        amsgrad=st.booleans(), numerics=st.sampled_from(["keras", "legacy"]))
