@@ -7,7 +7,7 @@ Docs: https://adam-lit.github.io/adam_lit/package.html.md"""
 # %% auto #0
 __all__ = []
 
-# %% ../nbs/06_package.ipynb #ce1334a6
+# %% ../nbs/06_package.ipynb #ce714395
 __version__ = "0.0.1"
 
 from .adam import Adam, AdamW
@@ -16,3 +16,6 @@ from .backend import ArgumentTypeError, IndexedSlices
 from .optimizer import Optimizer
 from .rules import adam_step, amsgrad_step, bias_corrected_step_size, lazy_adam_rows, sparse_adam_step
 from . import schedules
+
+__all__ = ["Adam", "AdamW", "LazyAdam", "Optimizer", "IndexedSlices", "ArgumentTypeError", "adam_step", "amsgrad_step",
+           "bias_corrected_step_size", "sparse_adam_step", "lazy_adam_rows", "schedules"]
