@@ -85,28 +85,28 @@ def test_lazy_on_jax_stateless_matches_numpy():
     assert np.asarray(xj[0]).tobytes() == xn.tobytes()
 
 
+def _in_place_matches_numpy(make_opt, asarray, to_numpy, seed, rows, dim, k, steps):
+    "Run `make_opt()` on NumPy and on another library's arrays (converted by `asarray`) and compare the bits."
+    rng = np.random.default_rng(seed)
+    x0 = rng.standard_normal((rows, dim)).astype(np.float32)
+    grads = [_slices(rng, rows, dim, k) for _ in range(steps)]
+    xn, on = x0.copy(), make_opt()
+    for g in grads: on.apply([g], [xn])
+    xo, oo = asarray(x0.copy()), make_opt()
+    for g in grads: oo.apply([IndexedSlices(asarray(g.values), asarray(g.indices), g.dense_shape)], [xo])
+    assert to_numpy(xo).tobytes() == xn.tobytes()
+
+
 def test_lazy_on_torch_matches_numpy():
     torch = pytest.importorskip("torch")
-    rng = np.random.default_rng(4)
-    x0 = rng.standard_normal((6, 3)).astype(np.float32)
-    grads = [_slices(rng, 6, 3, 4) for _ in range(4)]
-    xn = x0.copy(); on = LazyAdam(row_bias_correction=True, weight_decay=0.01)
-    for g in grads: on.apply([g], [xn])
-    xt = torch.tensor(x0); ot = LazyAdam(row_bias_correction=True, weight_decay=0.01)
-    for g in grads: ot.apply([IndexedSlices(torch.from_numpy(g.values), torch.from_numpy(g.indices), g.dense_shape)], [xt])
-    assert xt.numpy().tobytes() == xn.tobytes()
+    _in_place_matches_numpy(lambda: LazyAdam(row_bias_correction=True, weight_decay=0.01), torch.from_numpy,
+                            lambda t: t.numpy(), seed=4, rows=6, dim=3, k=4, steps=4)
 
 
 def test_sparse_adam_on_array_api_strict_matches_numpy():
     xps = pytest.importorskip("array_api_strict")
-    rng = np.random.default_rng(5)
-    x0 = rng.standard_normal((5, 2)).astype(np.float32)
-    grads = [_slices(rng, 5, 2, 3) for _ in range(3)]
-    xn = x0.copy(); on = Adam(amsgrad=True, clipnorm=0.5)
-    for g in grads: on.apply([g], [xn])
-    xs = xps.asarray(x0.copy()); os_ = Adam(amsgrad=True, clipnorm=0.5)
-    for g in grads: os_.apply([IndexedSlices(xps.asarray(g.values), xps.asarray(g.indices), g.dense_shape)], [xs])
-    assert np.asarray(xs._array).tobytes() == xn.tobytes()
+    _in_place_matches_numpy(lambda: Adam(amsgrad=True, clipnorm=0.5), xps.asarray,
+                            lambda a: np.asarray(a._array), seed=5, rows=5, dim=2, k=3, steps=3)
 
 
 def test_bad_indices_change_nothing():
