@@ -87,13 +87,20 @@ def demo(steps: int = 200, seed: int = 0, learning_rate: float = 0.05, out=None)
 def bench(quick: bool = False,                # small sizes only
           reps: int | None = None,            # timed repetitions per case (default 7, 3 with `quick`)
           out: str = "adam_lit_bench.png",    # path of the PNG plot
-          file=None):                         # where the tables go (default stdout)
+          file=None,                          # where the tables go (default stdout)
+          gpu: bool = False):                 # time the CuPy kernels on the GPU instead (`bench.run_gpu`)
     "Run `adam_lit.bench`, print its tables and targets, write the plot; return the results."
     from adam_lit import bench as B
     file = file or sys.stdout
-    res = B.run(quick=quick, reps=reps or (3 if quick else 7), log=lambda s: print(s, file=sys.stderr, flush=True))
-    B.print_table(res, file=file)
-    print(file=file); B.print_targets(res, file=file)
+    log = lambda s: print(s, file=sys.stderr, flush=True)
+    if gpu:
+        kw = dict(sizes=B.GPU_SIZES[:3], shapes=((100, 10_000),), min_time=0.005) if quick else {}
+        res = B.run_gpu(reps=reps or (3 if quick else 7), log=log, **kw)
+        B.print_gpu_table(res, file=file)
+    else:
+        res = B.run(quick=quick, reps=reps or (3 if quick else 7), log=log)
+        B.print_table(res, file=file)
+        print(file=file); B.print_targets(res, file=file)
     try: print(f"\nplot: {B.plot(res, out)}", file=file)
     except ImportError as e: print(f"\nno plot: {e}", file=file)
     return res
@@ -110,10 +117,14 @@ def main(argv=None) -> int:
     b.add_argument("--quick", action="store_true", help="small sizes only (seconds, for tests)")
     b.add_argument("--out", default="adam_lit_bench.png", help="path of the PNG plot (default adam_lit_bench.png)")
     b.add_argument("--reps", type=int, default=None, help="timed repetitions per case, the median is kept (default 7, 3 with --quick)")
+    b.add_argument("--gpu", action="store_true", help="time the CuPy kernels on the GPU against naive CuPy, PyTorch and Optax there")
     args = parser.parse_args(argv)
     if args.command == "bench":
         if args.reps is not None and args.reps < 1: parser.error("--reps must be at least 1")
-        bench(quick=args.quick, reps=args.reps, out=args.out)
+        try: bench(quick=args.quick, reps=args.reps, out=args.out, gpu=args.gpu)
+        except RuntimeError as e:
+            if not args.gpu: raise
+            parser.error(str(e))
         return 0
     if args.command != "demo":
         parser.print_help(); return 0 if args.command is None else 2

@@ -10,9 +10,10 @@ from __future__ import annotations
 import numpy as np
 
 from .backend import IndexedSlices, host_float
-from .kernels import adam_inplace_fast
+from .kernels import adam_inplace_fast, fused_loop
 from .optimizer import ArgumentTypeError, Optimizer, check_hyper
-from .rules import adam_step, amsgrad_step, bias_corrected_step_size, moment_constants, sparse_adam_step
+from .rules import _hyper, adam_step, amsgrad_step, bias_corrected_step_size, moment_constants, sparse_adam_step
+from .schedules import LearningRateSchedule
 
 # %% auto #0
 __all__ = ['Adam', 'AdamW']
@@ -74,6 +75,37 @@ class Adam(Optimizer):
         return x, {"m": m, "v": v}
 
     def _flat_kernel_ok(self) -> bool: return True
+
+    def _flat_plan(self, x, g, slots, S):
+        "`_update_in_place` on these flat buffers, its constants computed once: a callable of the raw iteration count (or None)."
+        if S not in (np.float32, np.float64) or self.gradient_accumulation_steps: return None
+        if any(callable(getattr(self, n)) for n in self._hyper_specs()): return None
+        lr_spec, num = self._learning_rate, self.numerics
+        schedule = isinstance(lr_spec, LearningRateSchedule)
+        if callable(lr_spec) and not schedule: return None
+        c1, c2 = (S(c) for c in moment_constants(self.beta_1, self.beta_2, S, num))
+        B1, B2, ONE, EPS = _hyper(self.beta_1, S, num), _hyper(self.beta_2, S, num), S(1), S(self.epsilon)
+        wd = None if self.weight_decay is None else S(self.weight_decay)
+        m, v, vh = slots["m"], slots["v"], (slots["vhat"] if self.amsgrad else None)
+        lr_const, lr_at = (None if schedule or self.decay else self._lr_at(S, 0, lr_spec)), self._lr_at
+        def alpha_lr(raw_it):     # bias_corrected_step_size's operations, in the same order
+            lr = lr_const if lr_const is not None else lr_at(S, raw_it, lr_spec)
+            st = S(raw_it + 1)
+            return S(lr) * np.sqrt(ONE - B2 ** st) / (ONE - B1 ** st), lr
+        if type(x) is np.ndarray:
+            loops = fused_loop(x, g, m, v, vh)
+            if loops is None: return None
+            run, decay = loops
+            def step(raw_it):
+                alpha, lr = alpha_lr(raw_it)
+                if wd is not None: decay(wd, S(lr))
+                run(alpha, c1, c2, EPS)
+            return step
+        from adam_lit.cuda import adam_inplace_cupy
+        def step(raw_it):
+            alpha, lr = alpha_lr(raw_it)
+            adam_inplace_cupy(x, g, m, v, vh, alpha=alpha, c1=c1, c2=c2, epsilon=EPS, weight_decay=wd, lr=lr)
+        return step
 
     def _update_in_place(self, g, x, slots, lr, t, hyper):
         "The same step written into `x` and its slots by `kernels.adam_inplace_fast` or `cuda.adam_inplace_cupy` (weight decay included)."

@@ -26,9 +26,10 @@ IMPLS = ("adam_lit", "adam_lit flat", "adam_lit fused", "adam_lit NumPy", "naive
 
 # %% auto #0
 __all__ = ['LR', 'B1', 'B2', 'EPS', 'BYTES_PER_PARAM', 'SIZES', 'SHAPES', 'QUICK_SIZES', 'QUICK_SHAPES', 'IMPLS', 'make_fused',
-           'make_numpy', 'NUMPY_IMPLS', 'time_step', 'time_interleaved', 'make_naive', 'make_adam_lit',
-           'make_adam_lit_flat', 'make_optax', 'factories', 'StreamProbe', 'bandwidth', 'machine', 'run', 'tables',
-           'print_table', 'targets', 'print_targets', 'plot']
+           'make_numpy', 'NUMPY_IMPLS', 'GPU_SIZES', 'GPU_SHAPES', 'GPU_IMPLS', 'time_step', 'time_interleaved',
+           'make_naive', 'make_adam_lit', 'make_adam_lit_flat', 'make_optax', 'factories', 'StreamProbe', 'bandwidth',
+           'machine', 'run', 'tables', 'print_table', 'targets', 'print_targets', 'plot', 'time_gpu', 'gpu_bandwidth',
+           'gpu_machine', 'run_gpu', 'gpu_targets', 'print_gpu_table']
 
 # %% ../nbs/10_bench.ipynb #f6060f43
 def time_step(step,                 # zero-argument callable: one optimizer step
@@ -470,7 +471,199 @@ def plot(results, path="adam_lit_bench.png"):
         bx.set_xticks(range(len(many)), [f"{c['label']}\n(tensors × elements)" for c in many])
         bx.set(yscale="log", ylabel="ns per parameter per step"); bx.grid(True, axis="y", which="both", alpha=0.3)
     m = results["machine"]
-    fig.suptitle(f"One fp32 Adam step: {m['cpu']}, {m['cores']} cores, {results['date']}; "
-                 f"roofline {results['bandwidth']['bytes_per_s'] / 1e9:.1f} GB/s")
+    who = f"{m['gpu']} (GPU)" if results.get("gpu") else f"{m['cpu']}, {m['cores']} cores"
+    fig.suptitle(f"One fp32 Adam step: {who}, {results['date']}; roofline {results['bandwidth']['bytes_per_s'] / 1e9:.1f} GB/s")
     fig.savefig(path, dpi=110)
     return path
+
+# %% ../nbs/10_bench.ipynb #30a1a2e3
+GPU_SIZES = (10_000, 100_000, 1_000_000, 10_000_000, 100_000_000)
+GPU_SHAPES = ((1000, 1000), (100, 1_000_000))      # (tensors, elements per tensor)
+GPU_IMPLS = ("adam_lit", "adam_lit flat", "adam_lit kernel", "naive CuPy", "torch foreach", "torch fused", "optax jit")
+
+def _gpu_factories() -> dict:
+    "The GPU implementations available here: name -> factory of a step on a list of (param, grad) CuPy pairs."
+    import cupy as cp
+    from adam_lit.adam import Adam
+    from adam_lit.kernels import flatten
+    def lit(pairs):
+        opt = Adam(learning_rate=LR, beta_1=B1, beta_2=B2, epsilon=EPS)
+        ps, gs = [p for p, _ in pairs], [g for _, g in pairs]
+        def step(): opt.apply(gs, ps)
+        return step
+    def lit_flat(pairs):
+        (_, ps), (_, gs) = flatten([p for p, _ in pairs]), flatten([g for _, g in pairs])
+        opt = Adam(learning_rate=LR, beta_1=B1, beta_2=B2, epsilon=EPS)
+        def step(): opt.apply(gs, ps)
+        step.flat_steps = lambda: opt._flat_steps
+        return step
+    def kernel(pairs):
+        from adam_lit.cuda import adam_inplace_cupy
+        from adam_lit.rules import bias_corrected_step_size, moment_constants
+        c1, c2 = moment_constants(B1, B2, np.float32)
+        alpha = bias_corrected_step_size(LR, B1, B2, 1, np.float32)
+        state = [(p, g, cp.zeros_like(p), cp.zeros_like(p)) for p, g in pairs]
+        def step():
+            for p, g, m, v in state: adam_inplace_cupy(p, g, m, v, alpha=alpha, c1=c1, c2=c2, epsilon=EPS)
+        return step
+    def naive(pairs):
+        ps, gs = [p for p, _ in pairs], [g for _, g in pairs]
+        ms, vs, t = [cp.zeros_like(p) for p in ps], [cp.zeros_like(p) for p in ps], [0]
+        def step():
+            t[0] += 1
+            a = LR * math.sqrt(1 - B2 ** t[0]) / (1 - B1 ** t[0])
+            for k, g in enumerate(gs):
+                ms[k] = B1 * ms[k] + (1 - B1) * g
+                vs[k] = B2 * vs[k] + (1 - B2) * (g * g)
+                ps[k] = ps[k] - a * ms[k] / (cp.sqrt(vs[k]) + EPS)
+        return step
+    f = {"adam_lit": lit, "adam_lit flat": lit_flat, "adam_lit kernel": kernel, "naive CuPy": naive}
+    if _installed("torch"):
+        def torch_(mode):
+            def make(pairs):
+                import torch
+                ps = [torch.nn.Parameter(torch.from_dlpack(p.copy())) for p, _ in pairs]
+                for p, (_, g) in zip(ps, pairs): p.grad = torch.from_dlpack(g.copy())
+                opt = torch.optim.Adam(ps, lr=LR, betas=(B1, B2), eps=EPS, **{mode: True})
+                def step(): opt.step()
+                step.sync = torch.cuda.synchronize
+                return step
+            return make
+        f.update({"torch foreach": torch_("foreach"), "torch fused": torch_("fused")})
+    if _installed("optax") and _installed("jax"):
+        def optax_(pairs):
+            import jax, optax
+            dev = jax.devices("gpu")[0]
+            opt = optax.adam(LR, b1=B1, b2=B2, eps=EPS)
+            params = [jax.device_put(cp.asnumpy(p), dev) for p, _ in pairs]
+            grads = [jax.device_put(cp.asnumpy(g), dev) for _, g in pairs]
+            box = [params, opt.init(params)]
+            def update(params, grads, state):
+                updates, state = opt.update(grads, state, params)
+                return optax.apply_updates(params, updates), state
+            update = jax.jit(update, donate_argnums=(0, 2))
+            def step(): box[0], box[1] = update(box[0], grads, box[1])
+            step.sync = lambda: jax.block_until_ready(box[0])
+            return step
+        f["optax jit"] = optax_
+    return f
+
+def time_gpu(steps: dict,            # name -> zero-argument callable (with an optional `.sync`)
+             reps: int = 7,          # interleaved rounds; the result is each step's median
+             min_time: float = 0.02, # seconds of one timed batch at least
+             warmup: int = 3):
+    """Median seconds per step of each GPU step: batches of steps timed on the host clock, the device synchronized at
+    the end of each batch (so the time includes the launches' cost when the host is the bottleneck)."""
+    import cupy as cp
+    dev_sync = cp.cuda.runtime.deviceSynchronize
+    syncs = {k: getattr(f, "sync", dev_sync) for k, f in steps.items()}
+    inner = {}
+    for k, f in steps.items():
+        for _ in range(warmup): f()
+        syncs[k](); dev_sync()
+        t0 = time.perf_counter(); f(); syncs[k](); one = time.perf_counter() - t0
+        inner[k] = max(1, min(10_000, int(min_time / max(one, 1e-7))))
+    ts = {k: [] for k in steps}
+    for r in range(max(1, reps)):
+        for k in (list(steps) if r % 2 == 0 else list(reversed(steps))):
+            f, n, s = steps[k], inner[k], syncs[k]
+            dev_sync()
+            t0 = time.perf_counter()
+            for _ in range(n): f()
+            s()
+            ts[k].append((time.perf_counter() - t0) / n)
+    return {k: statistics.median(v) for k, v in ts.items()}
+
+def gpu_bandwidth(n: int = 1 << 28, reps: int = 20) -> dict:
+    "The device's memory bandwidth: the best of `reps` CuPy copies and in-place adds over `n` float32 elements, and its reported peak."
+    import cupy as cp
+    a, b = cp.ones(n, cp.float32), cp.full(n, 1e-6, cp.float32)
+    start, end = cp.cuda.Event(), cp.cuda.Event()
+    kernels = {"CuPy copy": (lambda: cp.copyto(a, b), 8), "CuPy a += b": (lambda: cp.add(a, b, out=a), 12)}
+    samples = {k: [] for k in kernels}
+    for _ in range(reps):
+        for k, (f, nbytes) in kernels.items():
+            start.record(); f(); end.record(); end.synchronize()
+            samples[k].append(nbytes * n / (cp.cuda.get_elapsed_time(start, end) / 1e3))
+    best = {k: max(v) for k, v in samples.items()}
+    method = max(best, key=best.get)
+    per = [max(s) for s in zip(*samples.values())]
+    props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
+    try: peak = 2 * props["memoryClockRate"] * 1e3 * props["memoryBusWidth"] / 8      # DDR: two transfers per clock
+    except KeyError: peak = None
+    del a, b
+    return {"bytes_per_s": best[method], "method": method, "all": best, "n": n, "samples": len(per),
+            "median": statistics.median(per), "lowest": min(per), "peak": peak}
+
+def gpu_machine() -> dict:
+    "The GPU and the libraries, for the record."
+    import cupy as cp
+    props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
+    name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+    info = {"cpu": name, "gpu": name, "sms": props["multiProcessorCount"], "memory_gib": props["totalGlobalMem"] / 2**30,
+            "cores": f"{props['multiProcessorCount']} SMs", "cupy": cp.__version__, "driver": cp.cuda.runtime.driverGetVersion(),
+            "runtime": cp.cuda.runtime.runtimeGetVersion(), "python": platform.python_version(), "numpy": np.__version__}
+    for mod in ("torch", "jax", "optax"):
+        if _installed(mod): info[mod] = __import__(mod).__version__
+    return info
+
+def run_gpu(sizes=None, shapes=None, reps: int = 7, impls=None, min_time: float = 0.02, log=None) -> dict:
+    "`run`'s table on the GPU: one fp32 Adam step of every GPU implementation on every case, side by side in this process."
+    try:
+        import cupy as cp
+        ok = cp.cuda.is_available()
+    except ImportError: ok = False
+    if not ok: raise RuntimeError("the GPU benchmark needs CuPy and a CUDA GPU (pip install 'adam-lit[gpu]')")
+    sizes = GPU_SIZES if sizes is None else tuple(sizes)
+    shapes = GPU_SHAPES if shapes is None else tuple(shapes)
+    fs = _gpu_factories()
+    names = [k for k in fs if impls is None or k in impls]
+    log = log or (lambda s: None)
+    wall0 = time.perf_counter()
+    res = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "machine": gpu_machine(), "reps": reps, "impls": names, "gpu": True}
+    res["bandwidth"] = bw = gpu_bandwidth()
+    log(f"{res['machine']['gpu']}: copy {bw['bytes_per_s'] / 1e9:.0f} GB/s, reported peak "
+        + (f"{bw['peak'] / 1e9:.0f} GB/s" if bw["peak"] else "unknown"))
+    res["cases"] = []
+    for k, n in [(1, int(n)) for n in sizes] + [(int(k), int(n)) for k, n in shapes]:
+        rng = cp.random.default_rng(0)
+        p0s = [rng.standard_normal(n, dtype=cp.float32) for _ in range(k)]
+        gs = [rng.standard_normal(n, dtype=cp.float32) for _ in range(k)]
+        case = {"label": _label(n) if k == 1 else f"{k} × {n:,}".replace(",", " "), "tensors": k, "size": n,
+                "params": k * n, "times": {}, "alloc": {}, "interleaved": True,
+                "floor": BYTES_PER_PARAM * k * n / bw["bytes_per_s"]}
+        steps = {name: fs[name]([(p.copy(), g) for p, g in zip(p0s, gs)]) for name in names}
+        case["times"] = time_gpu(steps, reps=reps, min_time=min_time)
+        if "adam_lit flat" in steps: case["flat_steps"] = steps["adam_lit flat"].flat_steps()
+        del steps; cp.get_default_memory_pool().free_all_blocks()
+        log(f"{case['label']:>14}: " + ", ".join(f"{name} {_fmt_time(case['times'][name])}" for name in names))
+        res["cases"].append(case)
+        del p0s, gs
+    res["seconds"] = time.perf_counter() - wall0
+    return res
+
+def gpu_targets(results) -> list:
+    "Rows `(target, measured, met)` for issue 8's GPU target: ≥ 85 % of HBM bandwidth at 1e8 parameters, in one launch."
+    bw, rows = results["bandwidth"], []
+    for k, n in ((1, 10**8), (100, 10**6)):
+        c = _case(results, k, n)
+        if c is None or "adam_lit flat" not in c["times"]:
+            rows.append((f"{_label(k * n)} parameters: ≥ 85 % of HBM bandwidth", "—", "not measured")); continue
+        t = c["times"]["adam_lit flat"]
+        got = BYTES_PER_PARAM * c["params"] / t
+        ref = bw["peak"] or bw["bytes_per_s"]
+        rows.append((f"{c['label']} parameters ({'one tensor' if k == 1 else 'one flat buffer'}): ≥ 85 % of HBM bandwidth",
+                     f"{got / 1e9:.0f} GB/s = {100 * got / ref:.0f} % of the {'reported peak' if bw['peak'] else 'best copy'} "
+                     f"({ref / 1e9:.0f} GB/s), {100 * got / bw['bytes_per_s']:.0f} % of the best copy", "yes" if got >= 0.85 * ref else "no"))
+    return rows
+
+def print_gpu_table(results, file=None):
+    "Print a GPU run's tables, the device they were measured on, and the GPU target."
+    m, bw = results["machine"], results["bandwidth"]
+    print(f"{m['gpu']} ({m['sms']} SMs, {m['memory_gib']:.0f} GiB), CuPy {m['cupy']}, {results['date']}; median of "
+          f"{results['reps']} repetitions; run of {results['seconds']:.0f} s; reported HBM peak "
+          + (f"{bw['peak'] / 1e9:.0f} GB/s" if bw["peak"] else "unknown") + "\n", file=file)
+    print(tables(results), file=file)
+    print(file=file)
+    for target, measured, met in gpu_targets(results): print(f"- {target}: {measured} — met: {met}", file=file)
+

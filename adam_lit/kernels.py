@@ -7,9 +7,11 @@ Docs: https://adam-lit.github.io/adam_lit/kernels.html.md"""
 # %% ../nbs/08_kernels.ipynb #742067e2
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-BLOCK_BYTES = 1 << 18   # 256 KiB per scratch block: two of them stay in a 2 MiB L2
+BLOCK_BYTES = 3 << 17   # 384 KiB per scratch block (96K float32 elements): two of them are 768 KiB
 BLOCK = BLOCK_BYTES // 4  # elements per float32 block
 
 def _flat(a):
@@ -22,7 +24,7 @@ def adam_inplace(x, g, m, v, vhat=None, *,   # NumPy arrays of one shape and flo
                  epsilon: float,             # epsilon hat
                  weight_decay=None,          # decoupled decay factor, applied first as `x - (x * wd) * lr`
                  lr: float = 0.0,            # the learning rate that multiplies the decay
-                 block=None):                # elements per block (default: 256 KiB of the dtype)
+                 block=None):                # elements per block (default: 384 KiB of the dtype)
     "Keras 3's Adam (AMSGrad with `vhat`) step written into `x`, `m`, `v` (and `vhat`), blockwise; returns `x`."
     arrays = (x, g, m, v) + (() if vhat is None else (vhat,))
     if block is None: block = max(1, BLOCK_BYTES // x.dtype.itemsize)
@@ -52,11 +54,12 @@ def adam_inplace(x, g, m, v, vhat=None, *,   # NumPy arrays of one shape and flo
     return x
 
 # %% auto #0
-__all__ = ['BLOCK_BYTES', 'BLOCK', 'PARALLEL_MIN', 'adam_inplace', 'adam_inplace_fast', 'flatten', 'flat_like', 'tiled_base']
+__all__ = ['BLOCK_BYTES', 'BLOCK', 'PARALLEL_MIN', 'adam_inplace', 'adam_inplace_fast', 'fused_loop', 'array_module', 'flatten',
+           'flat_like', 'tiled_base']
 
 # %% ../nbs/08_kernels.ipynb #be65e771
 _NUMBA = {}
-PARALLEL_MIN = 1 << 20      # below this, threads cost more than they give
+PARALLEL_MIN = 1 << 15      # below this, a second thread costs more than it gives (measured below)
 
 def _numba_kernels():
     "Compile (once, lazily; cached on disk) the fused loops; None when numba is not installed."
@@ -120,30 +123,77 @@ def adam_inplace_fast(x, g, m, v, vhat=None, *, alpha, c1, c2, epsilon, weight_d
     k[(vhat is not None, parallel)](fx, fg, fm, fv, fh, S(alpha), S(c1), S(c2), S(epsilon))
     return x
 
+def fused_loop(x, g, m, v, vhat=None):
+    """`adam_inplace_fast`'s compiled loops bound to these 1-d arrays, checked once: `(step, decay)`, with
+    `step(alpha, c1, c2, epsilon)` and `decay(weight_decay, lr)` taking scalars of the arrays' dtype; None without numba
+    or for arrays the loops do not take (for an optimizer's cached plan, where the arrays stay the same)."""
+    k = _NUMBA.get("k", False)
+    if k is False: k = _numba_kernels()
+    arrays = (x, g, m, v) + (() if vhat is None else (vhat,))
+    dt = x.dtype
+    if k is None or dt not in _FUSED_DTYPES or any(type(a) is not np.ndarray or a.ndim != 1 or a.size != x.size or not _ok(a, dt)
+                                                   for a in arrays):
+        return None
+    fh = v if vhat is None else vhat
+    run, dec = k[(vhat is not None, x.size >= PARALLEL_MIN and k["threads"] > 1)], k["decay"]
+    return (lambda alpha, c1, c2, epsilon: run(x, g, m, v, fh, alpha, c1, c2, epsilon)), (lambda weight_decay, lr: dec(x, weight_decay, lr))
+
+
 # %% ../nbs/08_kernels.ipynb #2a515934
-def flatten(arrays, dtype=None):
-    "Copy `arrays` into one contiguous 1-d buffer; return `(buffer, views)` with the original shapes, back to back."
-    arrays = [np.asarray(a) for a in arrays]
-    dtype = np.result_type(*arrays) if dtype is None else np.dtype(dtype)
-    buf = np.empty(sum(a.size for a in arrays), dtype)
+def array_module(a):
+    "`numpy` for a NumPy array, `cupy` for a CuPy array (imported only then), None for anything else."
+    if type(a) is np.ndarray: return np
+    if type(a).__module__.split(".")[0] == "cupy" and type(a).__name__ == "ndarray":
+        import cupy
+        return cupy
+    return None
+
+def _address(a) -> int:
+    "The address of `a`'s first element (host or device memory)."
+    return a.ctypes.data if type(a) is np.ndarray else a.data.ptr
+
+def _owner(a):
+    "The array that owns `a`'s memory (the end of its chain of `base`s)."
+    while isinstance(getattr(a, "base", None), type(a)): a = a.base
+    return a
+
+def _views(buf, shapes):
     views, o = [], 0
-    for a in arrays:
-        v = buf[o:o + a.size].reshape(a.shape); v[...] = a; views.append(v); o += a.size
+    for s in shapes:
+        n = math.prod(s); views.append(buf[o:o + n].reshape(s)); o += n
+    return views
+
+def flatten(arrays, dtype=None):
+    """Copy `arrays` into one contiguous 1-d buffer; return `(buffer, views)` with the original shapes, back to back.
+    The buffer is a CuPy array (on the current device) when any input is one, else a NumPy array."""
+    arrays = list(arrays)
+    xp = next((array_module(a) for a in arrays if array_module(a) not in (None, np)), np)
+    arrays = [xp.asarray(a) for a in arrays]
+    dtype = xp.result_type(*arrays) if dtype is None else np.dtype(dtype)
+    buf = xp.empty(sum(a.size for a in arrays), dtype)
+    views = _views(buf, [tuple(a.shape) for a in arrays])
+    for v, a in zip(views, arrays): v[...] = a
     return buf, views
 
 def flat_like(views):
-    "A zeroed buffer with the layout of `views` (from `flatten`), and its views: for gradients."
-    buf, out = flatten([np.zeros(v.shape, v.dtype) for v in views])
-    return buf, out
+    "A zeroed buffer with the layout of `views` (from `flatten`; NumPy or CuPy as they are), and its views: for gradients and slots."
+    views = list(views)
+    xp = (array_module(views[0]) or np) if views else np
+    dtype = np.result_type(*[v.dtype for v in views]) if views else np.float64
+    buf = xp.zeros(sum(v.size for v in views), dtype)
+    return buf, _views(buf, [tuple(v.shape) for v in views])
 
 def tiled_base(arrays):
-    "The 1-d buffer that `arrays` exactly tile (C-contiguous views of it, in order, back to back), or None."
-    if not arrays or any(type(a) is not np.ndarray for a in arrays): return None
-    root = arrays[0].base
-    if root is None or type(root) is not np.ndarray or root.ndim != 1 or not root.flags.c_contiguous: return None
-    if any(a.base is not root or a.dtype != root.dtype or not a.flags.c_contiguous for a in arrays): return None
-    ptr = start = root.ctypes.data
+    "The 1-d buffer that `arrays` (all NumPy or all CuPy) exactly tile (C-contiguous views of it, in order, back to back), or None."
+    if not arrays: return None
+    kind = type(arrays[0])
+    if array_module(arrays[0]) is None or any(type(a) is not kind for a in arrays): return None
+    root = _owner(arrays[0])
+    if root is arrays[0] or type(root) is not kind or root.ndim != 1 or not root.flags.c_contiguous: return None
+    if any(a.dtype != root.dtype or not a.flags.c_contiguous or _owner(a) is not root for a in arrays): return None
+    ptr = start = _address(root)
     for a in arrays:
-        if a.ctypes.data != ptr: return None
+        if a.size and _address(a) != ptr: return None
         ptr += a.nbytes
     return root if ptr == start + root.nbytes else None
+

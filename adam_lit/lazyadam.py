@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
+
 from .adam import Adam
 from array_api_compat import device as _dev
 
@@ -19,6 +21,15 @@ from .rules import _hyper, bias_corrected_step_size, lazy_adam_rows, moment_cons
 __all__ = ['LazyAdam']
 
 # %% ../nbs/07_lazyadam.ipynb #4960f278
+def _cupy_rows_ok(x, g) -> bool:
+    "Whether the fused CUDA row kernel can update table `x` in place for the row-sparse gradient `g`."
+    if type(x).__module__.split(".")[0] != "cupy" or x.ndim < 1 or not x.flags.c_contiguous: return False
+    vals, idx = g.values, g.indices
+    if type(vals) is not type(x) or vals.dtype != x.dtype or np.dtype(x.dtype).name not in ("float32", "float64"): return False
+    if type(idx) is not type(x) or np.dtype(idx.dtype).name not in ("int32", "int64"): return False
+    import cupy
+    return not cupy.may_share_memory(vals, x)
+
 class LazyAdam(Adam):
     "TF Addons' LazyAdam: with a row-sparse gradient only the rows in the batch are updated (moments and values)."
     def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, amsgrad=False,
@@ -49,6 +60,11 @@ class LazyAdam(Adam):
 
     def _flat_kernel_ok(self) -> bool: return not self.row_bias_correction
 
+    def _fast_update(self, x, g) -> bool:
+        "Dense gradients as `Adam`; a row-sparse gradient on a CuPy table: one fused CUDA kernel on the touched rows, in place."
+        if isinstance(g, IndexedSlices): return _cupy_rows_ok(x, g)
+        return super()._fast_update(x, g)
+
     def update_step(self, g, x, slots, lr, t, hyper):
         "Adam's step for a dense gradient; the lazy row update for an `IndexedSlices`."
         if self.row_bias_correction and not isinstance(g, IndexedSlices) and x.ndim >= 1:
@@ -58,8 +74,6 @@ class LazyAdam(Adam):
         xp, S = namespace(x), host_float(namespace(x), x.dtype)
         g = g.deduplicate()
         idx = g.indices
-        x_rows = take_rows(x, idx)
-        if "weight_decay" in hyper: x_rows = x_rows - (x_rows * hyper["weight_decay"]) * lr
         c1, c2 = moment_constants(hyper["beta_1"], hyper["beta_2"], S, self.numerics)
         b1, b2 = float(_hyper(hyper["beta_1"], S, self.numerics)), float(_hyper(hyper["beta_2"], S, self.numerics))
         new_slots = {}
@@ -73,6 +87,14 @@ class LazyAdam(Adam):
         else:
             alpha = bias_corrected_step_size(lr, hyper["beta_1"], hyper["beta_2"], t, S, self.numerics)
         lazy_ams = self.amsgrad and self.numerics != "legacy"     # TF Addons ignores vhat on sparse gradients
+        if hyper.get("_inplace") and _cupy_rows_ok(x, g):         # CuPy: the kernel reads and writes rows `idx` of the tables
+            from adam_lit.cuda import lazy_adam_rows_inplace_cupy
+            lazy_adam_rows_inplace_cupy(x, g.values, slots["m"], slots["v"], slots["vhat"] if lazy_ams else None, indices=idx,
+                                        alpha=alpha, beta_1=b1, beta_2=b2, c1=c1, c2=c2, epsilon=hyper["epsilon"],
+                                        weight_decay=hyper.get("weight_decay"), lr=lr)
+            return x, new_slots
+        x_rows = take_rows(x, idx)
+        if "weight_decay" in hyper: x_rows = x_rows - (x_rows * hyper["weight_decay"]) * lr
         vhat_rows = take_rows(slots["vhat"], idx) if lazy_ams else None
         x_new, m_new, v_new, vhat_new = lazy_adam_rows(x_rows, g.values, take_rows(slots["m"], idx), take_rows(slots["v"], idx),
                                                        vhat_rows, alpha=alpha, beta_1=b1, beta_2=b2,

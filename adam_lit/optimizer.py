@@ -17,7 +17,7 @@ import numpy as np
 from array_api_compat import device as _device
 from .backend import (ArgumentTypeError, IndexedSlices, RowUpdate, assign, check_gradient, check_variables,
                               default_int, describe, host_float, namespace)
-from .kernels import flatten, tiled_base
+from .kernels import array_module, flat_like, tiled_base
 from .schedules import LearningRateSchedule, deserialize, serialize
 
 # %% auto #0
@@ -132,6 +132,13 @@ class Optimizer:
         self._exclude_ids, self._exclude_pattern = set(), None
         self.built, self._flat, self._flat_grads, self._flat_steps = False, None, None, 0
 
+    _STEP_STATE = frozenset({"_iterations", "_flat_steps", "_flat_grads", "_plan"})   # what a step itself writes
+
+    def __setattr__(self, name, value):
+        "Setting any other attribute (a hyperparameter, an option, the learning rate) drops the cached step plan."
+        if name not in Optimizer._STEP_STATE: object.__setattr__(self, "_plan", None)
+        object.__setattr__(self, name, value)
+
     # ---------------------------------------------------------------- learning rate and hyperparameters
     @staticmethod
     def _check_learning_rate(value):
@@ -229,14 +236,14 @@ def build(self, var_list, names=None):
     names = [n if isinstance(n, str) else f"variable_{i}" for i, n in enumerate(names)]
     self._variables, self._names, self._xp = var_list, names, xp
     self._index = {id(v): i for i, v in enumerate(var_list)}
-    if len(var_list) == 1:       # one contiguous NumPy variable is its own flat buffer
+    if len(var_list) == 1:       # one contiguous NumPy or CuPy variable is its own flat buffer
         v0 = var_list[0]
-        base = v0.reshape(-1) if type(v0) is np.ndarray and v0.flags.c_contiguous else None
+        base = v0.reshape(-1) if array_module(v0) is not None and v0.flags.c_contiguous else None
     else: base = tiled_base(var_list)
     self._flat = {"x": base} if base is not None else None      # the variables tile one buffer: flat slots too
     def add(i, name):
         if self._flat is None: return self._new_slot(i, name)
-        if name not in self._flat: self._flat[name] = flatten([np.zeros(v.shape, v.dtype) for v in var_list])
+        if name not in self._flat: self._flat[name] = flat_like(var_list)
         return self._new_slot(i, name, array=self._flat[name][1][i])
     if self.use_ema:
         for i in range(len(var_list)): add(i, "average")
@@ -550,7 +557,16 @@ def _materialize(base, new):
 @_patch
 def _flat_apply(self, grads, variables) -> bool:
     "One fused call for variables and gradients that tile flat buffers, when no option needs the tensors one by one."
-    vs = self._variables
+    vs, plan = self._variables, self._plan
+    if variables is not None: variables = list(variables)
+    if plan is not None:         # the same gradient arrays as the last step, nothing reconfigured since: the cached plan
+        pg, step = plan
+        if (len(grads) == len(pg) and all(a is b for a, b in zip(grads, pg))
+                and (variables is None or (len(variables) == len(vs) and all(a is b for a, b in zip(variables, vs))))):
+            step(self._iterations)
+            self._iterations += 1
+            self._flat_steps += 1
+            return True
     if variables is not None:
         variables = list(variables)
         if len(variables) != len(vs) or any(a is not b for a, b in zip(variables, vs)): return False
@@ -561,7 +577,7 @@ def _flat_apply(self, grads, variables) -> bool:
     cached = self._flat_grads
     if len(vs) == 1:
         g0, x0 = grads[0], vs[0]
-        if (type(g0) is not np.ndarray or g0.shape != x0.shape or g0.dtype != x0.dtype or not g0.flags.c_contiguous
+        if (type(g0) is not type(x0) or g0.shape != x0.shape or g0.dtype != x0.dtype or not g0.flags.c_contiguous
                 or _root(g0) is _root(x0)): return False      # a gradient that views the variable's memory: general path
         gbase = g0.reshape(-1)
     elif cached is not None and len(cached[0]) == len(grads) and all(a is b for a, b in zip(grads, cached[0])):
@@ -572,17 +588,20 @@ def _flat_apply(self, grads, variables) -> bool:
         if any(g.shape != v.shape for g, v in zip(grads, vs)): return False
         self._flat_grads = (list(grads), gbase)
     x = self._flat["x"]
-    if not x.flags.writeable: return False
+    if not getattr(x.flags, "writeable", True): return False     # (CuPy arrays are always writeable)
     hyper = self._hyper_values()
     S = host_float(self._xp, x.dtype)
     g = gbase if self.loss_scale_factor is None else gbase / self.loss_scale_factor
-    if self.clipvalue: g = np.clip(g, -self.clipvalue, self.clipvalue)
+    if self.clipvalue: g = array_module(g).clip(g, -self.clipvalue, self.clipvalue)
     lr = self._lr_at(S, self._iterations, hyper["learning_rate"])
     if self.weight_decay is not None: hyper = dict(hyper, weight_decay=float(S(self.weight_decay)))
     slots = {k: v for k, v in self._flat.items() if k != "x"}
     self.update_step(g, x, slots, lr, self.iterations + 1, dict(hyper, _inplace=True))
     self._iterations += 1
     self._flat_steps += 1
+    if self.loss_scale_factor is None and not self.clipvalue:     # the next steps: the same, its constants computed once
+        step = self._flat_plan(x, gbase, slots, S)
+        if step is not None: self._plan = (list(grads), step)
     return True
 
 def _root(a):
@@ -590,8 +609,14 @@ def _root(a):
     return a if a.base is None else a.base
 
 @_patch
+def _flat_plan(self, x, g, slots: dict, S):
+    """`update_step`'s in-place step on the flat buffers `x`, `g` and `slots` as a callable of the raw iteration count,
+    with everything that does not change between steps computed once; None if there is none (subclasses say)."""
+    return None
+
+@_patch
 def _flat_kernel_ok(self) -> bool:
-    "Whether `update_step` has an in-place kernel for a flat NumPy buffer (subclasses say)."
+    "Whether `update_step` has an in-place kernel for a flat NumPy or CuPy buffer (subclasses say)."
     return False
 
 @_patch

@@ -63,8 +63,11 @@ def _backends():
     except ImportError:
         out.append(pytest.param(None, id="torch", marks=pytest.mark.skip(reason="PyTorch not installed")))
     try:
-        import jax.numpy as jnp
-        out.append(pytest.param(Backend("jax", jnp.asarray, np.asarray, inplace=False), id="jax"))
+        import jax
+        # on the CPU: XLA's GPU backend computes some float32 operations of the rules to another rounding (seen on an
+        # H100: one ulp apart with AMSGrad), so the bit-for-bit claim for JAX is the CPU's
+        cpu = jax.devices("cpu")[0]
+        out.append(pytest.param(Backend("jax", lambda a: jax.device_put(a, cpu), np.asarray, inplace=False), id="jax"))
     except ImportError:
         out.append(pytest.param(None, id="jax", marks=pytest.mark.skip(reason="JAX not installed")))
     try:
