@@ -1,4 +1,4 @@
-"""`adam-lit bench`: one fp32 Adam step, side by side in one process, for 1e3 to 3e7 parameters and for many small tensors: adam_lit's paths, naive NumPy, `torch.optim.Adam` (foreach and fused), `optax.adam` under `jax.jit`, and the memory-bandwidth floor measured in the same run.
+"""`adam-lit bench`: one fp32 Adam step, side by side in one process, for 1e3 to 3e7 parameters and for many small tensors: adam_lit's paths, naive NumPy, `torch.optim.Adam` (foreach and fused), `optax.adam` under `jax.jit`, and the memory-bandwidth floor measured in the same run; `adam-lit bench --gpu`: the same on a CUDA GPU, up to 1e8 parameters.
 
 Docs: https://adam-lit.github.io/adam_lit/bench.html.md"""
 
