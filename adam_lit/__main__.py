@@ -1,4 +1,4 @@
-"""`adam-lit demo` (also `python -m adam_lit demo`): the seed example and a logistic regression, with Adam and AMSGrad, in a few seconds.
+"""`adam-lit demo` (also `python -m adam_lit demo`): the seed example, Adam against AMSGrad on a logistic regression, and LazyAdam against dense Adam on a sparse embedding factorisation, on NumPy, CuPy or PyTorch arrays, with a results table and a plot, in a few seconds.
 
 Docs: https://adam-lit.github.io/adam_lit/cli.html.md"""
 
@@ -8,15 +8,48 @@ Docs: https://adam-lit.github.io/adam_lit/cli.html.md"""
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import math
 import sys
 import time
 
 import numpy as np
+from array_api_compat import array_namespace
 
 from .adam import Adam
+from .backend import IndexedSlices
+from .lazyadam import LazyAdam
+
+BACKENDS = ("numpy", "cupy", "torch")
+
+def backend(name: str):
+    "A function moving a NumPy array to backend `name` (numpy, cupy, torch); a clear error when it is not usable here."
+    if name == "numpy": return np.asarray
+    if name == "cupy":
+        try:
+            import cupy
+            ok = cupy.cuda.is_available()
+        except Exception: ok = False
+        if not ok: raise RuntimeError("--backend cupy needs CuPy and a CUDA GPU (pip install 'adam-lit[gpu]')")
+        return cupy.asarray
+    if name == "torch":
+        if importlib.util.find_spec("torch") is None: raise RuntimeError("--backend torch needs PyTorch (pip install torch)")
+        import torch
+        return lambda a: torch.from_numpy(np.array(a, copy=True))
+    raise ValueError(f"unknown backend {name!r}; use one of {', '.join(BACKENDS)}")
+
+def progress(n: int, desc: str, enabled=None):
+    "range(n), with a tqdm progress bar on stderr when tqdm is installed and `enabled` (default: stderr is a terminal)."
+    if enabled is None: enabled = sys.stderr.isatty()
+    if enabled and importlib.util.find_spec("tqdm") is not None:
+        from tqdm.auto import tqdm
+        return tqdm(range(n), desc=desc, file=sys.stderr, leave=False)
+    return range(n)
 
 # %% auto #0
-__all__ = ['make_classification', 'logistic_loss_and_grads', 'train', 'accuracy', 'seed_example', 'demo', 'bench', 'main']
+__all__ = ['BACKENDS', 'backend', 'progress', 'make_classification', 'logistic_loss_and_grads', 'train', 'accuracy',
+           'make_ratings', 'mf_loss_and_grads', 'train_embeddings', 'seed_example', 'plot_demo', 'demo', 'bench',
+           'main']
 
 # %% ../nbs/05_cli.ipynb #c99e616e
 def make_classification(n: int = 512,   # number of examples
@@ -32,18 +65,20 @@ def make_classification(n: int = 512,   # number of examples
     return X, y, w_true
 
 def logistic_loss_and_grads(X, y, w, c):
-    "Average logistic loss and its gradients in `w` and `c` (a 0-d array)."
+    "Average logistic loss and its gradients in `w` and `c` (a 0-d array), for arrays of any Array API library."
+    xp = array_namespace(X, w)
     z = y * (X @ w + c)
-    loss = float(np.mean(np.logaddexp(0.0, -z)))
-    s = -y / (1.0 + np.exp(z)) / len(y)          # d loss / d (X @ w + c)
-    return loss, [X.T @ s, np.asarray(np.sum(s))]
+    loss = float(xp.mean(xp.logaddexp(xp.zeros_like(z), -z)))
+    s = -y / (1.0 + xp.exp(z)) / y.shape[0]      # d loss / d (X @ w + c)
+    return loss, [X.T @ s, xp.asarray(xp.sum(s))]
 
 # %% ../nbs/05_cli.ipynb #7c060e62
-def train(opt, X, y, steps: int = 200):
+def train(opt, X, y, steps: int = 200, show_progress=None):
     "Fit the logistic regression with optimizer `opt`; return the weights, bias and loss history."
-    w, c = np.zeros(X.shape[1]), np.array(0.0)
+    xp = array_namespace(X)
+    w, c = xp.zeros(X.shape[1], dtype=X.dtype), xp.zeros((), dtype=X.dtype)
     history = []
-    for _ in range(steps):
+    for _ in progress(steps, f"logistic regression, {type(opt).__name__}", show_progress):
         loss = opt.minimize(lambda: logistic_loss_and_grads(X, y, w, c), [w, c])
         history.append(loss)
     history.append(logistic_loss_and_grads(X, y, w, c)[0])
@@ -51,7 +86,40 @@ def train(opt, X, y, steps: int = 200):
 
 def accuracy(X, y, w, c) -> float:
     "Fraction of examples whose sign is predicted right."
-    return float(np.mean(np.sign(X @ w + c) == y))
+    xp = array_namespace(X)
+    return float(xp.mean(xp.astype(xp.sign(X @ w + c) == y, X.dtype)))
+
+# %% ../nbs/05_cli.ipynb #d60a4c17
+def make_ratings(n_users: int = 500, n_items: int = 300, rank: int = 4, n_obs: int = 20_000, seed: int = 0):
+    "Observed entries `(users, items, ratings)` of a random rank-`rank` matrix plus noise (NumPy arrays)."
+    rng = np.random.default_rng(seed)
+    U, V = rng.standard_normal((n_users, rank)), rng.standard_normal((n_items, rank))
+    users, items = rng.integers(0, n_users, n_obs), rng.integers(0, n_items, n_obs)
+    r = np.sum(U[users] * V[items], axis=1) / math.sqrt(rank) + 0.1 * rng.standard_normal(n_obs)
+    return users, items, r
+
+def mf_loss_and_grads(U, V, users, items, r):
+    "Mean squared error of the entries `(users, items)` and its gradients in `U` and `V`, as `IndexedSlices`."
+    xp = array_namespace(U, V)
+    pu, qi = xp.take(U, users, axis=0), xp.take(V, items, axis=0)
+    err = xp.sum(pu * qi, axis=1) - r
+    coef = xp.expand_dims(err * (2.0 / r.shape[0]), axis=1)
+    return float(xp.mean(err * err)), [IndexedSlices(coef * qi, users, tuple(U.shape)), IndexedSlices(coef * pu, items, tuple(V.shape))]
+
+def train_embeddings(opt, data, to=np.asarray, n_users=500, n_items=300, rank=4, steps=200, batch=256, seed=0,
+                     show_progress=None):
+    "Fit `U`, `V` to the ratings `data` by minibatch steps of `opt`; the full-data loss history and `(U, V)`."
+    users, items, r = data
+    rng = np.random.default_rng(seed + 1)
+    U, V = to(0.3 * rng.standard_normal((n_users, rank))), to(0.3 * rng.standard_normal((n_items, rank)))
+    all_u, all_i, all_r = to(users), to(items), to(r)
+    history = [mf_loss_and_grads(U, V, all_u, all_i, all_r)[0]]
+    for _ in progress(steps, f"embeddings, {type(opt).__name__}", show_progress):
+        b = rng.integers(0, len(r), batch)
+        _, grads = mf_loss_and_grads(U, V, to(users[b]), to(items[b]), to(r[b]))
+        opt.apply(grads, [U, V])
+        history.append(mf_loss_and_grads(U, V, all_u, all_i, all_r)[0])
+    return history, (U, V)
 
 # %% ../nbs/05_cli.ipynb #8b96f4c0
 def seed_example() -> float:
@@ -61,27 +129,70 @@ def seed_example() -> float:
     opt.minimize(lambda: (float(var1) ** 2 / 2.0, [var1.copy()]), [var1])
     return float(var1)
 
-def demo(steps: int = 200, seed: int = 0, learning_rate: float = 0.05, out=None) -> dict:
-    "Print the seed example and a table of logistic-regression losses for Adam and AMSGrad; return the results."
+def plot_demo(results: dict, path):
+    "The demo's loss curves as a PNG at `path` (needs matplotlib); returns `path`."
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(11, 4), layout="constrained")
+    ax, bx = fig.subplots(1, 2)
+    for k in ("Adam", "AMSGrad"): ax.plot(results["logistic"][k]["history"], label=k)
+    ax.set(title="logistic regression (dense gradients)", xlabel="step", ylabel="average logistic loss"); ax.legend()
+    for k in ("LazyAdam", "Adam (dense-equivalent)"): bx.plot(results["embeddings"][k]["history"], label=k)
+    bx.set(title="embedding factorisation (sparse gradients)", xlabel="step", ylabel="mean squared error", yscale="log"); bx.legend()
+    for a in (ax, bx): a.grid(alpha=0.3)
+    fig.savefig(path, dpi=100)
+    return path
+
+def demo(steps: int = 200,                 # optimizer steps per run
+         seed: int = 0,                    # seed of the generated data
+         learning_rate: float = 0.05,      # learning rate of every optimizer
+         backend_name: str = "numpy",      # "numpy", "cupy" or "torch": the arrays the problems run on
+         plot="adam_lit_demo.png",         # where to write the plot (None: no plot)
+         show_progress=None,               # progress bars (default: when stderr is a terminal and tqdm is installed)
+         out=None) -> dict:                # where the report goes (default stdout)
+    "Run the three parts of the demo, print a report with a results table, write the plot; return the results."
     out = out or sys.stdout
     p = lambda *a: print(*a, file=out)
+    to = backend(backend_name)
     x1 = seed_example()
-    p("adam_lit demo")
+    p(f"adam_lit demo (arrays: {backend_name})")
     p(f"1. Seed example: Adam(learning_rate=0.1), var = 10.0, loss = var**2 / 2")
     p(f"   after one step: var = {x1:.7g} (float32 {x1!r}; Keras 3 gives 9.90000057220459)\n")
-    X, y, _ = make_classification(seed=seed)
+    Xn, yn, _ = make_classification(seed=seed)
+    X, y = to(Xn), to(yn)
     p(f"2. Logistic regression, {X.shape[0]} examples x {X.shape[1]} features (generated, seed {seed}), "
       f"full batch, learning_rate={learning_rate}")
-    results = {}
+    logistic = {}
     for label, amsgrad in (("Adam", False), ("AMSGrad", True)):
         t0 = time.perf_counter()
-        w, c, hist = train(Adam(learning_rate=learning_rate, amsgrad=amsgrad), X, y, steps)
-        results[label] = dict(history=hist, accuracy=accuracy(X, y, w, c), seconds=time.perf_counter() - t0)
+        w, c, hist = train(Adam(learning_rate=learning_rate, amsgrad=amsgrad), X, y, steps, show_progress)
+        logistic[label] = dict(history=hist, accuracy=accuracy(X, y, w, c), seconds=time.perf_counter() - t0)
     marks = sorted(s for s in {0, 1, 10, steps // 4, steps // 2, steps} if s <= steps)
-    p(f"   {'step':>6} " + " ".join(f"{k:>10}" for k in results))
-    for s in marks: p(f"   {s:>6} " + " ".join(f"{r['history'][s]:>10.5f}" for r in results.values()))
-    p(f"   {'acc.':>6} " + " ".join(f"{r['accuracy']:>10.3f}" for r in results.values()))
-    return dict(seed_example=x1, **results)
+    p(f"   {'step':>6} " + " ".join(f"{k:>10}" for k in logistic))
+    for s in marks: p(f"   {s:>6} " + " ".join(f"{r['history'][s]:>10.5f}" for r in logistic.values()))
+    p(f"   {'acc.':>6} " + " ".join(f"{r['accuracy']:>10.3f}" for r in logistic.values()))
+    data = make_ratings(seed=seed)
+    p(f"\n3. Embedding factorisation: 500 users x 300 items, rank 4, {len(data[2]):,} observed ratings (generated), "
+      f"batches of 256: sparse gradients")
+    embeddings = {}
+    for label, make in (("LazyAdam", LazyAdam), ("Adam (dense-equivalent)", Adam)):
+        t0 = time.perf_counter()
+        hist, _ = train_embeddings(make(learning_rate=learning_rate), data, to, steps=steps, seed=seed, show_progress=show_progress)
+        embeddings[label] = dict(history=hist, seconds=time.perf_counter() - t0)
+    p(f"   mean squared error over all ratings: {embeddings['LazyAdam']['history'][0]:.4f} at the start")
+    p("\n4. Results")
+    rows = [("logistic regression", k, r["history"][-1], f"accuracy {r['accuracy']:.3f}", r["seconds"]) for k, r in logistic.items()]
+    rows += [("embedding factorisation", k, r["history"][-1], f"MSE x{r['history'][0] / r['history'][-1]:.1f} lower", r["seconds"])
+             for k, r in embeddings.items()]
+    p(f"   {'problem':<24} {'optimizer':<24} {'final loss':>10}  {'':<20} {'time':>8}")
+    for prob, k, loss, note, sec in rows: p(f"   {prob:<24} {k:<24} {loss:>10.5f}  {note:<20} {sec:>7.2f}s")
+    results = dict(seed_example=x1, logistic=logistic, embeddings=embeddings, plot=None)
+    if plot is not None:
+        if importlib.util.find_spec("matplotlib") is None:
+            p("\nplot: not written (matplotlib is not installed: pip install 'adam-lit[demo]')")
+        else:
+            results["plot"] = str(plot_demo(results, plot))
+            p(f"\nplot: {results['plot']}")
+    return results
 
 # %% ../nbs/05_cli.ipynb #192229dc
 def bench(quick: bool = False,                # small sizes only
@@ -109,10 +220,14 @@ def main(argv=None) -> int:
     "Entry point of the `adam-lit` command."
     parser = argparse.ArgumentParser(prog="adam-lit", description="adam_lit: Adam, AMSGrad and LazyAdam for array programmers.")
     sub = parser.add_subparsers(dest="command")
-    d = sub.add_parser("demo", help="run the seed example and a logistic regression with Adam and AMSGrad")
+    d = sub.add_parser("demo", help="the seed example; Adam and AMSGrad on a logistic regression; LazyAdam and Adam on an embedding factorisation")
     d.add_argument("--steps", type=int, default=200, help="optimizer steps (default 200)")
     d.add_argument("--seed", type=int, default=0, help="seed of the generated data (default 0)")
     d.add_argument("--learning-rate", type=float, default=0.05, help="learning rate (default 0.05)")
+    d.add_argument("--backend", choices=BACKENDS, default="numpy", help="the arrays the problems run on (default numpy)")
+    d.add_argument("--plot", default="adam_lit_demo.png", help="path of the PNG plot (default adam_lit_demo.png; needs matplotlib)")
+    d.add_argument("--no-plot", action="store_true", help="write no plot")
+    d.add_argument("--no-progress", action="store_true", help="no progress bars (they need tqdm and a terminal)")
     b = sub.add_parser("bench", help="time one fp32 Adam step against naive NumPy, PyTorch, Optax and the memory roofline")
     b.add_argument("--quick", action="store_true", help="small sizes only (seconds, for tests)")
     b.add_argument("--out", default="adam_lit_bench.png", help="path of the PNG plot (default adam_lit_bench.png)")
@@ -129,7 +244,11 @@ def main(argv=None) -> int:
     if args.command != "demo":
         parser.print_help(); return 0 if args.command is None else 2
     if args.steps < 1: parser.error("--steps must be at least 1")
-    demo(steps=args.steps, seed=args.seed, learning_rate=args.learning_rate)
+    if not args.learning_rate > 0: parser.error("--learning-rate must be positive")
+    try: backend(args.backend)
+    except RuntimeError as e: parser.error(str(e))
+    demo(steps=args.steps, seed=args.seed, learning_rate=args.learning_rate, backend_name=args.backend,
+         plot=None if args.no_plot else args.plot, show_progress=False if args.no_progress else None)
     return 0
 
 # %% ../nbs/05_cli.ipynb #be425a7f
