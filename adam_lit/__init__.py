@@ -16,6 +16,9 @@ from .backend import ArgumentTypeError, IndexedSlices
 from .optimizer import Optimizer
 from .rules import adam_step, amsgrad_step, bias_corrected_step_size, lazy_adam_rows, sparse_adam_step
 from . import schedules
+from .driver import OptimizeResult, minimize
+from . import checkpoint, driver, interop
 
 __all__ = ["Adam", "AdamW", "LazyAdam", "Optimizer", "IndexedSlices", "ArgumentTypeError", "adam_step", "amsgrad_step",
-           "bias_corrected_step_size", "sparse_adam_step", "lazy_adam_rows", "schedules"]
+           "bias_corrected_step_size", "sparse_adam_step", "lazy_adam_rows", "schedules", "minimize", "OptimizeResult",
+           "checkpoint", "driver", "interop"]
