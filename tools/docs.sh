@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Build the docs site offline into _docs/ (nbdev's processed notebooks -> pandoc, no Quarto), then open every page
+# in headless Chromium and check it (tools/check_docs.py). Installs Debian's pandoc and chromium when missing and
+# apt-get is usable; uses .venv (made with the dev extra when missing).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+need=()
+command -v pandoc >/dev/null || need+=(pandoc)
+command -v chromium >/dev/null || command -v chromium-browser >/dev/null || need+=(chromium)
+if [ ${#need[@]} -gt 0 ]; then
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    echo "== installing ${need[*]} (Debian packages)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  else
+    echo "tools/docs.sh needs: ${need[*]} (Debian: apt-get install ${need[*]})" >&2; exit 1
+  fi
+fi
+if [ ! -x .venv/bin/python ]; then
+  ${PYTHON:-python3} -m venv .venv
+  .venv/bin/python -m pip install -q -e ".[dev]"
+fi
+echo "== building _docs/ (nbdev-proc-nbs, then pandoc)"
+.venv/bin/python tools/docs.py --out _docs
+echo "== checking every page in headless Chromium"
+.venv/bin/python tools/check_docs.py _docs
