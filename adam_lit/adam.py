@@ -28,13 +28,13 @@ class Adam(Optimizer):
                  learning_rate=0.001,   # float, `LearningRateSchedule`, or zero-argument callable
                  beta_1=0.9,            # decay rate of the first moment (or a zero-argument callable)
                  beta_2=0.999,          # decay rate of the second moment (or a zero-argument callable)
-                 epsilon=1e-7,          # "epsilon hat", added to sqrt(v) before bias correction
+                 epsilon=1e-7,          # "epsilon hat", added to sqrt(v) before bias correction (torch/optax/paper: after it)
                  amsgrad=False,         # keep the maximum of the second moments (Reddi et al., 2018)
                  weight_decay=None, clipnorm=None, clipvalue=None, global_clipnorm=None, use_ema=False,
                  ema_momentum=0.99, ema_overwrite_frequency=None, loss_scale_factor=None,
                  gradient_accumulation_steps=None,
                  name=None,             # defaults to "adam", made unique per process as in Keras
-                 numerics="keras",      # "keras" (Keras 3) or "legacy" (tf.keras OptimizerV2's rounding and sparse order)
+                 numerics="keras",      # "keras" (Keras 3), "legacy" (tf.keras OptimizerV2), "torch", "optax" or "paper"
                  **kwargs):             # legacy tf.keras: `lr`, `decay`
         super().__init__(learning_rate=learning_rate, weight_decay=weight_decay, clipnorm=clipnorm, clipvalue=clipvalue,
                          global_clipnorm=global_clipnorm, use_ema=use_ema, ema_momentum=ema_momentum,
@@ -54,6 +54,7 @@ class Adam(Optimizer):
 
     def _fast_update(self, x, g) -> bool:
         "NumPy and CuPy variables with dense gradients are updated in place by a fused kernel (same bits as the rules)."
+        if self.numerics not in ("keras", "legacy"): return False     # the kernels compute Keras's order only
         if type(x) is np.ndarray: return type(g) is np.ndarray and not np.may_share_memory(g, x)
         if type(x).__module__.startswith("cupy") and type(g) is type(x):
             import cupy
@@ -74,11 +75,12 @@ class Adam(Optimizer):
         x, m, v = adam_step(x, g, slots["m"], slots["v"], **kw)
         return x, {"m": m, "v": v}
 
-    def _flat_kernel_ok(self) -> bool: return True
+    def _flat_kernel_ok(self) -> bool: return self.numerics in ("keras", "legacy")
 
     def _flat_plan(self, x, g, slots, S):
         "`_update_in_place` on these flat buffers, its constants computed once: a callable of the raw iteration count (or None)."
         if S not in (np.float32, np.float64) or self.gradient_accumulation_steps: return None
+        if self.numerics not in ("keras", "legacy"): return None
         if any(callable(getattr(self, n)) for n in self._hyper_specs()): return None
         lr_spec, num = self._learning_rate, self.numerics
         schedule = isinstance(lr_spec, LearningRateSchedule)

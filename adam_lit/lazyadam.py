@@ -15,7 +15,7 @@ from .adam import Adam
 from array_api_compat import device as _dev
 
 from .backend import IndexedSlices, RowUpdate, default_int, host_float, namespace, take_rows
-from .rules import _hyper, bias_corrected_step_size, lazy_adam_rows, moment_constants
+from .rules import _FAITHFUL, _hyper, adam_step, amsgrad_step, bias_corrected_step_size, lazy_adam_rows, moment_constants
 
 # %% auto #0
 __all__ = ['LazyAdam']
@@ -40,6 +40,8 @@ class LazyAdam(Adam):
                          name=name, **kwargs)
         if not isinstance(row_bias_correction, bool):
             raise TypeError(f"Argument `row_bias_correction` must be a bool, got {row_bias_correction!r}")
+        if row_bias_correction and self.numerics in _FAITHFUL:
+            raise ValueError(f"Argument `row_bias_correction=True` needs numerics 'keras' or 'legacy', got numerics={self.numerics!r}")
         self.row_bias_correction = row_bias_correction
         if self.gradient_accumulation_steps:
             warnings.warn("LazyAdam with gradient_accumulation_steps accumulates into dense arrays, as Keras does: "
@@ -58,11 +60,11 @@ class LazyAdam(Adam):
 
     def _decays_rows_only(self, g) -> bool: return isinstance(g, IndexedSlices)
 
-    def _flat_kernel_ok(self) -> bool: return not self.row_bias_correction
+    def _flat_kernel_ok(self) -> bool: return not self.row_bias_correction and super()._flat_kernel_ok()
 
     def _fast_update(self, x, g) -> bool:
         "Dense gradients as `Adam`; a row-sparse gradient on a CuPy table: one fused CUDA kernel on the touched rows, in place."
-        if isinstance(g, IndexedSlices): return _cupy_rows_ok(x, g)
+        if isinstance(g, IndexedSlices): return self.numerics in ("keras", "legacy") and _cupy_rows_ok(x, g)
         return super()._fast_update(x, g)
 
     def update_step(self, g, x, slots, lr, t, hyper):
@@ -74,6 +76,17 @@ class LazyAdam(Adam):
         xp, S = namespace(x), host_float(namespace(x), x.dtype)
         g = g.deduplicate()
         idx = g.indices
+        if self.numerics in _FAITHFUL:       # the preset's dense rule on the gathered rows, at the global step
+            x_rows = take_rows(x, idx)
+            if "weight_decay" in hyper: x_rows = self._decayed(x_rows, S, lr)
+            kw = dict(learning_rate=lr, beta_1=hyper["beta_1"], beta_2=hyper["beta_2"], epsilon=hyper["epsilon"], t=t,
+                      numerics=self.numerics)
+            rows = (x_rows, g.values, take_rows(slots["m"], idx), take_rows(slots["v"], idx))
+            if self.amsgrad:
+                x_new, m_new, v_new, vhat_new = amsgrad_step(*rows, take_rows(slots["vhat"], idx), **kw)
+                return RowUpdate(idx, x_new), dict(m=RowUpdate(idx, m_new), v=RowUpdate(idx, v_new), vhat=RowUpdate(idx, vhat_new))
+            x_new, m_new, v_new = adam_step(*rows, **kw)
+            return RowUpdate(idx, x_new), dict(m=RowUpdate(idx, m_new), v=RowUpdate(idx, v_new))
         c1, c2 = moment_constants(hyper["beta_1"], hyper["beta_2"], S, self.numerics)
         b1, b2 = float(_hyper(hyper["beta_1"], S, self.numerics)), float(_hyper(hyper["beta_2"], S, self.numerics))
         new_slots = {}
@@ -94,7 +107,7 @@ class LazyAdam(Adam):
                                         weight_decay=hyper.get("weight_decay"), lr=lr)
             return x, new_slots
         x_rows = take_rows(x, idx)
-        if "weight_decay" in hyper: x_rows = x_rows - (x_rows * hyper["weight_decay"]) * lr
+        if "weight_decay" in hyper: x_rows = self._decayed(x_rows, S, lr)
         vhat_rows = take_rows(slots["vhat"], idx) if lazy_ams else None
         x_new, m_new, v_new, vhat_new = lazy_adam_rows(x_rows, g.values, take_rows(slots["m"], idx), take_rows(slots["v"], idx),
                                                        vhat_rows, alpha=alpha, beta_1=b1, beta_2=b2,

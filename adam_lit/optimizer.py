@@ -18,6 +18,7 @@ from array_api_compat import device as _device
 from .backend import (ArgumentTypeError, IndexedSlices, RowUpdate, assign, check_gradient, check_variables,
                               default_int, describe, host_float, namespace)
 from .kernels import array_module, flat_like, tiled_base
+from .rules import _FAITHFUL, _check_numerics
 from .schedules import LearningRateSchedule, deserialize, serialize
 
 # %% auto #0
@@ -91,9 +92,9 @@ class Optimizer:
                  loss_scale_factor=None,             # gradients are divided by it (see `scale_loss`)
                  gradient_accumulation_steps=None,   # update every this many calls with the average gradient
                  name=None,                          # defaults to the class name in snake case, made unique
-                 numerics="keras",                   # "keras" (Keras 3) or "legacy" (tf.keras OptimizerV2, TF Addons)
+                 numerics="keras",                   # "keras" (Keras 3), "legacy" (tf.keras, TF Addons), "torch", "optax" or "paper"
                  **kwargs):                          # legacy tf.keras: `lr` (alias that wins) and `decay`
-        if numerics not in ("keras", "legacy"): raise ValueError(f"Argument `numerics` must be 'keras' or 'legacy', got {numerics!r}")
+        _check_numerics(numerics)
         self.numerics = numerics
         lr = kwargs.pop("lr", None)
         decay = kwargs.pop("decay", None)
@@ -195,7 +196,8 @@ class Optimizer:
             val = lr.evaluate(raw_it, np.float32) if isinstance(lr, LearningRateSchedule) else float(np.float32(lr))
             if self.decay: val = float(S(val) / (S(1) + S(np.float32(self.decay)) * S(raw_it)))
             return float(S(val))
-        val = lr.evaluate(raw_it, S) if isinstance(lr, LearningRateSchedule) else float(S(lr))
+        if isinstance(lr, LearningRateSchedule): val = lr.evaluate(raw_it, S)
+        else: val = float(lr) if self.numerics in _FAITHFUL else float(S(lr))   # torch/optax/paper round it where it is used
         if self.decay:
             val = float(S(val) / (S(1) + S(self.decay) * S(raw_it)))
         return val
@@ -437,6 +439,12 @@ def _own_slot_names(self) -> tuple:
     return self._slot_names + self._late_slot_names
 
 @_patch
+def _decayed(self, x, S, lr: float):
+    "Decoupled weight decay of `x`: Keras's `x - (x * wd) * lr`; with `numerics='torch'`, AdamW's `x * (1 - lr * wd)`."
+    if self.numerics == "torch": return x * float(S(1.0 - lr * self.weight_decay))
+    return x - (x * float(S(self.weight_decay))) * lr
+
+@_patch
 def _fast_update(self, x, g) -> bool:
     "Whether `update_step` can write `x` and its slots in place with a fused kernel (subclasses say when)."
     return False
@@ -473,7 +481,7 @@ def _compute(self, xp, xs: list, slots: dict, idx: list, grads: list, raw_it: in
             fast = inplace and x is base[i] and self._fast_update(x, g)
             if self.weight_decay is not None and self._use_weight_decay(i):
                 if fast or self._decays_rows_only(g): hyp = dict(hyper, weight_decay=float(S(self.weight_decay)))
-                else: x = x - (x * float(S(self.weight_decay))) * lrs[S]
+                else: x = self._decayed(x, S, lrs[S])
             if fast: hyp = dict(hyp, _inplace=True)
             own = {name: slots[(i, name)] for name in self._own_slot_names() if (i, name) in slots}
             x, new = self.update_step(g, x, own, lrs[S], it + 1, hyp)
@@ -706,7 +714,7 @@ def get_config(self) -> dict:
     "The constructor arguments, with Keras 3's keys and values."
     lr = self._learning_rate
     if isinstance(lr, LearningRateSchedule): lr = serialize(lr)
-    elif not callable(lr): lr = float(self._floatx()(lr))
+    elif not callable(lr): lr = float(lr) if self.numerics in _FAITHFUL else float(self._floatx()(lr))
     config = {"name": self.name, "learning_rate": lr, "weight_decay": self.weight_decay, "clipnorm": self.clipnorm,
               "global_clipnorm": self.global_clipnorm, "clipvalue": self.clipvalue, "use_ema": self.use_ema,
               "ema_momentum": self.ema_momentum, "ema_overwrite_frequency": self.ema_overwrite_frequency,

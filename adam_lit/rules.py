@@ -11,6 +11,8 @@ import math
 import numpy as np
 from array_api_compat import array_namespace
 
+from array_api_compat import device as array_device
+
 from .backend import host_float, take_rows, with_rows
 
 # %% auto #0
@@ -18,7 +20,8 @@ __all__ = ['NUMERICS', 'bias_corrected_step_size', 'moment_constants', 'adam_ste
            'sparse_adam_step', 'lazy_adam_rows']
 
 # %% ../nbs/01_rules.ipynb #bfd7a164
-NUMERICS = ("keras", "legacy")
+NUMERICS = ("keras", "legacy", "torch", "optax", "paper")
+_FAITHFUL = ("torch", "optax", "paper")   # epsilon added after the bias correction; no fused kernel, no Keras rounding
 
 def _hyper(value, S, numerics):
     "A hyperparameter as the dtype sees it: rounded to `S`; legacy tf.keras first stores it in a float32 variable."
@@ -49,7 +52,8 @@ def moment_constants(beta_1: float, beta_2: float, precision=np.float64, numeric
 
 # %% ../nbs/01_rules.ipynb #c33fc258
 def _check_numerics(numerics):
-    if numerics not in NUMERICS: raise ValueError(f"Argument `numerics` must be one of {NUMERICS}, got {numerics!r}")
+    if not isinstance(numerics, str) or numerics not in NUMERICS:
+        raise ValueError(f"Argument `numerics` must be one of {', '.join(map(repr, NUMERICS))}; got {numerics!r}")
 
 def _moments(xp, g, m, v, c1: float, c2: float):
     "Keras 3's moment updates: `m + (g - m) * (1 - beta_1)`, `v + (g*g - v) * (1 - beta_2)`."
@@ -65,37 +69,96 @@ def adam_step(x, g, m, v, *,                 # variable, gradient, first and sec
               beta_2: float = 0.999,         # decay rate of the second moment
               epsilon: float = 1e-7,         # "epsilon hat", added to sqrt(v) before bias correction
               t: int = 1,                    # the step, counted from 1
-              numerics: str = "keras"        # "keras" (Keras 3) or "legacy" (tf.keras OptimizerV2's fused kernel)
+              numerics: str = "keras"        # "keras", "legacy" (tf.keras), "torch", "optax" or "paper" (see below)
              ):
-    "One Keras 3 Adam step; returns new arrays `(x, m, v)`."
+    "One Adam step (Keras 3's unless `numerics` says otherwise); returns new arrays `(x, m, v)`."
     _check_numerics(numerics)
     xp = array_namespace(x, g, m, v)
+    if numerics in _FAITHFUL:
+        return _PRESET_RULES[numerics](xp, x, g, m, v, None, learning_rate, beta_1, beta_2, epsilon, t)[:3]
     S = host_float(xp, x.dtype)
     alpha = bias_corrected_step_size(learning_rate, beta_1, beta_2, t, S, numerics)
     m, v = _moments(xp, g, m, v, *moment_constants(beta_1, beta_2, S, numerics))
     return _move(xp, x, m, v, alpha, epsilon), m, v
 
 # %% ../nbs/01_rules.ipynb #a12acb66
-def paper_adam_step(x, g, m, v, *, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-8, t=1):
-    "Algorithm 1 of Kingma & Ba: bias-corrected moments, `epsilon` added to `sqrt(v_hat)`; returns `(x, m, v)`."
+def _paper_rule(xp, x, g, m, v, vmax, learning_rate, beta_1, beta_2, epsilon, t):
+    "Algorithm 1 as printed; with `vmax` (AMSGrad) the running maximum of the raw `v` replaces `v` before the correction."
     m = beta_1 * m + (1.0 - beta_1) * g
     v = beta_2 * v + (1.0 - beta_2) * (g * g)
-    xp = array_namespace(x, g, m, v)
-    m_hat, v_hat = m / (1.0 - beta_1**t), v / (1.0 - beta_2**t)
-    return x - learning_rate * m_hat / (xp.sqrt(v_hat) + epsilon), m, v
+    if vmax is not None: vmax = xp.maximum(vmax, v)
+    m_hat, v_hat = m / (1.0 - beta_1**t), (v if vmax is None else vmax) / (1.0 - beta_2**t)
+    return x - learning_rate * m_hat / (xp.sqrt(v_hat) + epsilon), m, v, vmax
+
+def paper_adam_step(x, g, m, v, *, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-8, t=1):
+    "Algorithm 1 of Kingma & Ba: bias-corrected moments, `epsilon` added to `sqrt(v_hat)`; returns `(x, m, v)`."
+    return _paper_rule(array_namespace(x, g, m, v), x, g, m, v, None, learning_rate, beta_1, beta_2, epsilon, t)[:3]
 
 # %% ../nbs/01_rules.ipynb #c205429e
 def amsgrad_step(x, g, m, v, vhat, *,     # variable, gradient, moments, running maximum of v
                  learning_rate: float = 0.001, beta_1: float = 0.9, beta_2: float = 0.999,
                  epsilon: float = 1e-7, t: int = 1, numerics: str = "keras"):
-    "One Keras 3 AMSGrad step; returns new arrays `(x, m, v, vhat)`."
+    "One AMSGrad step (Keras 3's unless `numerics` says otherwise); returns new arrays `(x, m, v, vhat)`."
     _check_numerics(numerics)
     xp = array_namespace(x, g, m, v, vhat)
+    if numerics in _FAITHFUL:
+        return _PRESET_RULES[numerics](xp, x, g, m, v, vhat, learning_rate, beta_1, beta_2, epsilon, t)
     S = host_float(xp, x.dtype)
     alpha = bias_corrected_step_size(learning_rate, beta_1, beta_2, t, S, numerics)
     m, v = _moments(xp, g, m, v, *moment_constants(beta_1, beta_2, S, numerics))
     vhat = xp.maximum(vhat, v)
     return _move(xp, x, m, vhat, alpha, epsilon), m, v, vhat
+
+# %% ../nbs/01_rules.ipynb #6a6cffb1
+def _fma(xp, a, b, c):
+    "`a * b + c` with one rounding, as PyTorch's `lerp` and `addcmul` CPU kernels compute it; `a` may be a Python float."
+    dt = c.dtype
+    if dt == xp.float32 or dt == xp.float16:    # the product is exact one precision up; only the sum is rounded there
+        hi = xp.float64 if dt == xp.float32 else xp.float32
+        up = lambda z: z if isinstance(z, float) else xp.astype(z, hi)
+        return xp.astype(up(a) * up(b) + up(c), dt)
+    def split(z):                                # Veltkamp: z = hi + lo, each with 26 significant bits
+        s = z * 134217729.0
+        hi = s - (s - z)
+        return hi, z - hi
+    p = a * b
+    (ah, al), (bh, bl) = split(a), split(b)
+    e = ((ah * bh - p) + ah * bl + al * bh) + al * bl     # Dekker: p + e == a * b exactly
+    s = p + c
+    bb = s - p
+    r = (p - (s - bb)) + (c - bb)                         # Knuth: s + r == p + c exactly
+    out = s + (r + e)
+    return xp.where(xp.isfinite(out), out, p + c)         # the split overflows for |a|, |b| > ~1e300: plain a*b + c
+
+def _torch_rule(xp, x, g, m, v, vmax, learning_rate, beta_1, beta_2, epsilon, t):
+    "`torch.optim.Adam`'s `_single_tensor_adam` on the CPU: returns `(x, m, v, vmax)`."
+    S = host_float(xp, x.dtype)
+    bc1, bc2 = 1 - beta_1 ** float(t), 1 - beta_2 ** float(t)           # Python doubles
+    step_size, bc2_sqrt = learning_rate / bc1, bc2 ** 0.5
+    w, d = S(1 - beta_1), g - m                                           # m.lerp_(g, 1 - beta_1)
+    m = _fma(xp, float(w), d, m) if abs(w) < 0.5 else _fma(xp, float(w - S(1)), d, g)
+    v = _fma(xp, g * float(S(1 - beta_2)), g, v * float(S(beta_2)))      # v.mul_(b2).addcmul_(g, g, value=1 - b2)
+    if vmax is not None: vmax = xp.maximum(vmax, v)                       # max_exp_avg_sq
+    denom = xp.sqrt(v if vmax is None else vmax) / float(S(bc2_sqrt)) + float(S(epsilon))
+    return x + (float(S(-step_size)) * m) / denom, m, v, vmax            # x.addcdiv_(m, denom, value=-step_size)
+
+def _optax_bias_correction(xp, beta, t, like):
+    "optax's `1 - beta**count`: a 0-d array of `like`'s dtype, computed with the library's own `pow`."
+    dev = array_device(like)
+    return 1.0 - xp.asarray(beta, dtype=like.dtype, device=dev) ** xp.asarray(t, dtype=like.dtype, device=dev)
+
+def _optax_rule(xp, x, g, m, v, vmax, learning_rate, beta_1, beta_2, epsilon, t):
+    "`optax.adam` (`optax.amsgrad` with `vmax`), eps_root=0, then `optax.apply_updates`: returns `(x, m, v, vmax)`."
+    S = host_float(xp, x.dtype)
+    m = float(S(1 - beta_1)) * g + float(S(beta_1)) * m                  # update_moment: (1 - b) * g + b * m
+    v = float(S(1 - beta_2)) * (g * g) + float(S(beta_2)) * v
+    m_hat = m * (1.0 / _optax_bias_correction(xp, beta_1, t, m))         # XLA divides by a scalar this way
+    v_hat = v * (1.0 / _optax_bias_correction(xp, beta_2, t, v))
+    if vmax is not None: v_hat = vmax = xp.maximum(vmax, v_hat)          # nu_max: the maximum of the corrected v
+    u = m_hat / (xp.sqrt(v_hat) + float(S(epsilon)))
+    return x + float(S(-learning_rate)) * u, m, v, vmax
+
+_PRESET_RULES = {"torch": _torch_rule, "optax": _optax_rule, "paper": _paper_rule}
 
 # %% ../nbs/01_rules.ipynb #69c631a9
 def sparse_adam_step(x, g, m, v, vhat=None, *,   # variable, IndexedSlices gradient, moments, AMSGrad maximum (or None)
@@ -103,6 +166,10 @@ def sparse_adam_step(x, g, m, v, vhat=None, *,   # variable, IndexedSlices gradi
                      epsilon: float = 1e-7, t: int = 1, numerics: str = "keras"):
     "Dense-equivalent Adam (AMSGrad if `vhat` is given) for a row-sparse gradient, in tf.keras's order; returns new `(x, m, v, vhat)`."
     _check_numerics(numerics)
+    if numerics in _FAITHFUL:     # PyTorch's Adam and optax have no sparse path: the dense gradient, the dense rule
+        kw = dict(learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, t=t, numerics=numerics)
+        if vhat is None: return (*adam_step(x, g.to_dense(), m, v, **kw), None)
+        return amsgrad_step(x, g.to_dense(), m, v, vhat, **kw)
     xp = array_namespace(x, m, v)
     S = host_float(xp, x.dtype)
     g = g.deduplicate()
