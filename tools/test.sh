@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Set up a virtual environment in .venv and run every test: the notebooks (nbdev-test) and tests/ (pytest).
-# Works on a fresh machine with Python >= 3.10; the real Keras 3 (on JAX) is installed as an oracle.
+# Works on a fresh machine with Python >= 3.10; the real Keras 3 (on JAX) and Optax are installed as oracles.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e ".[dev,oracle-keras]"
+.venv/bin/python -m pip install -q -e ".[dev,oracle-keras,oracle-optax]"
 export KERAS_BACKEND=jax
 echo "== nbdev-test (notebooks)"
 .venv/bin/nbdev-test --n-workers 2 --timing
