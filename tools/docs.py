@@ -25,10 +25,19 @@ ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 def process_notebooks() -> Path:
     "Run nbdev's notebook processing (what nbdev-docs does before Quarto); returns the _proc folder."
+    import os
     from nbdev.config import get_config
+    from nbdev.quarto import nbdev_sidebar, refresh_quarto_yml
     from nbdev.serve import proc_nbs
-    import nbdev.processors  # noqa: F401  (doc_procs in pyproject.toml installs adam_lit._site's rule in each worker)
-    proc_nbs(path=str(ROOT / get_config().nbs_path), force=True)
+    import nbdev.doclinks
+    os.chdir(ROOT)
+    cfg = get_config()
+    # what `nbdev-proc-nbs` does, without its attempt to download Quarto: nbdev.yml, the sidebar, the link index, then
+    # the processing (doc_procs in pyproject.toml installs adam_lit._site's rule in every worker)
+    refresh_quarto_yml()
+    nbdev.doclinks._build_modidx()
+    nbdev_sidebar.__wrapped__(path=cfg.nbs_path)
+    proc_nbs(path=str(cfg.nbs_path), force=True)
     return ROOT / "_proc"
 
 
