@@ -177,6 +177,7 @@ pre.sourceCode.python { border-left: 3px solid #2780e3; }
 table { border-collapse: collapse; margin: 1rem 0; font-size: 0.9rem; display: block; overflow-x: auto; }
 th, td { border: 1px solid #dde1e5; padding: 0.3rem 0.6rem; }
 th { background: #f1f3f5; }
+td:first-child { white-space: nowrap; }
 img { max-width: 100%; height: auto; }
 math[display="block"] { overflow-x: auto; margin: 0.8rem 0; }
 a { color: #2780e3; }
