@@ -80,10 +80,10 @@ def time_interleaved(steps: dict,         # name -> zero-argument callable
     return {k: statistics.median(v) for k, v in ts.items()}
 
 # %% ../nbs/10_bench.ipynb #7c23af30
-def make_naive(pairs):
-    "Adam in textbook NumPy expressions: every operation allocates a new array."
+def make_naive(pairs, xp=np):
+    "Adam in textbook NumPy (or `xp`: CuPy) expressions: every operation allocates a new array."
     ps, gs = [p for p, _ in pairs], [g for _, g in pairs]
-    ms, vs = [np.zeros_like(p) for p in ps], [np.zeros_like(p) for p in ps]
+    ms, vs = [xp.zeros_like(p) for p in ps], [xp.zeros_like(p) for p in ps]
     t = [0]
     def step():
         t[0] += 1
@@ -91,7 +91,7 @@ def make_naive(pairs):
         for k, g in enumerate(gs):
             ms[k] = B1 * ms[k] + (1 - B1) * g
             vs[k] = B2 * vs[k] + (1 - B2) * (g * g)
-            ps[k] = ps[k] - a * ms[k] / (np.sqrt(vs[k]) + EPS)
+            ps[k] = ps[k] - a * ms[k] / (xp.sqrt(vs[k]) + EPS)
     step.params = lambda: ps
     return step
 
@@ -506,17 +506,7 @@ def _gpu_factories() -> dict:
         def step():
             for p, g, m, v in state: adam_inplace_cupy(p, g, m, v, alpha=alpha, c1=c1, c2=c2, epsilon=EPS)
         return step
-    def naive(pairs):
-        ps, gs = [p for p, _ in pairs], [g for _, g in pairs]
-        ms, vs, t = [cp.zeros_like(p) for p in ps], [cp.zeros_like(p) for p in ps], [0]
-        def step():
-            t[0] += 1
-            a = LR * math.sqrt(1 - B2 ** t[0]) / (1 - B1 ** t[0])
-            for k, g in enumerate(gs):
-                ms[k] = B1 * ms[k] + (1 - B1) * g
-                vs[k] = B2 * vs[k] + (1 - B2) * (g * g)
-                ps[k] = ps[k] - a * ms[k] / (cp.sqrt(vs[k]) + EPS)
-        return step
+    naive = lambda pairs: make_naive(pairs, cp)
     f = {"adam_lit": lit, "adam_lit flat": lit_flat, "adam_lit kernel": kernel, "naive CuPy": naive}
     if _installed("torch"):
         def torch_(mode):
