@@ -13,12 +13,13 @@ __version__ = "0.0.1"
 from .adam import Adam, AdamW
 from .lazyadam import LazyAdam
 from .backend import ArgumentTypeError, IndexedSlices
-from .optimizer import Optimizer
+from .optimizer import NonFiniteGradientError, Optimizer
 from .rules import adam_step, amsgrad_step, bias_corrected_step_size, lazy_adam_rows, sparse_adam_step
 from . import schedules
 from .driver import OptimizeResult, minimize
 from . import checkpoint, driver, interop
 
-__all__ = ["Adam", "AdamW", "LazyAdam", "Optimizer", "IndexedSlices", "ArgumentTypeError", "adam_step", "amsgrad_step",
+__all__ = ["Adam", "AdamW", "LazyAdam", "Optimizer", "IndexedSlices", "ArgumentTypeError", "NonFiniteGradientError",
+           "adam_step", "amsgrad_step",
            "bias_corrected_step_size", "sparse_adam_step", "lazy_adam_rows", "schedules", "minimize", "OptimizeResult",
            "checkpoint", "driver", "interop"]

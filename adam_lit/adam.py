@@ -35,11 +35,15 @@ class Adam(Optimizer):
                  gradient_accumulation_steps=None,
                  name=None,             # defaults to "adam", made unique per process as in Keras
                  numerics="keras",      # "keras" (Keras 3), "legacy" (tf.keras OptimizerV2), "torch", "optax" or "paper"
+                 gradient_nan_policy="propagate",  # non-finite gradients: "propagate" (Keras), "raise", or "skip"
+                 moment_dtype=None,     # e.g. "float32": moments (and the update) of float16 variables in float32
+                 master_weights=False,  # keep a `moment_dtype` master copy of each narrower variable
                  **kwargs):             # legacy tf.keras: `lr`, `decay`
         super().__init__(learning_rate=learning_rate, weight_decay=weight_decay, clipnorm=clipnorm, clipvalue=clipvalue,
                          global_clipnorm=global_clipnorm, use_ema=use_ema, ema_momentum=ema_momentum,
                          ema_overwrite_frequency=ema_overwrite_frequency, loss_scale_factor=loss_scale_factor,
-                         gradient_accumulation_steps=gradient_accumulation_steps, name=name, numerics=numerics, **kwargs)
+                         gradient_accumulation_steps=gradient_accumulation_steps, name=name, numerics=numerics,
+                         gradient_nan_policy=gradient_nan_policy, moment_dtype=moment_dtype, master_weights=master_weights, **kwargs)
         if numerics == "legacy" and not callable(epsilon) and not epsilon:
             epsilon = 1e-7      # tf.keras: `epsilon or backend.epsilon()`, so 0 and None become 1e-7
         self.beta_1 = check_hyper("beta_1", beta_1, **_BETA)
@@ -51,6 +55,18 @@ class Adam(Optimizer):
         self._late_slot_names = ("vhat",) if amsgrad else ()
 
     def _hyper_specs(self): return _ADAM_HYPERS
+
+    def _check_precision(self, items, hyper=None, names=None):
+        "A positive `epsilon` that rounds to 0 in the dtype a variable is updated in: `sqrt(v) + epsilon` is then 0 where `v` is."
+        eps = self.epsilon if hyper is None else hyper["epsilon"]
+        if callable(eps) or eps == 0: return       # (a callable is checked on each step, with its value)
+        names = self._names if names is None else names
+        for i, S in items:
+            if S(eps) == 0:
+                raise ValueError(f"Argument `epsilon`={eps} rounds to 0 in {np.dtype(S).name}, the dtype variable {i} "
+                                 f"({names[i]!r}) is updated in: where v is 0 the step would be 0/0 = NaN. Use an epsilon of "
+                                 f"at least {float(np.finfo(S).smallest_subnormal):.3g} (the default 1e-7 is representable), "
+                                 "or moment_dtype='float32'")
 
     def _fast_update(self, x, g) -> bool:
         "NumPy and CuPy variables with dense gradients are updated in place by a fused kernel (same bits as the rules)."

@@ -22,10 +22,10 @@ from .rules import _FAITHFUL, _check_numerics
 from .schedules import LearningRateSchedule, deserialize, serialize
 
 # %% auto #0
-__all__ = ['check_float', 'check_hyper', 'check_int', 'Optimizer', 'build', 'add_slot', 'get_slot', 'get_slot_names', 'variables',
-           'variable_names', 'weights', 'get_weights', 'set_weights', 'exclude_from_weight_decay', 'update_step',
-           'apply', 'apply_gradients', 'minimize', 'stateless_apply', 'finalize_variable_values', 'get_config',
-           'from_config']
+__all__ = ['NAN_POLICIES', 'check_float', 'check_hyper', 'check_int', 'NonFiniteGradientError', 'Optimizer', 'build', 'add_slot',
+           'get_slot', 'get_slot_names', 'variables', 'variable_names', 'weights', 'get_weights', 'set_weights',
+           'exclude_from_weight_decay', 'update_step', 'apply', 'apply_gradients', 'minimize', 'stateless_apply',
+           'finalize_variable_values', 'get_config', 'from_config']
 
 # %% ../nbs/03_optimizer.ipynb #829083e4
 def _is_real(x) -> bool:
@@ -72,7 +72,22 @@ class _Slot:
         self.name, self.keras_name, self.index, self.array = name, keras_name, index, array
 
 _KERAS_SLOT_NAMES = {"m": "momentum", "v": "velocity", "vhat": "velocity_hat",
-                     "average": "average", "gradient_accumulator": "gradient_accumulator"}
+                     "average": "average", "gradient_accumulator": "gradient_accumulator", "master": "master"}
+
+NAN_POLICIES = ("propagate", "raise", "skip")
+_FLOAT_NAMES = ("float16", "float32", "float64")
+
+def _check_moment_dtype(value):
+    "`moment_dtype` as a dtype name ('float16', 'float32' or 'float64'), or None; accepts names, NumPy dtypes and types."
+    if value is None: return None
+    try: name = np.dtype(value).name if not isinstance(value, str) else value
+    except TypeError: name = None
+    if name not in _FLOAT_NAMES:
+        raise ArgumentTypeError(f"Argument `moment_dtype` must be None or one of {', '.join(map(repr, _FLOAT_NAMES))}; got {value!r}")
+    return name
+
+class NonFiniteGradientError(FloatingPointError, ValueError):
+    "A gradient with NaN or Inf under `gradient_nan_policy='raise'`: a `FloatingPointError` that code catching `ValueError` also sees."
 
 # %% ../nbs/03_optimizer.ipynb #c8a93769
 class Optimizer:
@@ -93,6 +108,9 @@ class Optimizer:
                  gradient_accumulation_steps=None,   # update every this many calls with the average gradient
                  name=None,                          # defaults to the class name in snake case, made unique
                  numerics="keras",                   # "keras" (Keras 3), "legacy" (tf.keras, TF Addons), "torch", "optax" or "paper"
+                 gradient_nan_policy="propagate",    # non-finite gradients: "propagate" (Keras), "raise" or "skip" the step
+                 moment_dtype=None,                  # "float32" (or "float64"): slots and update of narrower variables in it
+                 master_weights=False,               # keep a `moment_dtype` master copy of each narrower variable
                  **kwargs):                          # legacy tf.keras: `lr` (alias that wins) and `decay`
         _check_numerics(numerics)
         self.numerics = numerics
@@ -127,13 +145,25 @@ class Optimizer:
                                             check_int("gradient_accumulation_steps", gradient_accumulation_steps, low=2))
         if name is not None and not isinstance(name, str): raise ArgumentTypeError(f"Argument `name` must be a str, got {name!r}")
         self.name = _auto_name(type(self).__name__) if name is None else name
+        if not isinstance(gradient_nan_policy, str) or gradient_nan_policy not in NAN_POLICIES:
+            raise ValueError(f"Argument `gradient_nan_policy` must be one of {', '.join(map(repr, NAN_POLICIES))}; got {gradient_nan_policy!r}")
+        self.gradient_nan_policy = gradient_nan_policy
+        self.moment_dtype = _check_moment_dtype(moment_dtype)
+        if not isinstance(master_weights, (bool, np.bool_)):
+            raise ArgumentTypeError(f"Argument `master_weights` must be a bool, got {master_weights!r}")
+        if master_weights and self.moment_dtype is None:
+            raise ValueError("Argument `master_weights=True` needs `moment_dtype` (the dtype of the master copy), "
+                             "e.g. moment_dtype='float32'")
+        self.master_weights = bool(master_weights)
+        self.skipped_steps = 0               # steps skipped by gradient_nan_policy="skip"
+        self._warned_skip = False
         self._iterations = 0                 # raw count of `apply` calls (Keras's `_iterations`)
         self._variables, self._names, self._index, self._xp = [], [], {}, None
         self._slots, self._slot_of = [], {}
         self._exclude_ids, self._exclude_pattern = set(), None
-        self.built, self._flat, self._flat_grads, self._flat_steps = False, None, None, 0
+        self.built, self._flat, self._flat_grads, self._flat_steps, self._wide = False, None, None, 0, {}
 
-    _STEP_STATE = frozenset({"_iterations", "_flat_steps", "_flat_grads", "_plan"})   # what a step itself writes
+    _STEP_STATE = frozenset({"_iterations", "_flat_steps", "_flat_grads", "_plan", "skipped_steps", "_warned_skip"})   # what a step itself writes
 
     def __setattr__(self, name, value):
         "Setting any other attribute (a hyperparameter, an option, the learning rate) drops the cached step plan."
@@ -236,15 +266,19 @@ def build(self, var_list, names=None):
     names = list(names)
     if len(names) != len(var_list): raise ValueError(f"got {len(names)} names for {len(var_list)} variables")
     names = [n if isinstance(n, str) else f"variable_{i}" for i, n in enumerate(names)]
-    self._variables, self._names, self._xp = var_list, names, xp
+    wide = self._widened(xp, var_list)
+    self._check_precision([(i, host_float(xp, wide.get(i, v.dtype))) for i, v in enumerate(var_list)], names=names)
+    self._variables, self._names, self._xp, self._wide = var_list, names, xp, wide
     self._index = {id(v): i for i, v in enumerate(var_list)}
-    if len(var_list) == 1:       # one contiguous NumPy or CuPy variable is its own flat buffer
+    if wide: base = None         # moments in another dtype than the variables: no flat buffers
+    elif len(var_list) == 1:     # one contiguous NumPy or CuPy variable is its own flat buffer
         v0 = var_list[0]
         base = v0.reshape(-1) if array_module(v0) is not None and v0.flags.c_contiguous else None
     else: base = tiled_base(var_list)
     self._flat = {"x": base} if base is not None else None      # the variables tile one buffer: flat slots too
+    own = set(self._own_slot_names())
     def add(i, name):
-        if self._flat is None: return self._new_slot(i, name)
+        if self._flat is None: return self._new_slot(i, name, dtype=wide.get(i) if name in own else None)
         if name not in self._flat: self._flat[name] = flat_like(var_list)
         return self._new_slot(i, name, array=self._flat[name][1][i])
     if self.use_ema:
@@ -255,8 +289,25 @@ def build(self, var_list, names=None):
         for s in self._slot_names: add(i, s)
     for s in self._late_slot_names:
         for i in range(len(var_list)): add(i, s)
+    if self.master_weights:      # the master copies come last, so Keras's layout of the other slots is kept
+        for i, dt in wide.items(): self._new_slot(i, "master", initializer=xp.astype(var_list[i], dt), dtype=dt)
     if self._flat is not None: self._flat = {k: (v if k == "x" else v[0]) for k, v in self._flat.items()}
     self.built = True
+
+@_patch
+def _widened(self, xp, var_list) -> dict:
+    "`{index: dtype}` of the variables narrower than `moment_dtype`: their slots and their update use that dtype."
+    if self.moment_dtype is None: return {}
+    if not hasattr(xp, self.moment_dtype):
+        raise ArgumentTypeError(f"moment_dtype={self.moment_dtype!r} is not a dtype of {xp.__name__}")
+    wdt = getattr(xp, self.moment_dtype)
+    width = np.dtype(self.moment_dtype).itemsize
+    return {i: wdt for i, v in enumerate(var_list) if np.dtype(host_float(xp, v.dtype)).itemsize < width}
+
+@_patch
+def _check_precision(self, items, hyper=None, names=None):
+    """Raise if a hyperparameter is lost in the dtype a variable is updated in; `items`: `(index, scalar type)` pairs
+    (subclasses say: `Adam` checks that `epsilon` does not round to 0). `hyper`: this step's values, else the attributes."""
 
 @_patch
 def _new_slot(self, i, name, initializer="zeros", shape=None, dtype=None, array=None):
@@ -313,6 +364,25 @@ def get_slot_names(self) -> list:
 def _scalar_array(xp, like, value, dtype):
     return xp.asarray(value, dtype=dtype, device=_device(like))
 
+def _check_counter(xp, value: int, dtype, what: str):
+    "An `OverflowError` naming the counter if `value` does not fit the integer `dtype` (JAX without x64: int32)."
+    hi = int(xp.iinfo(dtype).max)
+    if value > hi:
+        raise OverflowError(f"{what}: the iteration counter {value} does not fit {dtype} (at most {hi}), the integer dtype "
+                            f"of {xp.__name__}'s counter; with JAX, enable 64-bit integers (jax_enable_x64)")
+
+def _is_int_array(a) -> bool:
+    "Whether `a` is an array of an integer (or bool) dtype, in any library."
+    try: return np.dtype(str(getattr(a, "dtype", "object")).split(".")[-1]).kind in "iub"
+    except TypeError: return False
+
+@_patch
+def _counter_array(self):
+    "The raw iteration count as a 0-d array of the backend's default integer dtype (checked: no silent wrap-around)."
+    dt = default_int(self._xp)
+    _check_counter(self._xp, self._iterations, dt, f"optimizer '{self.name}'")
+    return _scalar_array(self._xp, self._variables[0], self._iterations, dt)
+
 @_patch
 def _has_lr_variable(self) -> bool:
     return not callable(self._learning_rate)
@@ -328,7 +398,7 @@ def variables(self) -> list:
     "Keras 3's optimizer variables: iteration, learning_rate (float rates only), then the slots in creation order."
     if not self.built: return []
     xp, like = self._xp, self._variables[0]
-    out = [_scalar_array(xp, like, self._iterations, default_int(xp))]
+    out = [self._counter_array()]
     if self._has_lr_variable():
         S = self._floatx()
         out.append(_scalar_array(xp, like, float(S(self._learning_rate)), getattr(xp, S.__name__)))
@@ -347,7 +417,7 @@ Optimizer.variable_names = variable_names
 def weights(self) -> list:
     "The iteration counter (a 0-d integer array) followed by every slot in creation order."
     if not self.built: return []
-    return [_scalar_array(self._xp, self._variables[0], self._iterations, default_int(self._xp))] + [s.array for s in self._slots]
+    return [self._counter_array()] + [s.array for s in self._slots]
 Optimizer.weights = weights
 
 @_patch
@@ -371,7 +441,8 @@ def set_weights(self, weights):
     it = weights[0]
     try: it_val = int(it)
     except (TypeError, ValueError): raise ArgumentTypeError(f"weight 0 (the iteration counter) must be an integer, got {it!r}") from None
-    if it_val != float(it) or it_val < 0: raise ValueError(f"weight 0 (the iteration counter) must be a non-negative integer, got {it!r}")
+    exact = isinstance(it, numbers.Integral) or _is_int_array(it)     # beyond 2**53 an integer is not compared as a float
+    if (not exact and it_val != float(it)) or it_val < 0: raise ValueError(f"weight 0 (the iteration counter) must be a non-negative integer, got {it!r}")
     for k, (s, w) in enumerate(zip(self._slots, weights[1:]), start=1):
         if not hasattr(w, "shape") or tuple(w.shape) != tuple(s.array.shape):
             got = tuple(w.shape) if hasattr(w, "shape") else type(w).__name__
@@ -454,13 +525,40 @@ def _decays_rows_only(self, g) -> bool:
     "Whether weight decay for gradient `g` is left to `update_step` (a lazy optimizer decays only the touched rows)."
     return False
 
+def _all_finite(xp, arrays) -> bool:
+    return all(bool(xp.all(xp.isfinite(_values(a)))) for a in arrays)
+
+@_patch
+def _nonfinite(self, xp, idx: list, raw: list, seen: list, is_update: bool) -> bool:
+    """`gradient_nan_policy` at work: False if the gradients passed (`raw`) and what the step would use (`seen`: the clipped
+    gradients, or the new accumulator sums) are finite; else raise (policy "raise") or return True (policy "skip")."""
+    if _all_finite(xp, raw) and _all_finite(xp, seen): return False
+    if self.gradient_nan_policy == "skip": return True
+    def count(g):
+        v = _values(g)
+        return int(xp.count_nonzero(~xp.isfinite(v))), math.prod(v.shape)
+    bad = [(i, *count(g)) for i, g in zip(idx, raw)]
+    bad = [b for b in bad if b[1]]
+    where = "passed"
+    if not bad:                  # finite as passed, non-finite after unscaling, accumulation or clipping
+        bad = [b for b in ((i, *count(g)) for i, g in zip(idx, seen)) if b[1]]
+        where = ("after loss-scale division, accumulation and clipping (the gradients passed are finite: a global "
+                 "norm or a sum that overflows its dtype makes them NaN or Inf)" if is_update else
+                 "in its accumulator after adding it (the gradients passed are finite: the sum overflows its dtype)")
+    i, k, size = bad[0]
+    others = f"; {len(bad) - 1} more of the {len(idx)} gradients too" if len(bad) > 1 else ""
+    raise NonFiniteGradientError(
+        f"gradient_nan_policy='raise': the gradient of variable {i} ({self._names[i]!r}, shape {tuple(self._variables[i].shape)}) "
+        f"has {k} non-finite value{'s' if k > 1 else ''} (NaN or Inf) out of {size} {where}{others}; nothing was changed")
+
 @_patch
 def _compute(self, xp, xs: list, slots: dict, idx: list, grads: list, raw_it: int, hyper: dict, inplace: bool = False):
     """The pipeline on values. `xs`: all variables; `slots[(i, name)]`; `idx`/`grads`: the variables with gradients.
-    Returns new `(xs, slots)`; entries may be `RowUpdate`s. With `inplace` (from `apply`, on the live arrays, after
+    Returns new `(xs, slots)`; entries may be `RowUpdate`s, or None for a step skipped by `gradient_nan_policy="skip"`. With `inplace` (from `apply`, on the live arrays, after
     validation), `update_step` may write a variable and its slots in place with a fused kernel."""
     base, xs, slots = xs, list(xs), dict(slots)
     n = self.gradient_accumulation_steps
+    raw = grads
     if self.loss_scale_factor is not None: grads = [_rewrap(g, _values(g) / self.loss_scale_factor) for g in grads]
     is_update = True
     if n:   # accumulation works on dense gradients (as Keras adds an IndexedSlices to its dense accumulator)
@@ -470,21 +568,33 @@ def _compute(self, xp, xs: list, slots: dict, idx: list, grads: list, raw_it: in
         if is_update: grads = [(g + a) / n for g, a in zip(grads, accs)]
         else:
             for i, g, a in zip(idx, grads, accs): slots[(i, "gradient_accumulator")] = g + a
+    if is_update: grads = self._clip(xp, grads)
+    if self.gradient_nan_policy != "propagate":     # what the step would write: the clipped gradients, or the new sums
+        seen = grads if is_update else [slots[(i, "gradient_accumulator")] for i in idx]
+        if self._nonfinite(xp, idx, raw, seen, is_update): return None
     if is_update:
-        grads = self._clip(xp, grads)
         it = raw_it // n if n else raw_it
-        lrs = {}
+        wide, lrs = self._wide, {}
+        self._check_precision([(i, host_float(xp, wide.get(i, xs[i].dtype))) for i in idx], hyper)
         for i, g in zip(idx, grads):
-            S = host_float(xp, xs[i].dtype)
+            x, hyp, wdt, master = xs[i], hyper, wide.get(i), None
+            if wdt is not None:     # a narrow variable: the update in `moment_dtype`, on its master copy if it has one
+                master = slots.get((i, "master"))
+                x = master if master is not None else xp.astype(x, wdt)
+                g = _rewrap(g, xp.astype(_values(g), wdt))
+            S = host_float(xp, x.dtype)
             if S not in lrs: lrs[S] = self._lr_at(S, raw_it, hyper["learning_rate"])
-            x, hyp = xs[i], hyper
-            fast = inplace and x is base[i] and self._fast_update(x, g)
+            fast = inplace and wdt is None and x is base[i] and self._fast_update(x, g)
             if self.weight_decay is not None and self._use_weight_decay(i):
                 if fast or self._decays_rows_only(g): hyp = dict(hyper, weight_decay=float(S(self.weight_decay)))
                 else: x = self._decayed(x, S, lrs[S])
             if fast: hyp = dict(hyp, _inplace=True)
             own = {name: slots[(i, name)] for name in self._own_slot_names() if (i, name) in slots}
             x, new = self.update_step(g, x, own, lrs[S], it + 1, hyp)
+            if wdt is not None:     # rounded back to the variable's dtype (the master copy keeps the wide value)
+                if master is not None: slots[(i, "master")] = x
+                x = (RowUpdate(x.indices, xp.astype(x.rows, xs[i].dtype)) if isinstance(x, RowUpdate)
+                     else xp.astype(x, xs[i].dtype))
             xs[i] = x
             for name, val in new.items(): slots[(i, name)] = val
         if n:   # every accumulator is reset, also those of variables without a gradient this call (SPEC decision 3)
@@ -546,11 +656,24 @@ def apply(self, grads, trainable_variables=None):
                       "when minimizing the loss.", stacklevel=2)
     xs = list(self._variables)
     slots = {(s.index, s.name): s.array for s in self._slots}
-    new_xs, new_slots = self._compute(xp, xs, slots, [i for i, _, _ in pairs], [g for _, g, _ in pairs], self._iterations,
-                                      hyper, inplace=True)
+    out = self._compute(xp, xs, slots, [i for i, _, _ in pairs], [g for _, g, _ in pairs], self._iterations,
+                        hyper, inplace=True)
+    if out is None: return self._skip()
+    new_xs, new_slots = out
     for x, nx in zip(xs, new_xs): _commit(x, nx)
     for key, arr in new_slots.items(): _commit(slots[key], arr)
     self._iterations += 1
+    return None
+
+@_patch
+def _skip(self):
+    "Count a step skipped by `gradient_nan_policy='skip'` (nothing else changes) and warn the first time."
+    self.skipped_steps += 1
+    if not self._warned_skip:
+        self._warned_skip = True
+        warnings.warn(f"optimizer '{self.name}' skipped a step with non-finite gradients (gradient_nan_policy='skip'); the "
+                      "variables, slots and iterations are unchanged. Skips are counted in `skipped_steps`; "
+                      "this warning is shown once per optimizer.", RuntimeWarning, stacklevel=3)
     return None
 
 def _commit(target, new):
@@ -568,9 +691,10 @@ def _flat_apply(self, grads, variables) -> bool:
     vs, plan = self._variables, self._plan
     if variables is not None: variables = list(variables)
     if plan is not None:         # the same gradient arrays as the last step, nothing reconfigured since: the cached plan
-        pg, step = plan
+        pg, step, finite = plan
         if (len(grads) == len(pg) and all(a is b for a, b in zip(grads, pg))
                 and (variables is None or (len(variables) == len(vs) and all(a is b for a, b in zip(variables, vs))))):
+            if finite is not None and not finite(): return False     # gradient_nan_policy: the checked path raises or skips
             step(self._iterations)
             self._iterations += 1
             self._flat_steps += 1
@@ -599,8 +723,12 @@ def _flat_apply(self, grads, variables) -> bool:
     if not getattr(x.flags, "writeable", True): return False     # (CuPy arrays are always writeable)
     hyper = self._hyper_values()
     S = host_float(self._xp, x.dtype)
+    self._check_precision([(0, S)], hyper)
+    am = array_module(gbase)
     g = gbase if self.loss_scale_factor is None else gbase / self.loss_scale_factor
-    if self.clipvalue: g = array_module(g).clip(g, -self.clipvalue, self.clipvalue)
+    finite = None if self.gradient_nan_policy == "propagate" else (lambda: bool(am.isfinite(gbase).all()))
+    if finite is not None and not (finite() and bool(am.isfinite(g).all())): return False
+    if self.clipvalue: g = am.clip(g, -self.clipvalue, self.clipvalue)
     lr = self._lr_at(S, self._iterations, hyper["learning_rate"])
     if self.weight_decay is not None: hyper = dict(hyper, weight_decay=float(S(self.weight_decay)))
     slots = {k: v for k, v in self._flat.items() if k != "x"}
@@ -609,7 +737,7 @@ def _flat_apply(self, grads, variables) -> bool:
     self._flat_steps += 1
     if self.loss_scale_factor is None and not self.clipvalue:     # the next steps: the same, its constants computed once
         step = self._flat_plan(x, gbase, slots, S)
-        if step is not None: self._plan = (list(grads), step)
+        if step is not None: self._plan = (list(grads), step, finite)
     return True
 
 def _root(a):
@@ -677,9 +805,11 @@ def stateless_apply(self, optimizer_variables, grads, trainable_variables):
     if n_head == 2:    # as in Keras, the learning rate is the one held in `optimizer_variables`
         hyper["learning_rate"] = check_float("learning_rate", float(optimizer_variables[1]), low=0)
     raw_it = int(optimizer_variables[0])
+    _check_counter(xp, raw_it + 1, optimizer_variables[0].dtype, "optimizer_variables[0]")
     slots = {(s.index, s.name): a for s, a in zip(self._slots, optimizer_variables[n_head:])}
-    new_xs, new_slots = self._compute(xp, trainable_variables, slots, [i for i, _, _ in pairs],
-                                      [g for _, g, _ in pairs], raw_it, hyper)
+    out = self._compute(xp, trainable_variables, slots, [i for i, _, _ in pairs], [g for _, g, _ in pairs], raw_it, hyper)
+    if out is None: return trainable_variables, optimizer_variables      # gradient_nan_policy="skip": the same values, counter included
+    new_xs, new_slots = out
     head = [xp.asarray(raw_it + 1, dtype=optimizer_variables[0].dtype)] + optimizer_variables[1:n_head]
     new_xs = [_materialize(b, x) for b, x in zip(trainable_variables, new_xs)]
     return new_xs, head + [_materialize(slots[(s.index, s.name)], new_slots[(s.index, s.name)]) for s in self._slots]
@@ -721,6 +851,9 @@ def get_config(self) -> dict:
               "loss_scale_factor": self.loss_scale_factor, "gradient_accumulation_steps": self.gradient_accumulation_steps}
     if self.decay: config["decay"] = self.decay
     if self.numerics != "keras": config["numerics"] = self.numerics
+    if self.gradient_nan_policy != "propagate": config["gradient_nan_policy"] = self.gradient_nan_policy      # adam_lit's own keys: only when set
+    if self.moment_dtype is not None: config["moment_dtype"] = self.moment_dtype
+    if self.master_weights: config["master_weights"] = True
     return config
 
 @classmethod
