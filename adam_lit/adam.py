@@ -7,6 +7,8 @@ Docs: https://adam-lit.github.io/adam_lit/adam.html.md"""
 # %% ../nbs/04_adam.ipynb #6b6d2e72
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .backend import IndexedSlices, host_float
@@ -108,6 +110,9 @@ class Adam(Optimizer):
         lr_const, lr_at = (None if schedule or self.decay else self._lr_at(S, 0, lr_spec)), self._lr_at
         def alpha_lr(raw_it):     # bias_corrected_step_size's operations, in the same order
             lr = lr_const if lr_const is not None else lr_at(S, raw_it, lr_spec)
+            if schedule and not (lr >= 0 and math.isfinite(lr)):        # checked before anything is written
+                raise ValueError(f"Argument `learning_rate`: the schedule {type(lr_spec).__name__} gives {lr!r} at step "
+                                 f"{raw_it}; a learning rate must be a finite number >= 0")
             st = S(raw_it + 1)
             return S(lr) * np.sqrt(ONE - B2 ** st) / (ONE - B1 ** st), lr
         if type(x) is np.ndarray:

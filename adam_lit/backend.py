@@ -235,7 +235,8 @@ def deduplicate(self):
     "The same gradient with unique indices, repeated rows summed in order of appearance."
     xp = namespace(self.values, self.indices)
     uniq, inverse = xp.unique_inverse(self.indices)
-    if uniq.shape[0] == self.indices.shape[0] and bool(xp.all(uniq == self.indices)): return self
+    if uniq.shape[0] == self.indices.shape[0] and bool(xp.all(uniq == self.indices)):
+        return self._with_values(self.values + 0.0)     # as a sum from zeros: -0.0 rows become +0.0, whatever the order
     summed = xp.zeros((uniq.shape[0],) + tuple(self.values.shape[1:]), dtype=self.values.dtype, device=array_device(self.values))
     return IndexedSlices(scatter_add_rows(summed, xp.reshape(inverse, (-1,)), self.values), uniq, self.dense_shape)
 

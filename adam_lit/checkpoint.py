@@ -98,8 +98,9 @@ def _fail(path, what): raise CheckpointError(f"checkpoint {os.fspath(path)!r}: {
 def read(path):
     "The checkpoint's metadata and arrays (NumPy), after checking the file: readable, an adam_lit checkpoint, intact."
     try:
-        with np.load(path, allow_pickle=False) as z:
-            if not hasattr(z, "files"): _fail(path, "not an .npz archive (a single .npy array?)")
+        z = np.load(path, allow_pickle=False)
+        if not hasattr(z, "files"): _fail(path, "not an .npz archive (a single .npy array?)")
+        with z:
             names = set(z.files)
             if "meta" not in names: _fail(path, "not an adam_lit checkpoint (no `meta` entry)")
             meta = json.loads(bytes(z["meta"]).decode("utf-8"))

@@ -96,6 +96,7 @@ def from_torch_state_dict(optimizer: Optimizer, state_dict: dict) -> Optimizer:
                 raise ValueError(f"{key!r} of parameter {i} has shape {tuple(a.shape)} and dtype {a.dtype}; variable {i} "
                                  f"({optimizer._names[i]!r}) needs {tuple(slot.shape)} and {slot.dtype}")
             writes.append((slot, a))
+    if any(not np.isfinite(s) for s in steps): raise ValueError(f"invalid step count {sorted(steps)}: not finite")
     if len(steps) != 1:
         raise ValueError(f"the parameters have different step counts {sorted(steps)}; adam_lit keeps one count for all variables")
     step = steps.pop()

@@ -90,6 +90,14 @@ class NonFiniteGradientError(FloatingPointError, ValueError):
     "A gradient with NaN or Inf under `gradient_nan_policy='raise'`: a `FloatingPointError` that code catching `ValueError` also sees."
 
 # %% ../nbs/03_optimizer.ipynb #c8a93769
+def _check_schedule_value(schedule, step: int):
+    "A schedule's learning rate at `step` (in float64) must be a finite number >= 0, checked before a step writes anything."
+    v = float(schedule.evaluate(step, np.float64))
+    if not (math.isfinite(v) and v >= 0):
+        raise ValueError(f"Argument `learning_rate`: the schedule {type(schedule).__name__} gives {v!r} at step {step}; "
+                         "a learning rate must be a finite number >= 0")
+    return v
+
 class Optimizer:
     "Keras 3's optimizer pipeline around the rule of a subclass; variables are arrays updated in place."
     _slot_names: tuple = ()          # per-variable slots the rule needs, created in this order for each variable
@@ -200,7 +208,9 @@ class Optimizer:
         "Evaluate every callable hyperparameter once and validate the results; nothing is mutated."
         lr = self._learning_rate
         out = {}
-        if isinstance(lr, LearningRateSchedule): out["learning_rate"] = lr
+        if isinstance(lr, LearningRateSchedule):
+            _check_schedule_value(lr, self._iterations)
+            out["learning_rate"] = lr
         elif callable(lr):
             v = lr()
             try: v = float(v)
@@ -425,6 +435,13 @@ def get_weights(self) -> list:
     "Copies of `weights`."
     return [self._xp.asarray(w, copy=True) for w in self.weights]
 
+def _real_dtype(dtype) -> bool:
+    "Whether `dtype` (NumPy, CuPy, torch, JAX, ...) holds real numbers: integers, booleans or real floats."
+    name = str(dtype).replace("torch.", "")
+    if name in ("bfloat16",): return True
+    try: return np.dtype(name).kind in "biuf"
+    except TypeError: return False
+
 @_patch
 def set_weights(self, weights):
     "Set the counter and every slot from a list shaped like `get_weights()`; all checked before anything is written."
@@ -447,6 +464,9 @@ def set_weights(self, weights):
         if not hasattr(w, "shape") or tuple(w.shape) != tuple(s.array.shape):
             got = tuple(w.shape) if hasattr(w, "shape") else type(w).__name__
             raise ValueError(f"weight {k} (slot {s.name!r} of variable {s.index}) has shape {got}, expected {tuple(s.array.shape)}")
+        if not _real_dtype(getattr(w, "dtype", None)):
+            raise ArgumentTypeError(f"weight {k} (slot {s.name!r} of variable {s.index}) has dtype {getattr(w, 'dtype', None)}; "
+                                    "expected an array of real numbers")
     new = [self._xp.asarray(w, dtype=s.array.dtype) for s, w in zip(self._slots, weights[1:])]
     for s, w in zip(self._slots, new): assign(s.array, w)
     self._iterations = it_val
@@ -695,6 +715,7 @@ def _flat_apply(self, grads, variables) -> bool:
         if (len(grads) == len(pg) and all(a is b for a, b in zip(grads, pg))
                 and (variables is None or (len(variables) == len(vs) and all(a is b for a, b in zip(variables, vs))))):
             if finite is not None and not finite(): return False     # gradient_nan_policy: the checked path raises or skips
+            if not _all_writeable(vs): return False                  # a variable made read-only since: the checked path says so
             step(self._iterations)
             self._iterations += 1
             self._flat_steps += 1
@@ -718,9 +739,10 @@ def _flat_apply(self, grads, variables) -> bool:
         gbase = tiled_base(grads)
         if gbase is None or gbase.dtype != self._flat["x"].dtype: return False
         if any(g.shape != v.shape for g, v in zip(grads, vs)): return False
+        if array_module(gbase).may_share_memory(gbase, self._flat["x"]): return False   # gradients in the variables' memory
         self._flat_grads = (list(grads), gbase)
     x = self._flat["x"]
-    if not getattr(x.flags, "writeable", True): return False     # (CuPy arrays are always writeable)
+    if not getattr(x.flags, "writeable", True) or not _all_writeable(vs): return False   # (CuPy arrays are always writeable)
     hyper = self._hyper_values()
     S = host_float(self._xp, x.dtype)
     self._check_precision([(0, S)], hyper)
@@ -739,6 +761,10 @@ def _flat_apply(self, grads, variables) -> bool:
         step = self._flat_plan(x, gbase, slots, S)
         if step is not None: self._plan = (list(grads), step, finite)
     return True
+
+def _all_writeable(arrays) -> bool:
+    "Whether every array can be written (a NumPy view may have been made read-only; CuPy arrays always can)."
+    return all(getattr(getattr(a, "flags", None), "writeable", True) for a in arrays)
 
 def _root(a):
     "The array that owns `a`'s memory."
@@ -779,6 +805,14 @@ def minimize(self, loss, var_list, name=None, tape=None):
     return value
 
 # %% ../nbs/03_optimizer.ipynb #0223c5e7
+def _counter_value(c, what: str) -> int:
+    "A step counter given as a number or a 0-d array: a non-negative integer, or a clear error."
+    try: f = float(c)
+    except (TypeError, ValueError): raise ArgumentTypeError(f"{what} must be an integer, got {c!r}") from None
+    if not math.isfinite(f) or f != int(f) or f < 0:
+        raise ValueError(f"{what} must be a non-negative integer iteration count, got {c!r}")
+    return int(c) if f >= 2 ** 53 else int(f)
+
 @_patch
 def stateless_apply(self, optimizer_variables, grads, trainable_variables):
     "One step on values; returns `(new_trainable_variables, new_optimizer_variables)` and changes nothing."
@@ -804,7 +838,7 @@ def stateless_apply(self, optimizer_variables, grads, trainable_variables):
     namespace(*trainable_variables, *optimizer_variables[n_head:], what="trainable and optimizer variables")
     if n_head == 2:    # as in Keras, the learning rate is the one held in `optimizer_variables`
         hyper["learning_rate"] = check_float("learning_rate", float(optimizer_variables[1]), low=0)
-    raw_it = int(optimizer_variables[0])
+    raw_it = _counter_value(optimizer_variables[0], "optimizer_variables[0] (the iteration counter)")
     _check_counter(xp, raw_it + 1, optimizer_variables[0].dtype, "optimizer_variables[0]")
     slots = {(s.index, s.name): a for s, a in zip(self._slots, optimizer_variables[n_head:])}
     out = self._compute(xp, trainable_variables, slots, [i for i, _, _ in pairs], [g for _, g, _ in pairs], raw_it, hyper)
