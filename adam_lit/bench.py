@@ -638,7 +638,8 @@ def gpu_targets(results) -> list:
     for k, n in ((1, 10**8), (100, 10**6)):
         c = _case(results, k, n)
         if c is None or "adam_lit flat" not in c["times"]:
-            rows.append((f"{_label(k * n)} parameters: ≥ 85 % of HBM bandwidth", "—", "not measured")); continue
+            rows.append((f"{_label(k * n)} parameters ({'one tensor' if k == 1 else f'{k} tensors, one flat buffer'}): "
+                         "≥ 85 % of HBM bandwidth", "—", "not measured")); continue
         t = c["times"]["adam_lit flat"]
         got = BYTES_PER_PARAM * c["params"] / t
         ref = bw["peak"] or bw["bytes_per_s"]
