@@ -56,6 +56,9 @@ def save(optimizer: Optimizer,          # a built optimizer (NumPy, CuPy, torch,
          include_variables: bool = True # also store the variables' values (to resume a run from the file alone)
         ) -> str:
     "Write `optimizer`'s full state to one `.npz` file (atomically); returns the path written."
+    if getattr(optimizer, "communicator", None) is not None:     # a collective: rank 0 writes (adam_lit.distributed)
+        from adam_lit.distributed import _save
+        return _save(optimizer, path, include_variables)
     if not isinstance(optimizer, Optimizer):
         raise TypeError(f"save expects an adam_lit optimizer, got {type(optimizer).__name__}")
     if not optimizer.built:
@@ -196,6 +199,9 @@ def load(optimizer: Optimizer,      # a built optimizer, on variables of the che
          restore_variables: bool = False,  # also write the stored variables' values into the variables
          _read=None):
     "Load a checkpoint's step count and slots (and optionally variables) into `optimizer`; all checked before any write."
+    if getattr(optimizer, "communicator", None) is not None and _read is None:   # a collective (adam_lit.distributed)
+        from adam_lit.distributed import _load
+        return _load(optimizer, path, match, restore_variables)
     meta, arrays = read(path) if _read is None else _read
     writes, iterations = _plan_load(optimizer, meta, arrays, path, match, restore_variables)
     diff = _differing_config(optimizer, meta)

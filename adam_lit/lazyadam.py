@@ -54,7 +54,7 @@ class LazyAdam(Adam):
         "Adam's slots, plus an integer `row_step` per table row with `row_bias_correction`."
         was_built = self.built
         super().build(var_list, names)
-        if self.row_bias_correction and not was_built:
+        if self.row_bias_correction and not was_built and self._dist is None:   # (a distributed build made them already)
             for i, v in enumerate(self._variables):
                 if v.ndim >= 1: self._new_slot(i, "row_step", shape=(v.shape[0],), dtype=default_int(self._xp))
 

@@ -119,6 +119,8 @@ class Optimizer:
                  gradient_nan_policy="propagate",    # non-finite gradients: "propagate" (Keras), "raise" or "skip" the step
                  moment_dtype=None,                  # "float32" (or "float64"): slots and update of narrower variables in it
                  master_weights=False,               # keep a `moment_dtype` master copy of each narrower variable
+                 communicator=None,                  # an `adam_lit.distributed` communicator: data parallel over its ranks
+                 shard_state=False,                  # with a communicator: ZeRO-1, each rank keeps the slots of its shard only
                  **kwargs):                          # legacy tf.keras: `lr` (alias that wins) and `decay`
         _check_numerics(numerics)
         self.numerics = numerics
@@ -163,6 +165,16 @@ class Optimizer:
             raise ValueError("Argument `master_weights=True` needs `moment_dtype` (the dtype of the master copy), "
                              "e.g. moment_dtype='float32'")
         self.master_weights = bool(master_weights)
+        if communicator is not None:
+            missing = [m for m in ("rank", "size", "allreduce", "reduce_scatter", "allgather", "broadcast", "allgather_host",
+                                   "allreduce_host", "barrier") if not hasattr(communicator, m)]
+            if missing: raise ArgumentTypeError(f"Argument `communicator` must be an adam_lit.distributed communicator "
+                                                f"(MPICommunicator, NCCLCommunicator); {communicator!r} lacks {', '.join(missing)}")
+        if not isinstance(shard_state, (bool, np.bool_)): raise ArgumentTypeError(f"Argument `shard_state` must be a bool, got {shard_state!r}")
+        if shard_state and communicator is None:
+            raise ValueError("Argument `shard_state=True` (ZeRO-1) needs a `communicator`: the state is sharded across its ranks")
+        self.communicator, self.shard_state = communicator, bool(shard_state)
+        self._dist, self._dist_local = None, False   # the distributed engine (adam_lit.distributed), once built
         self.skipped_steps = 0               # steps skipped by gradient_nan_policy="skip"
         self._warned_skip = False
         self._iterations = 0                 # raw count of `apply` calls (Keras's `_iterations`)
@@ -266,6 +278,9 @@ def _patch(f):
 @_patch
 def build(self, var_list, names=None):
     "Create the slots for `var_list` (writeable or not: JAX arrays can be built and used with `stateless_apply`)."
+    if self.communicator is not None and not self._dist_local:     # a collective: every rank builds together
+        from adam_lit.distributed import _build
+        return _build(self, var_list, names)
     var_list = list(var_list)
     xp = check_variables(var_list, writeable=False)
     if self.built:
@@ -515,6 +530,13 @@ def _rewrap(g, new): return g._with_values(new) if isinstance(g, IndexedSlices) 
 @_patch
 def _clip(self, xp, grads):
     "Clip as Keras does; an `IndexedSlices` is clipped through its raw rows, before repeated rows are summed (as tf.keras)."
+    if self._dist is not None and self._dist.sharded and (self.clipnorm or self.global_clipnorm):
+        return self._dist.clip(self, xp, grads)       # ZeRO-1: the norms of the whole gradients, not of this rank's rows
+    return self._clip_local(xp, grads)
+
+@_patch
+def _clip_local(self, xp, grads):
+    "`_clip` on the gradients given."
     if self.clipvalue:           # tf.keras's order: clipvalue, then clipnorm or global_clipnorm (Keras 3 allows one)
         grads = [_rewrap(g, xp.clip(_values(g), -self.clipvalue, self.clipvalue)) for g in grads]
     if self.clipnorm:
@@ -552,16 +574,19 @@ def _all_finite(xp, arrays) -> bool:
 def _nonfinite(self, xp, idx: list, raw: list, seen: list, is_update: bool) -> bool:
     """`gradient_nan_policy` at work: False if the gradients passed (`raw`) and what the step would use (`seen`: the clipped
     gradients, or the new accumulator sums) are finite; else raise (policy "raise") or return True (policy "skip")."""
-    if _all_finite(xp, raw) and _all_finite(xp, seen): return False
-    if self.gradient_nan_policy == "skip": return True
+    sharded = self._dist is not None and self._dist.sharded
+    if not sharded and _all_finite(xp, raw) and _all_finite(xp, seen): return False
     def count(g):
         v = _values(g)
         return int(xp.count_nonzero(~xp.isfinite(v))), math.prod(v.shape)
-    bad = [(i, *count(g)) for i, g in zip(idx, raw)]
-    bad = [b for b in bad if b[1]]
+    rc, sc = [count(g) for g in raw], [count(g) for g in seen]
+    if sharded: rc, sc = self._dist.global_counts(rc, sc)    # ZeRO-1: each rank sees its rows; every rank decides alike
+    if not any(k for k, _ in rc + sc): return False
+    if self.gradient_nan_policy == "skip": return True
+    bad = [(i, k, size) for i, (k, size) in zip(idx, rc) if k]
     where = "passed"
     if not bad:                  # finite as passed, non-finite after unscaling, accumulation or clipping
-        bad = [b for b in ((i, *count(g)) for i, g in zip(idx, seen)) if b[1]]
+        bad = [(i, k, size) for i, (k, size) in zip(idx, sc) if k]
         where = ("after loss-scale division, accumulation and clipping (the gradients passed are finite: a global "
                  "norm or a sum that overflows its dtype makes them NaN or Inf)" if is_update else
                  "in its accumulator after adding it (the gradients passed are finite: the sum overflows its dtype)")
@@ -667,6 +692,14 @@ def _prepare(self, grads, variables, writeable: bool):
 def apply(self, grads, trainable_variables=None):
     "Apply one step of `grads` to `trainable_variables` (or to the variables it was built with), in place."
     grads = list(grads)
+    if self.communicator is not None:     # a collective: gradients averaged over the ranks (adam_lit.distributed)
+        from adam_lit.distributed import _apply
+        return _apply(self, grads, trainable_variables, aggregate=True)
+    return self._apply_local(grads, trainable_variables)
+
+@_patch
+def _apply_local(self, grads, trainable_variables=None):
+    "`apply` on this process's gradients."
     if len(grads) == 0: return None
     if self._flat is not None and self._flat_apply(grads, trainable_variables): return None
     xp, variables, pairs, hyper, missing = self._prepare(grads, trainable_variables, writeable=True)
@@ -785,6 +818,10 @@ def _flat_kernel_ok(self) -> bool:
 def apply_gradients(self, grads_and_vars, name=None, experimental_aggregate_gradients=True) -> int:
     "Apply `(gradient, variable)` pairs in place; returns the raw iteration count, like tf.keras."
     pairs = list(grads_and_vars)
+    if self.communicator is not None:     # `experimental_aggregate_gradients=False`: the caller has averaged them
+        from adam_lit.distributed import _apply
+        _apply(self, [g for g, _ in pairs], [v for _, v in pairs], aggregate=experimental_aggregate_gradients)
+        return self._iterations
     if not pairs: return self._iterations
     grads, variables = zip(*pairs)
     self.apply(grads, variables)
@@ -816,6 +853,9 @@ def _counter_value(c, what: str) -> int:
 @_patch
 def stateless_apply(self, optimizer_variables, grads, trainable_variables):
     "One step on values; returns `(new_trainable_variables, new_optimizer_variables)` and changes nothing."
+    if self.communicator is not None:
+        raise NotImplementedError(f"stateless_apply is not available on optimizer '{self.name}', which has a communicator: "
+                                  "its steps are collectives on arrays it updates in place; use `apply`")
     if not self.built:
         raise ValueError(f"To call `stateless_apply`, {type(self).__name__} must be built (i.e. its variables must have "
                          "been created). You can build it via `optimizer.build(trainable_variables)`.")
@@ -864,6 +904,8 @@ def finalize_variable_values(self, var_list):
     "With `use_ema`, copy the moving averages into `var_list` (the variables, in build order)."
     if not self.use_ema: return
     var_list = list(var_list)
+    if self._dist is not None and self._dist.sharded:      # ZeRO-1: the averages are gathered from every rank's shard
+        return self._dist.finalize(self, var_list)
     avgs = [s.array for s in self._slots if s.name == "average"]
     if len(var_list) != len(avgs):
         raise ValueError(f"The length of model variables ({len(var_list)}) to override does not match the length of "

@@ -1,0 +1,229 @@
+"""Cases run on several MPI ranks by tests/test_distributed.py (and nbs/16_distributed.ipynb):
+
+    mpirun --allow-run-as-root --oversubscribe -n 2 python tests/mpi_cases.py CASE
+
+Each rank checks its own results; rank 0 prints one JSON line per check with every rank's verdict.
+The references are one process applying the averaged gradients: every rank can compute them, because the
+gradients of rank r at step k are drawn from a generator seeded with (k, r)."""
+import json
+import os
+import sys
+import tempfile
+import traceback
+import warnings
+
+import numpy as np
+
+from adam_lit import Adam, AdamW, IndexedSlices, LazyAdam, NonFiniteGradientError, checkpoint
+from adam_lit.distributed import MPICommunicator
+
+comm = MPICommunicator()
+RANK, SIZE = comm.rank, comm.size
+results = []
+
+def check(name, ok, detail=""):
+    results.append((name, bool(ok), str(detail)))
+
+def same(a, b) -> bool:
+    "Bit-identical lists of arrays."
+    return len(a) == len(b) and all(x.dtype == y.dtype and x.shape == y.shape and x.tobytes() == y.tobytes() for x, y in zip(a, b))
+
+SHAPES = [(6, 3), (5,), (), (1, 2)]     # a table, a vector, a scalar, a variable with fewer rows than ranks
+
+def grads(rank, step, dtype=np.float32, sparse=False, shapes=SHAPES):
+    rng = np.random.default_rng([step, rank])
+    gs = [rng.standard_normal(s).astype(dtype) for s in shapes]
+    if sparse:     # rank r sends 2 + r rows of the table, repeats allowed
+        n = 2 + rank
+        gs[0] = IndexedSlices(rng.standard_normal((n,) + shapes[0][1:]).astype(dtype), rng.integers(0, shapes[0][0], n), shapes[0])
+    return gs
+
+def averaged(step, dtype=np.float32, sparse=False, shapes=SHAPES):
+    "What one process applies: the mean of every rank's gradients (sparse: all rows, values divided by the ranks)."
+    per = [grads(r, step, dtype, sparse, shapes) for r in range(SIZE)]
+    out = []
+    for k in range(len(shapes)):
+        gs = [p[k] for p in per]
+        if isinstance(gs[0], IndexedSlices):
+            out.append(IndexedSlices(np.concatenate([g.values for g in gs]) / SIZE,
+                                     np.concatenate([g.indices for g in gs]), shapes[k]))
+        else:
+            total = gs[0]
+            for g in gs[1:]: total = total + g
+            out.append(total / SIZE)
+    return out
+
+def init(rank, dtype=np.float32, shapes=SHAPES):
+    rng = np.random.default_rng([99, rank])
+    return [rng.standard_normal(s).astype(dtype) for s in shapes]
+
+def case_exact():
+    "Data parallel and ZeRO-1 against one process on the averaged gradients, bit for bit, option by option."
+    options = [{}, dict(amsgrad=True), dict(clipnorm=0.5), dict(global_clipnorm=0.3, loss_scale_factor=4.0),
+               dict(clipvalue=0.2), dict(weight_decay=0.1), dict(use_ema=True, ema_overwrite_frequency=3),
+               dict(gradient_accumulation_steps=2), dict(gradient_accumulation_steps=2, global_clipnorm=0.5, use_ema=True),
+               dict(weight_decay=0.05, clipnorm=1.0, use_ema=True, amsgrad=True)]
+    for cls in (Adam, LazyAdam):
+        for kw in options + ([dict(row_bias_correction=True)] if cls is LazyAdam else []):
+            for sparse in (False, True):
+                for shard in (False, True):
+                    name = f"{cls.__name__}({kw}) sparse={sparse} shard_state={shard}"
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        xs = init(RANK)        # different on every rank: the build broadcasts rank 0's
+                        opt = cls(learning_rate=0.01, communicator=comm, shard_state=shard, **kw)
+                        ref_xs, ref = init(0), cls(learning_rate=0.01, **kw)
+                        for step in range(5):
+                            opt.apply(grads(RANK, step, sparse=sparse), xs)
+                            ref.apply(averaged(step, sparse=sparse), ref_xs)
+                    check(name, same(xs, ref_xs) and opt.iterations == ref.iterations,
+                          f"iterations {opt.iterations} vs {ref.iterations}")
+
+def case_dtypes():
+    "float64, float16 with float32 moments and master weights, on both modes."
+    for dtype, kw in [(np.float64, {}), (np.float16, dict(moment_dtype="float32", master_weights=True)),
+                      (np.float16, dict(moment_dtype="float32"))]:
+        for shard in (False, True):
+            xs, ref_xs = init(RANK, dtype), init(0, dtype)
+            opt = Adam(learning_rate=0.01, communicator=comm, shard_state=shard, epsilon=1e-4, **kw)
+            ref = Adam(learning_rate=0.01, epsilon=1e-4, **kw)
+            for step in range(4):
+                opt.apply(grads(RANK, step, dtype), xs)
+                ref.apply(averaged(step, dtype), ref_xs)
+            check(f"{np.dtype(dtype).name} {kw} shard_state={shard}", same(xs, ref_xs))
+
+def case_modes():
+    "ZeRO-1 equals data parallel; apply_gradients and experimental_aggregate_gradients=False; state per rank."
+    shapes = [(4000, 25), (300,), (7, 11)]
+    for cls in (Adam, LazyAdam):
+        runs = {}
+        for shard in (False, True):
+            xs = init(RANK, shapes=shapes)
+            opt = cls(learning_rate=0.003, amsgrad=True, communicator=comm, shard_state=shard)
+            for step in range(3): opt.apply_gradients(zip(grads(RANK, step, shapes=shapes), xs))
+            runs[shard] = (xs, sum(s.array.nbytes for s in opt._slots), opt)
+        if SIZE == 2: check(f"{cls.__name__}: ZeRO-1 == data parallel, bit for bit", same(runs[True][0], runs[False][0]))
+        else:   # with 3+ ranks MPI may sum in another order in Allreduce than in Reduce_scatter_block: rounding differs
+            check(f"{cls.__name__}: ZeRO-1 == data parallel (to rounding: {SIZE} ranks)",
+                  all(np.allclose(a, b, rtol=1e-5, atol=1e-7) for a, b in zip(runs[True][0], runs[False][0])))
+        dp, zero = runs[False][1], runs[True][1]
+        total = comm.allreduce_host(np.asarray([zero], np.int64))[0]
+        check(f"{cls.__name__}: state per rank {zero} B with ZeRO-1, {dp} B without (ratio {zero / dp:.3f})",
+              total == dp and zero <= dp // SIZE + 64 * len(shapes) * 3, f"sum over ranks {total}")
+    xs, ref_xs = init(RANK), init(0)
+    opt, ref = Adam(learning_rate=0.01, communicator=comm), Adam(learning_rate=0.01)
+    for step in range(3):
+        g = averaged(step)              # the caller averaged them: every rank passes the same gradients
+        opt.apply_gradients(zip(g, xs), experimental_aggregate_gradients=False)
+        ref.apply(g, ref_xs)
+    check("experimental_aggregate_gradients=False applies the gradients as given", same(xs, ref_xs))
+
+def snapshot(opt, xs):
+    return [x.copy() for x in xs] + [s.array.copy() for s in opt._slots] + [np.asarray(opt.iterations)]
+
+def expect_error(name, fn, cls, *parts):
+    try: fn()
+    except cls as e:
+        msg = str(e)
+        missing = [p for p in parts if p not in msg]
+        check(name, not missing, f"{type(e).__name__}: {msg}" + (f" (missing {missing})" if missing else ""))
+        return msg
+    except Exception as e:
+        check(name, False, f"raised {type(e).__name__}: {e}")
+        return None
+    check(name, False, "no error")
+
+def case_errors():
+    "Bad input on one rank: every rank raises the same clear error, nothing changes, the next step runs."
+    for shard in (False, True):
+        xs = init(RANK)
+        opt = Adam(learning_rate=0.01, communicator=comm, shard_state=shard, gradient_nan_policy="raise")
+        opt.apply(grads(RANK, 0), xs)
+        before = snapshot(opt, xs)
+        bad = grads(RANK, 1)
+        if RANK == SIZE - 1: bad[0] = np.ones((6, 4), np.float32)
+        msgs = comm.comm.allgather(expect_error(f"wrong shape on rank {SIZE - 1}, shard_state={shard}",
+                                                lambda: opt.apply(bad, xs), ValueError,
+                                                f"on rank {SIZE - 1} of {SIZE}", "gradient 0 has shape (6, 4)", "(6, 3)"))
+        check(f"the same message on every rank, shard_state={shard}", len(set(msgs)) == 1, msgs[0])
+        check(f"nothing changed after the wrong shape, shard_state={shard}", same(snapshot(opt, xs), before))
+        kinds = grads(RANK, 1)
+        if RANK == 0: kinds[1] = None
+        expect_error(f"a gradient None on rank 0 only, shard_state={shard}", lambda: opt.apply(kinds, xs), ValueError,
+                     "the ranks disagree", "gradient 1: None", "gradient 1: dense float32")
+        check(f"nothing changed after the disagreement, shard_state={shard}", same(snapshot(opt, xs), before))
+        nan = grads(RANK, 1)
+        if RANK == SIZE - 1: nan[0][5, 2] = np.nan      # the last row: owned by the last rank under ZeRO-1
+        expect_error(f"NaN on one rank, policy 'raise', shard_state={shard}", lambda: opt.apply(nan, xs),
+                     NonFiniteGradientError, "variable 0", "shape (6, 3)", "1 non-finite value")
+        check(f"nothing changed after the NaN, shard_state={shard}", same(snapshot(opt, xs), before))
+        opt.apply(grads(RANK, 1), xs)                   # the ranks are still in step
+        ref_xs, ref = init(0), Adam(learning_rate=0.01)
+        for step in range(2): ref.apply(averaged(step), ref_xs)
+        check(f"the next step after the errors, shard_state={shard}", same(xs, ref_xs))
+        skip = Adam(learning_rate=0.01, communicator=comm, shard_state=shard, gradient_nan_policy="skip")
+        ys = init(RANK)
+        skip.apply(grads(RANK, 0), ys)
+        before = snapshot(skip, ys)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            skip.apply(nan, ys)
+        check(f"NaN on one rank, policy 'skip': every rank skips, shard_state={shard}",
+              same(snapshot(skip, ys), before) and skip.skipped_steps == 1)
+    shapes = [(6, 3), (5,)] if RANK == 0 else [(6, 3), (4,)]
+    expect_error("variables of other shapes on one rank at build", lambda: Adam(communicator=comm).build(init(RANK, shapes=shapes)),
+                 ValueError, "the ranks disagree", "variable 1")
+    other = Adam(communicator=comm, beta_1=0.9 if RANK == 0 else 0.8)
+    expect_error("another beta_1 on one rank", lambda: other.build(init(RANK)), ValueError, "the ranks disagree", "beta_1")
+    o = Adam(communicator=comm)
+    o.build(init(RANK))
+    expect_error("stateless_apply with a communicator", lambda: o.stateless_apply(o.variables, grads(RANK, 0), init(RANK)),
+                 NotImplementedError, "communicator")
+
+def case_checkpoint():
+    "A sharded run's checkpoint loads into one process and back; a resumed run is bit-identical."
+    with tempfile.TemporaryDirectory() as d:
+        d = comm.comm.bcast(d, root=0)
+        for cls, kw in [(Adam, dict(amsgrad=True, use_ema=True)), (LazyAdam, dict(row_bias_correction=True)),
+                        (AdamW, dict(gradient_accumulation_steps=2))]:
+            for shard in (False, True):
+                tag = f"{cls.__name__}({kw}) shard_state={shard}"
+                xs = init(RANK)
+                opt = cls(learning_rate=0.01, communicator=comm, shard_state=shard, **kw)
+                for step in range(3): opt.apply(grads(RANK, step, sparse=True), xs)
+                path = checkpoint.save(opt, os.path.join(d, f"{cls.__name__}_{shard}"))
+                ref_xs, ref = init(0), cls(learning_rate=0.01, **kw)
+                for step in range(3): ref.apply(averaged(step, sparse=True), ref_xs)
+                single = checkpoint.load_optimizer(path, [x.copy() for x in xs], restore_variables=True)
+                check(f"{tag}: the checkpoint is one process's state", same(single.get_weights(), ref.get_weights()))
+                ys = [x.copy() for x in xs]
+                back = cls(learning_rate=0.01, communicator=comm, shard_state=shard, **kw)
+                back.build(ys)
+                checkpoint.load(back, path)
+                for step in range(3, 6):
+                    opt.apply(grads(RANK, step, sparse=True), xs)
+                    back.apply(grads(RANK, step, sparse=True), ys)
+                    ref.apply(averaged(step, sparse=True), ref_xs)
+                check(f"{tag}: resumed == uninterrupted == one process", same(xs, ys) and same(xs, ref_xs))
+                if shard and kw.get("use_ema"):
+                    fin = [x.copy() for x in xs]; opt.finalize_variable_values(fin)
+                    rfin = [x.copy() for x in ref_xs]; ref.finalize_variable_values(rfin)
+                    check(f"{tag}: finalize_variable_values gathers the averages", same(fin, rfin))
+                comm.barrier()
+
+CASES = {"exact": case_exact, "dtypes": case_dtypes, "modes": case_modes, "errors": case_errors, "checkpoint": case_checkpoint}
+
+if __name__ == "__main__":
+    names = sys.argv[1:] or list(CASES)
+    for n in names:
+        try: CASES[n]()
+        except Exception:
+            check(f"case {n} ran to the end", False, traceback.format_exc())
+    everyone = comm.comm.gather(results, root=0)
+    if RANK == 0:
+        for k, (name, ok, detail) in enumerate(everyone[0]):
+            row = {"check": name, "ok": [rr[k][1] if k < len(rr) else None for rr in everyone], "detail": detail}
+            print(json.dumps(row), flush=True)
+        for r, rr in enumerate(everyone):
+            if len(rr) != len(everyone[0]):
+                print(json.dumps({"check": f"rank {r} made {len(rr)} checks, rank 0 {len(everyone[0])}", "ok": [False]}))
