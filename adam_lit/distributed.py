@@ -82,12 +82,15 @@ class MPICommunicator(Communicator):
         back(h)
 
     def reduce_scatter(self, send, recv):
+        # (MPI_Reduce_scatter with equal counts, not MPI_Reduce_scatter_block: Open MPI 4.1's block version is 3-4x
+        # slower here, see "What it costs" below)
         s, _ = self._host(send); r, back = self._host(recv)
+        counts = [r.size] * self.size
         if _narrow(s.dtype):
             w = np.empty(r.shape, np.float32)
-            self.comm.Reduce_scatter_block(s.astype(np.float32), w, op=self._MPI.SUM)
+            self.comm.Reduce_scatter(s.astype(np.float32), w, counts, op=self._MPI.SUM)
             r[...] = w
-        else: self.comm.Reduce_scatter_block(s, r, op=self._MPI.SUM)
+        else: self.comm.Reduce_scatter(s, r, counts, op=self._MPI.SUM)
         back(r)
 
     def allgather(self, send, recv):
@@ -249,10 +252,12 @@ class _Engine:
                     o += (b[q][1] - b[q][0]) * n
                 B = max(B, o)
             self.block[name] = B
-        self.own = {name: am.zeros(self.block[name], dtype=variables[idx[0]].dtype) for name, idx in groups.items()}
-        self.full = {name: am.empty(p * self.block[name], dtype=variables[idx[0]].dtype) for name, idx in groups.items()}
-        self.send, self.recv = {}, {}    # reduce-scatter buffers, made at the first dense step
-        self.pieces = [self.piece(self.own[np.dtype(v.dtype).name], r, i, base=0) for i, v in enumerate(variables)]
+        # per dtype: the gradients of every rank's rows, rank-major (reduce-scatter's input, then all-gather's output),
+        # and this rank's block (reduce-scatter's output: its rows of the averaged gradients, then of the new variables)
+        self.send = {name: am.zeros(p * self.block[name], dtype=variables[idx[0]].dtype) for name, idx in groups.items()}
+        self.recv = {name: am.zeros(self.block[name], dtype=variables[idx[0]].dtype) for name, idx in groups.items()}
+        # this rank's rows are views of the variables themselves: the update writes them in place
+        self.pieces = [v if v.ndim == 0 else v[slice(*self.bounds(i))] for i, v in enumerate(variables)]
 
     def bounds(self, i, q=None): return self.rows[i][2][self.comm.rank if q is None else q]
 
@@ -316,14 +321,14 @@ class _Engine:
 
     # ---------------------------------------------------------------- ZeRO-1 data movement
     def gather_pieces(self, pieces: dict) -> dict:
-        "{variable index: this rank's rows} -> {variable index: the whole array}, one all-gather per dtype."
-        out, am = {}, array_module(self.own[next(iter(self.own))])
+        "{variable index: this rank's rows} -> {variable index: the whole array}, one all-gather per dtype (new buffers)."
+        out, am = {}, array_module(self.variables[0])
         for name, idx in self.groups.items():
             idx = [i for i in idx if i in pieces]
             if not idx: continue
-            send = am.zeros_like(self.own[name])
+            send = am.zeros_like(self.recv[name])
             for i in idx: self.piece(send, self.comm.rank, i, base=0)[...] = pieces[i]
-            recv = am.empty_like(self.full[name])
+            recv = am.empty_like(self.send[name])
             self.comm.allgather(send, recv)
             for i in idx:
                 v = self.variables[i]
@@ -384,7 +389,6 @@ def _build(opt, var_list, names=None):
     try:
         if opt.shard_state:
             eng.layout(am, var_list)
-            for i, v in enumerate(var_list): eng.pieces[i][...] = eng.take(i, v)
             opt.build(eng.pieces, names)                  # the slots of this rank's rows, in the optimizer's own layout
             opt._variables = var_list                     # the optimizer still speaks of the whole variables
             opt._index = {id(v): i for i, v in enumerate(var_list)}
@@ -436,8 +440,8 @@ def _apply(opt, grads, variables, aggregate: bool = True):
     xp, variables, pairs, hyper, missing = prep
     if not opt.built: opt.build(variables)
     eng = opt._dist
-    if aggregate: grads = _average(eng, grads)
     if not eng.sharded:
+        if aggregate: grads = _average(eng, grads)
         opt._dist_local = True
         try: return opt._apply_local(grads, variables)
         finally: opt._dist_local = False
@@ -495,22 +499,17 @@ def _sharded_step(opt, eng, xp, grads, variables, pairs, hyper, missing, aggrega
     if missing:
         warnings.warn(f"Gradients do not exist for variables {[opt._names[opt._index[id(variables[k])]] for k in missing]} "
                       "when minimizing the loss.", stacklevel=3)
-    for i, v in enumerate(vs): eng.pieces[i][...] = eng.take(i, v)    # this rank's rows, as they are now
     by_var = {opt._index[id(v)]: g for _, g, v in pairs}
     idx = sorted(by_var)
     pg, stash = {}, {}
     dense = [i for i in idx if not isinstance(by_var[i], IndexedSlices)]
-    am = array_module(eng.own[next(iter(eng.own))])
     for name, group in eng.groups.items():
         group = [i for i in group if i in dense]
         if not group: continue
         if aggregate:
-            send = eng.send.get(name)
-            if send is None: send = eng.send[name] = am.zeros(p * eng.block[name], dtype=vs[group[0]].dtype)
+            send, recv = eng.send[name], eng.recv[name]
             for i in group:
                 for q in range(p): eng.piece(send, q, i)[...] = eng.take(i, by_var[i], q)
-            recv = eng.recv.get(name)
-            if recv is None: recv = eng.recv[name] = am.empty(eng.block[name], dtype=send.dtype)
             comm.reduce_scatter(send, recv)
             recv /= p
             for i in group: pg[i] = eng.piece(recv, r, i, base=0)
@@ -536,12 +535,15 @@ def _sharded_step(opt, eng, xp, grads, variables, pairs, hyper, missing, aggrega
     n = opt.gradient_accumulation_steps
     if not n or (opt._iterations + 1) % n == 0 or opt.use_ema:     # the variables changed: every rank gets every row
         for name, group in eng.groups.items():
-            comm.allgather(eng.own[name], eng.full[name])
+            group = [i for i in group if vs[i].ndim]                  # (0-d variables: every rank updated them alike)
+            if not group: continue
+            send, recv = eng.recv[name], eng.send[name]
+            for i in group: eng.piece(send, r, i, base=0)[...] = eng.pieces[i]
+            comm.allgather(send, recv)
             for i in group:
-                rows = eng.rows_of(vs[i])
                 for q in range(p):
                     lo, hi = eng.bounds(i, q)
-                    if hi > lo: rows[lo:hi] = eng.piece(eng.full[name], q, i)
+                    if q != r and hi > lo: vs[i][lo:hi] = eng.piece(recv, q, i)
     opt._iterations += 1
     return None
 

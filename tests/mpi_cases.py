@@ -211,7 +211,34 @@ def case_checkpoint():
                     check(f"{tag}: finalize_variable_values gathers the averages", same(fin, rfin))
                 comm.barrier()
 
-CASES = {"exact": case_exact, "dtypes": case_dtypes, "modes": case_modes, "errors": case_errors, "checkpoint": case_checkpoint}
+class Counting:
+    "A communicator that counts the collectives on arrays it is asked for (the metadata ones: `*_host`) and passes them on."
+    def __init__(self, inner):
+        self.inner, self.rank, self.size, self.calls = inner, inner.rank, inner.size, {}
+    def __getattr__(self, name):
+        fn = getattr(self.inner, name)
+        def counted(*a, **k):
+            self.calls[name] = self.calls.get(name, 0) + 1
+            return fn(*a, **k)
+        return counted
+
+def case_counts():
+    "One collective per dtype per step, not one per tensor (and none of the gradients' kind for metadata)."
+    shapes = [(6, 3), (5,), (4, 2), (7,)]
+    for shard, expect in [(False, {"allreduce": 2}), (True, {"reduce_scatter": 2, "allgather": 2})]:
+        c = Counting(comm)
+        xs = [x.astype(np.float64) if k % 2 else x for k, x in enumerate(init(RANK, shapes=shapes))]   # two dtypes
+        opt = Adam(learning_rate=0.01, communicator=c, shard_state=shard)
+        opt.build(xs)
+        c.calls.clear()
+        for step in range(3):
+            gs = [g.astype(x.dtype) for g, x in zip(grads(RANK, step, shapes=shapes), xs)]
+            opt.apply(gs, xs)
+        got = {k: v for k, v in c.calls.items() if not k.endswith("_host")}
+        want = {k: 3 * v for k, v in expect.items()}
+        check(f"shard_state={shard}: collectives for 3 steps of 4 tensors in 2 dtypes: {got}", got == want, f"expected {want}")
+
+CASES = {"counts": case_counts, "exact": case_exact, "dtypes": case_dtypes, "modes": case_modes, "errors": case_errors, "checkpoint": case_checkpoint}
 
 if __name__ == "__main__":
     names = sys.argv[1:] or list(CASES)
