@@ -40,8 +40,9 @@ def test_two_ranks(case):
     assert not bad, "\n".join(f"{r['check']}: {r['ok']} {r.get('detail', '')[:2000]}" for r in bad)
 
 @needs_mpi
-def test_three_ranks():
-    "3 ranks: unequal shards (6 rows as 2+2+2, 5 as 1+2+2, 1 row on one rank only)."
-    rows = run_ranks("exact", n=3)
+@pytest.mark.parametrize("case", ["exact", "dtypes", "modes"])
+def test_three_ranks(case):
+    "3 ranks: unequal shards (5 rows as 1+2+2, 1 row on one rank only), sums in rank order ((g0 + g1) + g2)."
+    rows = run_ranks(case, n=3)
     bad = [r for r in rows if r["ok"] != [True] * 3]
     assert not bad, "\n".join(f"{r['check']}: {r['ok']} {r.get('detail', '')[:2000]}" for r in bad)
