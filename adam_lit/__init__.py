@@ -17,9 +17,9 @@ from .optimizer import NonFiniteGradientError, Optimizer
 from .rules import adam_step, amsgrad_step, bias_corrected_step_size, lazy_adam_rows, sparse_adam_step
 from . import schedules
 from .driver import OptimizeResult, minimize
-from . import checkpoint, driver, interop
+from . import checkpoint, distributed, driver, interop
 
 __all__ = ["Adam", "AdamW", "LazyAdam", "Optimizer", "IndexedSlices", "ArgumentTypeError", "NonFiniteGradientError",
            "adam_step", "amsgrad_step",
            "bias_corrected_step_size", "sparse_adam_step", "lazy_adam_rows", "schedules", "minimize", "OptimizeResult",
-           "checkpoint", "driver", "interop"]
+           "checkpoint", "distributed", "driver", "interop"]

@@ -20,6 +20,8 @@ def _mpirun():
     return [exe, *flags], None
 
 MPIRUN, WHY = _mpirun()
+if MPIRUN is None and os.environ.get("ADAM_LIT_REQUIRE_MPI"):      # CI: a missing MPI is a failure, not a skip
+    raise RuntimeError(f"ADAM_LIT_REQUIRE_MPI is set but {WHY}")
 needs_mpi = pytest.mark.skipif(MPIRUN is None, reason=WHY or "")
 
 def run_ranks(case: str, n: int = 2, timeout: int = 300) -> list:

@@ -7,6 +7,8 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e ".[dev,oracle-keras,oracle-optax]"
+# mpi4py (adam_lit.distributed's tests) where an MPI library is installed; elsewhere those tests say they are skipped
+if command -v mpicc >/dev/null && command -v mpirun >/dev/null; then .venv/bin/python -m pip install -q -e ".[mpi]"; fi
 export KERAS_BACKEND=jax
 echo "== nbdev-test (notebooks)"
 .venv/bin/nbdev-test --n-workers 2 --timing
