@@ -60,9 +60,22 @@ class Adam(Optimizer):
 
     def _check_precision(self, items, hyper=None, names=None):
         "A positive `epsilon` that rounds to 0 in the dtype a variable is updated in: `sqrt(v) + epsilon` is then 0 where `v` is."
+        names = self._names if names is None else names
+        if self.numerics in ("keras", "legacy"):   # (they raise the betas to the power t in that dtype)
+            for b in ("beta_1", "beta_2"):
+                val = getattr(self, b) if hyper is None else hyper[b]
+                if callable(val) or val >= 1: continue
+                for i, S in items:
+                    if _hyper(val, S, self.numerics) == 1:
+                        below = float(np.nextafter(S(1), S(0)))
+                        raise ValueError(
+                            f"Argument `{b}`={val} rounds to 1 in {np.dtype(S).name}, the dtype variable {i} ({names[i]!r}) is "
+                            f"updated in: the bias correction 1 - {b}**t is then 0, so every step would be "
+                            + ("0 (the variable never moves)" if b == "beta_2" else "a division by 0")
+                            + f". Use moment_dtype='float32' (the update in float32, the variable in {np.dtype(S).name}), "
+                            f"or {b} <= {below!r}")
         eps = self.epsilon if hyper is None else hyper["epsilon"]
         if callable(eps) or eps == 0: return       # (a callable is checked on each step, with its value)
-        names = self._names if names is None else names
         for i, S in items:
             if S(eps) == 0:
                 raise ValueError(f"Argument `epsilon`={eps} rounds to 0 in {np.dtype(S).name}, the dtype variable {i} "

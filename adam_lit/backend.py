@@ -50,17 +50,30 @@ _HOST_FLOATS = (("float64", np.float64), ("float32", np.float32), ("float16", np
 
 _HOST_CACHE = {np.dtype(t): t for _, t in _HOST_FLOATS}   # NumPy and CuPy dtypes: one dictionary lookup
 
+def _is_bfloat16(dtype) -> bool:
+    "Whether `dtype` is bfloat16, in any library (torch.bfloat16, JAX's and ml_dtypes' bfloat16)."
+    return str(dtype).split(".")[-1] == "bfloat16"
+
+def _bfloat16():
+    "The host scalar type that rounds like bfloat16: ml_dtypes' (installed with JAX), or a clear error."
+    try: from ml_dtypes import bfloat16
+    except ImportError:
+        raise ArgumentTypeError("bfloat16 arrays need the ml_dtypes package, whose bfloat16 scalars round like the "
+                                "arrays' (it comes with JAX): pip install ml_dtypes") from None
+    return bfloat16
+
 def host_float(xp, dtype):
-    "NumPy scalar type that rounds like `dtype` of namespace `xp` (float16, float32 or float64)."
+    "NumPy scalar type that rounds like `dtype` of namespace `xp` (float16, float32, float64, or ml_dtypes' bfloat16)."
     t = _HOST_CACHE.get(dtype) if isinstance(dtype, np.dtype) else None
     if t is not None: return t
     for name, t in _HOST_FLOATS:
         if hasattr(xp, name) and dtype == getattr(xp, name): return t
-    raise ArgumentTypeError(f"unsupported dtype {dtype}: adam_lit works on float16, float32 and float64 arrays")
+    if _is_bfloat16(dtype): return _bfloat16()
+    raise ArgumentTypeError(f"unsupported dtype {dtype}: adam_lit works on float16, bfloat16, float32 and float64 arrays")
 
 def is_real_floating(xp, dtype) -> bool:
     "Whether `dtype` is one of the real floating dtypes adam_lit updates."
-    return any(hasattr(xp, n) and dtype == getattr(xp, n) for n, _ in _HOST_FLOATS)
+    return any(hasattr(xp, n) and dtype == getattr(xp, n) for n, _ in _HOST_FLOATS) or _is_bfloat16(dtype)
 
 # %% ../nbs/00_backend.ipynb #5e113756
 def _is_writeable(x) -> bool:
@@ -204,11 +217,24 @@ def scatter_add_rows(out, indices, rows):
     return out
 
 def _to_host(a):
-    "A NumPy copy of a small array (indices), from any library or device."
+    "A NumPy copy of a small array (indices), from any library or device (bfloat16: an array of ml_dtypes' bfloat16)."
+    if isinstance(a, np.ndarray): return a
     lib = type(a).__module__.split(".")[0]
     if lib == "cupy": return a.get()
-    if lib == "torch": return a.detach().cpu().numpy()
+    if lib == "torch":
+        a = a.detach().cpu()
+        if _is_bfloat16(a.dtype):      # (NumPy has no bfloat16: the bits, viewed as ml_dtypes' type)
+            import torch
+            return a.view(torch.int16).numpy().view(_bfloat16())
+        return a.numpy()
     return np.from_dlpack(a) if hasattr(a, "__dlpack__") else np.asarray(a)
+
+def _from_host(xp, a, like):
+    "The NumPy array `a` as an array of `like`'s library and device (a bfloat16 torch tensor from ml_dtypes' bfloat16)."
+    if _is_bfloat16(a.dtype) and type(like).__module__.split(".")[0] == "torch":
+        import torch
+        return torch.from_numpy(np.ascontiguousarray(a).view(np.int16).copy()).view(torch.bfloat16).to(like.device)
+    return xp.asarray(a, device=array_device(like))
 
 def _host_ints(indices) -> list:
     "Indices as a list of Python ints (a device-to-host copy)."

@@ -17,7 +17,7 @@ import zipfile
 import numpy as np
 from array_api_compat import device as _device
 
-from .backend import _to_host, assign
+from .backend import _bfloat16, _from_host, _to_host, assign
 from .optimizer import Optimizer
 
 FORMAT = "adam_lit.checkpoint"   # the `format` field of every checkpoint's metadata
@@ -34,6 +34,10 @@ def _classes() -> dict:
 def _host(a) -> np.ndarray:
     "A C-contiguous NumPy copy of an array of any library or device."
     return np.asarray(_to_host(a), order="C")        # (not ascontiguousarray: it makes 0-d arrays 1-d)
+
+def _storable(a: np.ndarray) -> np.ndarray:
+    "`a` as `np.savez` can store it: bfloat16 (which the .npy format does not know) as its bits, uint16."
+    return a.view(np.uint16) if a.dtype.name == "bfloat16" else a
 
 def _digest(a: np.ndarray) -> str: return hashlib.sha256(np.asarray(a, order="C").tobytes()).hexdigest()
 
@@ -71,13 +75,13 @@ def save(optimizer: Optimizer,          # a built optimizer (NumPy, CuPy, torch,
         e = {"name": name, "shape": list(h.shape), "dtype": h.dtype.name}
         if include_variables:
             e["key"], e["sha256"] = f"variable_{i}", _digest(h)
-            arrays[e["key"]] = h
+            arrays[e["key"]] = _storable(h)
         variables.append(e)
     for k, s in enumerate(optimizer._slots):
         h = _host(s.array)
         slots.append({"key": f"slot_{k}", "variable": s.index, "name": s.name, "shape": list(h.shape),
                       "dtype": h.dtype.name, "sha256": _digest(h)})
-        arrays[f"slot_{k}"] = h
+        arrays[f"slot_{k}"] = _storable(h)
     from adam_lit import __version__
     meta = {"format": FORMAT, "version": VERSION, "adam_lit": __version__, "class": type(optimizer).__name__,
             "config": config, "config_missing": missing, "iterations": int(optimizer._iterations),
@@ -128,6 +132,9 @@ def read(path):
         _fail(path, f"incomplete metadata ({type(e).__name__}: {e})")
     if not isinstance(it, int) or it < 0: _fail(path, f"invalid step count {it!r}")
     for e, what in entries:
+        a = arrays.get(e["key"])
+        if e.get("dtype") == "bfloat16" and a is not None and a.dtype.itemsize == 2 and a.dtype.kind in "uV":
+            arrays[e["key"]] = a.view(np.uint16).view(_bfloat16())      # stored as its bits (see `_storable`)
         a = arrays.get(e["key"])
         if a is None: _fail(path, f"the array of {what} is missing")
         if list(a.shape) != e["shape"] or a.dtype.name != e["dtype"]:
@@ -206,7 +213,7 @@ def load(optimizer: Optimizer,      # a built optimizer, on variables of the che
     writes, iterations = _plan_load(optimizer, meta, arrays, path, match, restore_variables)
     diff = _differing_config(optimizer, meta)
     xp = optimizer._xp
-    news = [xp.asarray(a, device=_device(t)) for t, a in writes]    # every conversion (host to device) before any write
+    news = [_from_host(xp, a, t) for t, a in writes]                # every conversion (host to device) before any write
     for (t, _), a in zip(writes, news): assign(t, a)
     optimizer._iterations = iterations
     if diff:

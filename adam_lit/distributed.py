@@ -647,9 +647,8 @@ def _load(optimizer, path, match: str = "auto", restore_variables: bool = False)
         diff = checkpoint._differing_config(target, meta)
     except Exception as e: err = e
     _agree(comm, err, ["load"], f"checkpoint.load into optimizer '{optimizer.name}'")
-    xp = optimizer._xp
-    from array_api_compat import device as _device
-    news = [xp.asarray(a, device=_device(t)) for t, a in writes]
+    from adam_lit.backend import _from_host
+    news = [_from_host(optimizer._xp, a, t) for t, a in writes]
     for (t, _), a in zip(writes, news): assign(t, a)
     if optimizer._dist.sharded:
         eng = optimizer._dist

@@ -242,8 +242,8 @@ class Optimizer:
     def _lr_at(self, precision, raw_it: int, lr) -> float:
         "The learning rate of this step in `precision`: a schedule sees the raw call count; legacy `decay` divides."
         S = precision
-        if S is np.float16:            # Keras keeps the rate (and evaluates schedules) in floatx, float32, then casts
-            return float(np.float16(self._lr_at(np.float32, raw_it, lr)))
+        if S is np.float16 or S.__name__ == "bfloat16":   # Keras keeps the rate (and evaluates schedules) in floatx, float32, then casts
+            return float(S(self._lr_at(np.float32, raw_it, lr)))
         if self.numerics == "legacy":   # tf.keras keeps lr and decay in float32 variables; its schedules compute in float32
             val = lr.evaluate(raw_it, np.float32) if isinstance(lr, LearningRateSchedule) else float(np.float32(lr))
             if self.decay: val = float(S(val) / (S(1) + S(np.float32(self.decay)) * S(raw_it)))

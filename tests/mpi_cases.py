@@ -81,8 +81,13 @@ def case_exact():
 
 def case_dtypes():
     "float64, float16 with float32 moments and master weights, on both modes."
-    for dtype, kw in [(np.float64, {}), (np.float16, dict(moment_dtype="float32", master_weights=True)),
-                      (np.float16, dict(moment_dtype="float32"))]:
+    cases = [(np.float64, {}), (np.float16, dict(moment_dtype="float32", master_weights=True)),
+             (np.float16, dict(moment_dtype="float32"))]
+    try:
+        from ml_dtypes import bfloat16
+        cases.append((bfloat16, dict(moment_dtype="float32", master_weights=True)))
+    except ImportError: pass
+    for dtype, kw in cases:
         for shard in (False, True):
             xs, ref_xs = init(RANK, dtype), init(0, dtype)
             opt = Adam(learning_rate=0.01, communicator=comm, shard_state=shard, epsilon=1e-4, **kw)
