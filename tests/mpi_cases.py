@@ -119,6 +119,19 @@ def case_modes():
         opt.apply_gradients(zip(g, xs), experimental_aggregate_gradients=False)
         ref.apply(g, ref_xs)
     check("experimental_aggregate_gradients=False applies the gradients as given", same(xs, ref_xs))
+    xs = init(RANK)
+    opt = Adam(learning_rate=0.01, amsgrad=True, communicator=comm)
+    opt.build(xs)
+    if RANK == 0:                       # a state only rank 0 has (read from somewhere): broadcast_state shares it
+        w = opt.get_weights()
+        opt.set_weights([np.int64(7)] + [np.full_like(a, 0.25 + k) for k, a in enumerate(w[1:])])
+    from adam_lit.distributed import broadcast_state
+    broadcast_state(opt)
+    states = comm.comm.allgather([a.tobytes() for a in opt.get_weights()])
+    check("broadcast_state gives every rank rank 0's slots and step count",
+          all(s_ == states[0] for s_ in states) and opt.iterations == 7)
+    zero = Adam(communicator=comm, shard_state=True); zero.build(init(RANK))
+    expect_error("broadcast_state with shard_state=True", lambda: broadcast_state(zero), ValueError, "each rank holds its own shard")
 
 def snapshot(opt, xs):
     return [x.copy() for x in xs] + [s.array.copy() for s in opt._slots] + [np.asarray(opt.iterations)]
