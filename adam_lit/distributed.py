@@ -14,7 +14,7 @@ import warnings
 
 import numpy as np
 
-from .backend import ArgumentTypeError, IndexedSlices, assign, check_variables, describe
+from .backend import ArgumentTypeError, IndexedSlices, assign, check_variables, describe, host_float
 from .kernels import array_module
 from .optimizer import NonFiniteGradientError, Optimizer
 
@@ -267,8 +267,12 @@ def _build(opt, var_list, names=None):
     comm, err, items, same = opt.communicator, None, [], False
     try:
         var_list = list(var_list)
-        check_variables(var_list, writeable=True)
+        xp = check_variables(var_list, writeable=True)
         am = _check_backend(var_list)
+        if not opt.built:     # the local build's own check, before the broadcast writes anything
+            wide = opt._widened(xp, var_list)
+            opt._check_precision([(i, host_float(xp, wide.get(i, v.dtype))) for i, v in enumerate(var_list)],
+                                 names=[f"variable_{i}" if names is None else names[i] for i in range(len(var_list))])
         if opt.built:
             same = len(var_list) == len(opt._variables) and all(a is b for a, b in zip(var_list, opt._variables))
             if not same: raise ValueError(f"optimizer '{opt.name}' was built on {len(opt._variables)} variables and cannot be "
@@ -302,9 +306,11 @@ def _broadcast_array(comm, v):
 
 def broadcast_state(optimizer):
     "Copy rank 0's slots and step count to every rank (data parallel; e.g. after rank 0 alone loaded a state)."
+    if getattr(optimizer, "communicator", None) is None:
+        raise ValueError(f"optimizer '{getattr(optimizer, 'name', optimizer)}' has no communicator: there is nothing to broadcast")
     eng, err = optimizer._dist, None
     try:
-        if eng is None: raise ValueError(f"optimizer '{optimizer.name}' has no communicator, or is not built yet")
+        if eng is None: raise ValueError(f"optimizer '{optimizer.name}' is not built yet: build it (a collective) first")
         if eng.sharded: raise ValueError("with shard_state=True each rank holds its own shard: there is no state to broadcast; "
                                          "use adam_lit.checkpoint.load on every rank")
     except Exception as e: err = e

@@ -190,6 +190,13 @@ def case_errors():
                  ValueError, "the ranks disagree", "variable 1")
     other = Adam(communicator=comm, beta_1=0.9 if RANK == 0 else 0.8)
     expect_error("another beta_1 on one rank", lambda: other.build(init(RANK)), ValueError, "the ranks disagree", "beta_1")
+    ys = init(RANK); before = [y.copy() for y in ys]
+    expect_error("an epsilon lost in float16 at build", lambda: Adam(communicator=comm, epsilon=1e-30).build([y.astype(np.float16) for y in ys]),
+                 ValueError, "rounds to 0 in float16")
+    f16 = [y.astype(np.float16) for y in ys]; f16_before = [y.copy() for y in f16]
+    expect_error("a beta_2 lost in float16 at the first step", lambda: Adam(communicator=comm, beta_2=0.9999999).apply(grads(RANK, 0, np.float16), f16),
+                 ValueError, "rounds to 1 in float16")
+    check("nothing broadcast when the build fails", same(f16, f16_before))
     o = Adam(communicator=comm)
     o.build(init(RANK))
     expect_error("stateless_apply with a communicator", lambda: o.stateless_apply(o.variables, grads(RANK, 0), init(RANK)),
