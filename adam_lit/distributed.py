@@ -17,6 +17,7 @@ import numpy as np
 from .backend import ArgumentTypeError, IndexedSlices, assign, check_variables, describe, host_float
 from .kernels import array_module
 from .optimizer import NonFiniteGradientError, Optimizer
+from .schedules import LearningRateSchedule
 
 class DistributedError(RuntimeError):
     "An error raised on one rank of a collective call, re-raised on every rank (its own type when it is not a library error)."
@@ -335,6 +336,11 @@ def _apply(opt, grads, variables, aggregate: bool = True):
             prep = opt._prepare(grads, variables, writeable=True)
             _check_backend(prep[1])
         items = [f"built={opt.built}", f"aggregate={bool(aggregate)}", f"{len(grads)} gradients"] + [f"gradient {k}: {_kind(g)}" for k, g in enumerate(grads)]
+        if prep is not None:      # hyperparameters given as callables: every rank must see the same values
+            lr = opt._learning_rate
+            calls = (["learning_rate"] if callable(lr) and not isinstance(lr, LearningRateSchedule) else []) + \
+                    [n for n in opt._hyper_specs() if callable(getattr(opt, n))]
+            items += [f"{n} (a callable) = {prep[3][n]!r}" for n in calls]
     except Exception as e: err = e
     _agree(comm, err, items, f"step {opt._iterations} of optimizer '{opt.name}'")
     if not grads: return None
@@ -343,9 +349,9 @@ def _apply(opt, grads, variables, aggregate: bool = True):
     eng = opt._dist
     if not eng.sharded:
         if aggregate: grads = _average(eng, grads)
-        opt._dist_local = True
+        object.__setattr__(opt, "_hyper_once", hyper)      # the callables were evaluated once, for the agreement
         try: return opt._apply_local(grads, variables)
-        finally: opt._dist_local = False
+        finally: object.__setattr__(opt, "_hyper_once", None)
     return _sharded_step(opt, eng, xp, grads, variables, pairs, hyper, missing, aggregate)
 
 def _average(eng, grads):

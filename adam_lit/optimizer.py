@@ -218,6 +218,8 @@ class Optimizer:
 
     def _hyper_values(self) -> dict:
         "Evaluate every callable hyperparameter once and validate the results; nothing is mutated."
+        once = self.__dict__.get("_hyper_once")
+        if once is not None: return dict(once)      # (a distributed step: the values every rank agreed on)
         lr = self._learning_rate
         out = {}
         if isinstance(lr, LearningRateSchedule):

@@ -190,6 +190,17 @@ def case_errors():
                  ValueError, "the ranks disagree", "variable 1")
     other = Adam(communicator=comm, beta_1=0.9 if RANK == 0 else 0.8)
     expect_error("another beta_1 on one rank", lambda: other.build(init(RANK)), ValueError, "the ranks disagree", "beta_1")
+    rates = Adam(learning_rate=lambda: 0.01 * (1 + RANK), communicator=comm)
+    expect_error("a learning-rate callable that differs between ranks", lambda: rates.apply(grads(RANK, 0), init(RANK)), ValueError,
+                 "the ranks disagree", "learning_rate (a callable) = 0.01", "learning_rate (a callable) = 0.02")
+    calls = []
+    for shard in (False, True):
+        calls.clear()
+        counted = Adam(learning_rate=lambda: calls.append(1) or 0.01, beta_1=lambda: 0.9, communicator=comm, shard_state=shard)
+        zs, ref_zs, ref = init(RANK), init(0), Adam(learning_rate=0.01)
+        for step in range(3): counted.apply(grads(RANK, step), zs); ref.apply(averaged(step), ref_zs)
+        check(f"callable hyperparameters: evaluated once per step, every rank the same bits, shard_state={shard}",
+              len(calls) == 3 and same(zs, ref_zs), f"{len(calls)} calls")
     ys = init(RANK); before = [y.copy() for y in ys]
     expect_error("an epsilon lost in float16 at build", lambda: Adam(communicator=comm, epsilon=1e-30).build([y.astype(np.float16) for y in ys]),
                  ValueError, "rounds to 0 in float16")
