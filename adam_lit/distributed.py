@@ -378,26 +378,43 @@ def _average(eng, grads):
             comm.allreduce(buf)
             buf /= p
         for k, _ in dense: out[k] = views[k]
-    for k, g in enumerate(grads):
-        if isinstance(g, IndexedSlices): out[k] = _gather_slices(comm, g, scale=True)
+    sparse = [k for k, g in enumerate(grads) if isinstance(g, IndexedSlices)]
+    for k, whole in zip(sparse, _gather_slices(comm, [grads[k] for k in sparse], scale=True)): out[k] = whole
     return out
 
-def _gather_slices(comm, g, scale: bool):
-    "Every rank's rows of an `IndexedSlices`, in rank order (values divided by the number of ranks when averaging)."
-    am, p = array_module(g.values), comm.size
-    counts = comm.allgather_host(np.asarray([g.indices.shape[0]], np.int64)).reshape(-1)
-    m, rest = int(counts.max()), tuple(g.values.shape[1:])
-    n = math.prod(rest)
-    isend = am.zeros(m, dtype=np.int64); isend[:counts[comm.rank]] = g.indices
-    vsend = am.zeros((m,) + rest, dtype=g.values.dtype); vsend[:counts[comm.rank]] = g.values
-    iall, vall = am.empty(p * m, dtype=np.int64), am.empty(p * m * n, dtype=g.values.dtype)
-    comm.allgather(isend, iall); comm.allgather(vsend.reshape(-1), vall)
-    vall = vall.reshape((p * m,) + rest)
-    keep = np.concatenate([np.arange(q * m, q * m + counts[q]) for q in range(p)]).astype(np.int64)
-    if am is not np: keep = am.asarray(keep)
-    values = vall[keep]
-    if scale: values = values / p
-    return IndexedSlices(values, iall[keep], g.dense_shape)
+def _gather_slices(comm, gs: list, scale: bool) -> list:
+    """Every rank's rows of each `IndexedSlices` in `gs`, in rank order (values divided by the number of ranks when
+    averaging). All of them travel together: one all-gather of the row counts (host), one of the indices, one of the
+    rows per dtype, each tensor padded to its longest rank."""
+    if not gs: return []
+    am, p, r = array_module(gs[0].values), comm.size, comm.rank
+    counts = comm.allgather_host(np.asarray([g.indices.shape[0] for g in gs], np.int64))      # (ranks, tensors)
+    m = counts.max(axis=0)                                                                   # rows per tensor, padded
+    sizes = [math.prod(g.values.shape[1:]) for g in gs]
+    io = np.concatenate([[0], np.cumsum(m)]).astype(int)                                     # index offsets
+    isend = am.zeros(int(io[-1]), dtype=np.int64)
+    for t, g in enumerate(gs): isend[io[t]:io[t] + counts[r, t]] = g.indices
+    iall = am.empty(p * int(io[-1]), dtype=np.int64)
+    comm.allgather(isend, iall)
+    iall = iall.reshape(p, -1)
+    vall, vo = {}, {}                                                                        # per dtype: rows, offsets
+    for dt in dict.fromkeys(g.values.dtype for g in gs):
+        ts = [t for t, g in enumerate(gs) if g.values.dtype == dt]
+        o = 0
+        for t in ts: vo[t] = o; o += int(m[t]) * sizes[t]
+        vsend = am.zeros(o, dtype=dt)
+        for t in ts: vsend[vo[t]:vo[t] + counts[r, t] * sizes[t]] = gs[t].values.reshape(-1)
+        vall[dt] = am.empty(p * o, dtype=dt)
+        comm.allgather(vsend, vall[dt])
+        vall[dt] = vall[dt].reshape(p, -1)
+    out = []
+    for t, g in enumerate(gs):
+        rest, n = tuple(g.values.shape[1:]), sizes[t]
+        indices = am.concatenate([iall[q, io[t]:io[t] + counts[q, t]] for q in range(p)])
+        values = am.concatenate([vall[g.values.dtype][q, vo[t]:vo[t] + counts[q, t] * n] for q in range(p)]).reshape((-1,) + rest)
+        if scale: values = values / p
+        out.append(IndexedSlices(values, indices, g.dense_shape))
+    return out
 
 def _sharded_step(opt, eng, xp, grads, variables, pairs, hyper, missing, aggregate):
     "ZeRO-1: reduce-scatter the gradients, update this rank's rows and their slots, all-gather the variables."
@@ -422,13 +439,12 @@ def _sharded_step(opt, eng, xp, grads, variables, pairs, hyper, missing, aggrega
             for i in group: pg[i] = eng.piece(recv, r, i, base=0)
         else:
             for i in group: pg[i] = eng.take(i, by_var[i])
-    for i in idx:
-        g = by_var[i]
-        if isinstance(g, IndexedSlices):
-            whole = _gather_slices(comm, g, scale=True) if aggregate else g
-            mask = eng.owned(i, whole)
-            stash[i] = (whole, mask)
-            pg[i] = eng.sparse_piece(i, whole, mask)
+    sparse = [i for i in idx if isinstance(by_var[i], IndexedSlices)]
+    gathered = _gather_slices(comm, [by_var[i] for i in sparse], scale=True) if aggregate else [by_var[i] for i in sparse]
+    for i, whole in zip(sparse, gathered):
+        mask = eng.owned(i, whole)
+        stash[i] = (whole, mask)
+        pg[i] = eng.sparse_piece(i, whole, mask)
     eng.ctx = {"idx": idx, "sparse": stash}
     slots = {(s.index, s.name): s.array for s in opt._slots}
     try:

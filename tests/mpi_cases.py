@@ -271,7 +271,45 @@ def case_counts():
         want = {k: 3 * v for k, v in expect.items()}
         check(f"shard_state={shard}: collectives for 3 steps of 4 tensors in 2 dtypes: {got}", got == want, f"expected {want}")
 
-CASES = {"counts": case_counts, "exact": case_exact, "dtypes": case_dtypes, "modes": case_modes, "errors": case_errors, "checkpoint": case_checkpoint}
+def case_sparse_counts():
+    "Several sparse gradients travel together: one all-gather of indices and one of rows per dtype, whatever their number."
+    shapes = [(6, 3), (9, 2), (4,), (5, 2)]
+    for shard in (False, True):
+        c = Counting(comm)
+        xs = [x.astype(np.float64) if k == 3 else x for k, x in enumerate(init(RANK, shapes=shapes))]
+        opt = LazyAdam(learning_rate=0.01, communicator=c, shard_state=shard)
+        ref_xs = [x.astype(np.float64) if k == 3 else x for k, x in enumerate(init(0, shapes=shapes))]
+        ref = LazyAdam(learning_rate=0.01)
+        opt.build(xs)
+        c.calls.clear()
+        def sparse_grads(rank, step):
+            rng = np.random.default_rng([step, rank, 7])
+            out = []
+            for k, s in enumerate(shapes):
+                dt = np.float64 if k == 3 else np.float32
+                if k == 2: out.append(rng.standard_normal(s).astype(dt)); continue
+                n = int(rng.integers(0, 5))          # possibly no rows at all on a rank
+                out.append(IndexedSlices(rng.standard_normal((n,) + s[1:]).astype(dt), rng.integers(0, s[0], n), s))
+            return out
+        for step in range(3):
+            opt.apply(sparse_grads(RANK, step), xs)
+            per = [sparse_grads(q, step) for q in range(SIZE)]
+            avg = []
+            for k in range(len(shapes)):
+                gs = [pp[k] for pp in per]
+                if isinstance(gs[0], IndexedSlices):
+                    avg.append(IndexedSlices(np.concatenate([g.values for g in gs]) / SIZE, np.concatenate([g.indices for g in gs]), shapes[k]))
+                else:
+                    tot = gs[0]
+                    for g in gs[1:]: tot = tot + g
+                    avg.append(tot / SIZE)
+            ref.apply(avg, ref_xs)
+        got = {k: v for k, v in c.calls.items() if not k.endswith("_host")}
+        want = {"allreduce": 3, "allgather": 9} if not shard else {"reduce_scatter": 3, "allgather": 15}
+        check(f"shard_state={shard}: 3 sparse tensors in 2 dtypes and 1 dense, 3 steps: {got}", got == want and same(xs, ref_xs),
+              f"expected {want}")
+
+CASES = {"counts": case_counts, "sparse_counts": case_sparse_counts, "exact": case_exact, "dtypes": case_dtypes, "modes": case_modes, "errors": case_errors, "checkpoint": case_checkpoint}
 
 if __name__ == "__main__":
     names = sys.argv[1:] or list(CASES)
