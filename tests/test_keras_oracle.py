@@ -609,6 +609,36 @@ def test_adamw_matches_keras(float32_mode):
     run_side_by_side(case, np.float32, keras_opt=kopt, adam_lit_opt=aopt)
 
 
+# ---------------------------------------------------------------------------------------------- bfloat16 variables
+@pytest.mark.parametrize("opts", [dict(beta_2=0.99), dict(beta_2=0.99, amsgrad=True),
+                                  dict(beta_1=0.8, beta_2=0.98, weight_decay=0.1)], ids=["adam", "amsgrad", "decay"])
+def test_bfloat16_matches_keras(opts, float32_mode):
+    "bfloat16 variables with betas that bfloat16 can hold: Keras's rule in bfloat16 arithmetic, bit for bit."
+    bfloat16 = pytest.importorskip("ml_dtypes").bfloat16
+    rng = np.random.default_rng(0)
+    x0 = rng.normal(size=(4, 4)).astype(bfloat16)
+    kv = keras.Variable(jax.numpy.asarray(x0), dtype="bfloat16")
+    kopt, x, aopt = keras.optimizers.Adam(learning_rate=0.01, **opts), x0.copy(), Adam(learning_rate=0.01, **opts)
+    for step in range(5):
+        g = rng.normal(size=(4, 4)).astype(bfloat16)
+        kopt.apply_gradients([(jax.numpy.asarray(g), kv)])
+        aopt.apply([g], [x])
+        assert K(kv.value).tobytes() == x.tobytes(), (step, K(kv.value), x)
+
+
+def test_bfloat16_default_beta_2_freezes_keras(float32_mode):
+    "Why adam_lit refuses beta_2=0.999 on bfloat16 variables: it rounds to 1, and Keras's variables then never move."
+    bfloat16 = pytest.importorskip("ml_dtypes").bfloat16
+    rng = np.random.default_rng(1)
+    x0 = rng.normal(size=8).astype(bfloat16)
+    kv = keras.Variable(jax.numpy.asarray(x0), dtype="bfloat16")
+    kopt = keras.optimizers.Adam(learning_rate=0.01)
+    for _ in range(10): kopt.apply_gradients([(jax.numpy.asarray(rng.normal(size=8).astype(bfloat16)), kv)])
+    assert K(kv.value).tobytes() == x0.tobytes()                       # not one bit moved in 10 steps
+    with pytest.raises(ValueError, match="rounds to 1 in bfloat16"):
+        Adam(learning_rate=0.01).build([x0.copy()])
+
+
 # ---------------------------------------------------------------------------------------------- stateless_apply
 STATELESS_CASES = [c for c in CASES if not tolerance_reasons(c)][:6]
 
