@@ -59,6 +59,7 @@ def _narrow(dtype) -> bool:
 
 class MPICommunicator(Communicator):
     "Collectives through mpi4py's buffer interface (no pickling): NumPy arrays directly, CuPy arrays through host copies."
+    max_bytes = 2**31 - 1             # MPI counts are C ints: byte-counted calls larger than this go in pieces
     def __init__(self, comm=None):    # an `mpi4py.MPI.Comm`; default `MPI.COMM_WORLD`
         MPI = _mpi()
         self._MPI = MPI
@@ -80,7 +81,7 @@ class MPICommunicator(Communicator):
             send = np.zeros(n * self.size, h.dtype); send[:h.size] = h.reshape(-1)
             part = np.empty(n, h.dtype)
             self.reduce_scatter(send, part)
-            self.comm.Allgather(_bytes(part), _bytes(send))
+            self.allgather(part, send)
             h.reshape(-1)[...] = send[:h.size]
         elif _narrow(h.dtype):
             w = h.astype(np.float32)
@@ -96,7 +97,7 @@ class MPICommunicator(Communicator):
         counts = [r.size] * self.size
         if self.size > 2:                 # every rank's block of this rank's rows (MPI_Alltoall), summed in rank order
             blocks = np.empty((self.size, r.size), s.dtype)
-            self.comm.Alltoall(_bytes(s), _bytes(blocks))
+            self._blockwise(self.comm.Alltoall, _bytes(s).reshape(self.size, -1), _bytes(blocks).reshape(self.size, -1))
             r[...] = blocks[0]
             for q in range(1, self.size): r += blocks[q]
         elif _narrow(s.dtype):
@@ -108,12 +109,27 @@ class MPICommunicator(Communicator):
 
     def allgather(self, send, recv):
         s, _ = self._host(send); r, back = self._host(recv)
-        self.comm.Allgather(_bytes(s), _bytes(r))
+        sb = _bytes(s)
+        self._blockwise(lambda a, b: self.comm.Allgather(a[0], b), sb.reshape(1, -1), _bytes(r).reshape(self.size, -1))
         back(r)
+
+    def _blockwise(self, call, send, recv):
+        "`call(send, recv)` on byte blocks (rows: one per rank), in column pieces of at most `max_bytes` per call."
+        n = recv.shape[1]
+        step = max(1, self.max_bytes // max(1, max(send.shape[0], recv.shape[0])))
+        if n <= step:
+            call(send, recv)
+            return
+        for o in range(0, n, step):
+            w = min(step, n - o)
+            s, t = np.ascontiguousarray(send[:, o:o + w]), np.empty((recv.shape[0], w), np.uint8)
+            call(s, t)
+            recv[:, o:o + w] = t
 
     def broadcast(self, buf, root: int = 0):
         h, back = self._host(buf)
-        self.comm.Bcast(_bytes(h), root=root)
+        b = _bytes(h)
+        for o in range(0, max(1, b.size), self.max_bytes): self.comm.Bcast(b[o:o + self.max_bytes], root=root)
         back(h)
 
     def allgather_host(self, a):
@@ -137,7 +153,7 @@ class NCCLCommunicator(Communicator):
     """Collectives on CuPy arrays through NCCL (`cupy.cuda.nccl`), one GPU per rank; MPI starts the ranks, carries
     NCCL's unique id and the small host metadata."""
     def __init__(self, mpi_comm=None,   # an `mpi4py.MPI.Comm` (default COMM_WORLD)
-                 device=None):          # the GPU of this rank (default: rank modulo the number of GPUs)
+                 device=None):          # the GPU of this rank (default: its rank among the ranks on its machine, modulo the GPUs)
         try:
             import cupy
             from cupy.cuda import nccl
@@ -147,7 +163,9 @@ class NCCLCommunicator(Communicator):
         self.rank, self.size = self._mpi.rank, self._mpi.size
         self._cp, self._nccl = cupy, nccl
         ndev = cupy.cuda.runtime.getDeviceCount()
-        self.device = self.rank % ndev if device is None else int(device)
+        local = self._mpi.comm.Split_type(self._mpi._MPI.COMM_TYPE_SHARED)     # the ranks on this machine
+        self.device = local.Get_rank() % ndev if device is None else int(device)
+        local.Free()
         cupy.cuda.Device(self.device).use()
         uid = np.zeros(128, np.int8)
         if self.rank == 0: uid[...] = np.asarray(nccl.get_unique_id(), dtype=np.int64).astype(np.int8)
@@ -200,18 +218,36 @@ def _error_types() -> dict:
                                     ImportError, DistributedError)}
 
 def _record(error, items: list) -> np.ndarray:
-    sig = "\n".join(items)
-    rec = {"sig": hashlib.sha256(sig.encode()).hexdigest(), "items": []}
-    if error is not None: rec["error"] = [type(error).__name__, str(error)[:3000]]
-    room = _RECORD - len(json.dumps(rec).encode()) - 16
-    for it in items:                  # as many leading items as fit, to name the first difference
-        room -= len(json.dumps(it).encode()) + 2
-        if room < 0: break
-        rec["items"].append(it)
-    data = json.dumps(rec).encode()
+    "This rank's record: never raises, always fits (a rank that cannot report would leave the others waiting)."
+    try:
+        rec = {"sig": hashlib.sha256("\n".join(items).encode()).hexdigest(), "items": []}
+        if error is not None:
+            try: msg = str(error)
+            except Exception: msg = f"<{type(error).__name__} whose message cannot be shown>"
+            rec["error"] = [type(error).__name__, msg]
+            while len(json.dumps(rec).encode()) > _RECORD // 2:      # bytes, not characters (UTF-8, JSON escapes)
+                msg = msg[: len(msg) // 2]
+                rec["error"][1] = msg + " [... cut]"
+        room = _RECORD - len(json.dumps(rec).encode()) - 16
+        for it in items:                  # as many leading items as fit, to name the first difference
+            room -= len(json.dumps(it).encode()) + 2
+            if room < 0: break
+            rec["items"].append(it)
+        data = json.dumps(rec).encode()
+    except Exception as e:                # (items that cannot be encoded, say): a minimal report
+        data = json.dumps({"sig": "?", "items": [], "error": ["DistributedError", f"this rank could not report ({type(e).__name__})"]}).encode()
     out = np.zeros(_RECORD, np.uint8)
     out[:len(data)] = np.frombuffer(data, np.uint8)
     return out
+
+def _after_step(comm, err, what: str):
+    """After the part of a step that runs on every rank alike: if some ranks failed and others did not (an out-of-memory
+    error on one rank, say), every rank raises, saying so; if all failed alike, each raises its own (identical) error."""
+    failed = int(comm.allreduce_host(np.asarray([err is not None], np.int64))[0])
+    if failed == 0: return
+    if failed == comm.size: raise err
+    _agree(comm, err, [], what + " (the other ranks completed it: the replicas may now differ; restore them from a "
+                                 "checkpoint)")
 
 def _agree(comm, error, items: list, what: str):
     """Every rank says whether its local checks passed (and what it is about to do: `items`). If any rank failed, every
@@ -253,8 +289,11 @@ _BACKENDS = ("numpy", "cupy")
 def _check_backend(variables):
     am = array_module(variables[0]) if variables else None
     if am is None or any(array_module(v) is not am for v in variables):
-        lib = type(variables[0]).__module__.split(".")[0] if variables else "none"
-        raise ArgumentTypeError(f"a distributed optimizer updates NumPy or CuPy arrays (MPI, NCCL); got {lib} arrays")
+        bad = next((v for v in variables if array_module(v) is not am), variables[0]) if variables else None
+        kind = f"{type(bad).__module__}.{type(bad).__name__}"
+        hint = (" (a subclass of numpy.ndarray: pass `np.asarray(x)`, a plain view of the same memory)"
+                if isinstance(bad, np.ndarray) else "")
+        raise ArgumentTypeError(f"a distributed optimizer updates NumPy or CuPy arrays (MPI, NCCL); got {kind}{hint}")
     return am
 
 def _config_items(opt) -> list:
@@ -317,8 +356,11 @@ def broadcast_state(optimizer):
     except Exception as e: err = e
     _agree(optimizer.communicator, err, [f"{len(optimizer._slots)} slots"], "broadcast_state")
     for s in optimizer._slots: _broadcast_array(eng.comm, s.array)
-    it = optimizer.communicator.allgather_host(np.asarray([optimizer._iterations], np.int64))
-    optimizer._iterations = int(it[0, 0])
+    counts = optimizer.communicator.allgather_host(np.asarray([optimizer._iterations, optimizer.skipped_steps], np.int64))
+    optimizer._iterations, optimizer.skipped_steps = int(counts[0, 0]), int(counts[0, 1])
+    lr = optimizer._learning_rate
+    if not callable(lr):                  # a float learning rate is state too (a schedule or callable is code: not sent)
+        optimizer._learning_rate = float(optimizer.communicator.allgather_host(np.asarray([lr], np.float64))[0, 0])
 
 # %% ../nbs/16_distributed.ipynb #cba5d408
 def _kind(g) -> str:
@@ -335,24 +377,35 @@ def _apply(opt, grads, variables, aggregate: bool = True):
         if grads:
             prep = opt._prepare(grads, variables, writeable=True)
             _check_backend(prep[1])
-        items = [f"built={opt.built}", f"aggregate={bool(aggregate)}", f"{len(grads)} gradients"] + [f"gradient {k}: {_kind(g)}" for k, g in enumerate(grads)]
-        if prep is not None:      # hyperparameters given as callables: every rank must see the same values
-            lr = opt._learning_rate
+        items = [f"built={opt.built}", f"aggregate={bool(aggregate)}", f"iterations={opt._iterations}",
+                 f"{len(grads)} gradients"]
+        if prep is not None:      # which variable each gradient is for (two ranks listing them in two orders would mix them)
+            vidx = [opt._index.get(id(v), k) if opt.built else k for k, v in enumerate(prep[1])]
+            items += [f"gradient {k}: {_kind(g)} for variable {vidx[k]}" for k, g in enumerate(grads)]
+            lr = opt._learning_rate   # the values of this step's hyperparameters: callables, schedules, settings
             calls = (["learning_rate"] if callable(lr) and not isinstance(lr, LearningRateSchedule) else []) + \
                     [n for n in opt._hyper_specs() if callable(getattr(opt, n))]
             items += [f"{n} (a callable) = {prep[3][n]!r}" for n in calls]
+            if isinstance(lr, LearningRateSchedule): items.append(f"learning_rate (a schedule) = {lr.evaluate(opt._iterations, np.float64)!r}")
+            elif not callable(lr): items.append(f"learning_rate = {lr!r}")
+            items += _config_items(opt)
+        else: items += [f"gradient {k}: {_kind(g)}" for k, g in enumerate(grads)]
     except Exception as e: err = e
     _agree(comm, err, items, f"step {opt._iterations} of optimizer '{opt.name}'")
     if not grads: return None
     xp, variables, pairs, hyper, missing = prep
     if not opt.built: opt.build(variables)
-    eng = opt._dist
+    eng, what = opt._dist, f"step {opt._iterations} of optimizer '{opt.name}'"
     if not eng.sharded:
         if aggregate: grads = _average(eng, grads)
         object.__setattr__(opt, "_hyper_once", hyper)      # the callables were evaluated once, for the agreement
-        try: return opt._apply_local(grads, variables)
+        err = None
+        try: opt._apply_local(grads, variables)
+        except Exception as e: err = e
         finally: object.__setattr__(opt, "_hyper_once", None)
-    return _sharded_step(opt, eng, xp, grads, variables, pairs, hyper, missing, aggregate)
+        _after_step(comm, err, what)
+        return None
+    return _sharded_step(opt, eng, xp, grads, variables, pairs, hyper, missing, aggregate, what)
 
 def _average(eng, grads):
     "The mean over the ranks: dense gradients in one buffer per dtype (one all-reduce each), sparse ones gathered."
@@ -363,7 +416,7 @@ def _average(eng, grads):
         key = tuple((k, np.dtype(g.dtype).name, tuple(g.shape)) for k, g in dense)
         pack = eng.packs.get(key)
         if pack is None:
-            if len(eng.packs) >= 8: eng.packs.clear()
+            if len(eng.packs) >= 4: eng.packs.clear()     # (a few patterns of None gradients, each a buffer of N)
             am, bufs, views = array_module(dense[0][1]), {}, {}
             sizes = {}
             for k, g in dense: sizes[g.dtype] = sizes.get(g.dtype, 0) + g.size
@@ -416,7 +469,7 @@ def _gather_slices(comm, gs: list, scale: bool) -> list:
         out.append(IndexedSlices(values, indices, g.dense_shape))
     return out
 
-def _sharded_step(opt, eng, xp, grads, variables, pairs, hyper, missing, aggregate):
+def _sharded_step(opt, eng, xp, grads, variables, pairs, hyper, missing, aggregate, what):
     "ZeRO-1: reduce-scatter the gradients, update this rank's rows and their slots, all-gather the variables."
     comm, p, r = eng.comm, eng.comm.size, eng.comm.rank
     vs = opt._variables
@@ -447,14 +500,18 @@ def _sharded_step(opt, eng, xp, grads, variables, pairs, hyper, missing, aggrega
         pg[i] = eng.sparse_piece(i, whole, mask)
     eng.ctx = {"idx": idx, "sparse": stash}
     slots = {(s.index, s.name): s.array for s in opt._slots}
+    from adam_lit.optimizer import _commit
+    out, err = None, None
     try:
         out = opt._compute(xp, list(eng.pieces), slots, idx, [pg[i] for i in idx], opt._iterations, hyper, inplace=True)
+        if out is not None:
+            new_xs, new_slots = out
+            for x, nx in zip(eng.pieces, new_xs): _commit(x, nx)
+            for key, arr in new_slots.items(): _commit(slots[key], arr)
+    except Exception as e: err = e
     finally: eng.ctx = None
+    _after_step(comm, err, what)          # before the all-gather: a rank that failed alone must not leave the others in it
     if out is None: return opt._skip()
-    new_xs, new_slots = out
-    from adam_lit.optimizer import _commit
-    for x, nx in zip(eng.pieces, new_xs): _commit(x, nx)
-    for key, arr in new_slots.items(): _commit(slots[key], arr)
     n = opt.gradient_accumulation_steps
     if not n or (opt._iterations + 1) % n == 0 or opt.use_ema:     # the variables changed: every rank gets every row
         for name, group in eng.groups.items():
@@ -552,20 +609,27 @@ def _clip(self, opt, xp, grads):
 
 @_engine_method
 def _global_counts(self, rc, sc):
-    "Non-finite counts (and sizes) of every rank's rows, summed over the ranks."
+    "Non-finite counts (and sizes) of every rank's rows, summed over the ranks (a 0-d variable, which every rank holds, once)."
+    idx = self.ctx["idx"] * 2 if self.ctx is not None else []
     a = np.asarray([c for pair in rc + sc for c in pair], dtype=np.int64)
+    if self.comm.rank and len(idx) == len(rc) + len(sc):
+        for k, i in enumerate(idx):
+            if self.variables[i].ndim == 0: a[2 * k: 2 * k + 2] = 0
     a = self.comm.allreduce_host(a).reshape(-1, 2)
     pairs = [(int(k), int(n)) for k, n in a]
     return pairs[:len(rc)], pairs[len(rc):]
 
 @_engine_method
 def _finalize(self, opt, var_list):
-    avgs = [s.array for s in opt._slots if s.name == "average"]
-    if len(var_list) != len(avgs):
-        raise ValueError(f"The length of model variables ({len(var_list)}) to override does not match the length of "
-                         f"model variables stored in the optimizer ({len(avgs)}).")
-    for k, (v, a) in enumerate(zip(var_list, self.variables)):
-        if tuple(v.shape) != tuple(a.shape): raise ValueError(f"variable {k} has shape {tuple(v.shape)}, its average {tuple(a.shape)}")
+    avgs, err = [s.array for s in opt._slots if s.name == "average"], None
+    try:
+        if len(var_list) != len(avgs):
+            raise ValueError(f"The length of model variables ({len(var_list)}) to override does not match the length of "
+                             f"model variables stored in the optimizer ({len(avgs)}).")
+        for k, (v, a) in enumerate(zip(var_list, self.variables)):
+            if tuple(v.shape) != tuple(a.shape): raise ValueError(f"variable {k} has shape {tuple(v.shape)}, its average {tuple(a.shape)}")
+    except Exception as e: err = e
+    _agree(self.comm, err, [f"{len(var_list)} variables"], f"finalize_variable_values of optimizer '{opt.name}'")
     full = self.gather_pieces(dict(enumerate(avgs)))
     for i, v in enumerate(var_list): assign(v, full[i])
 

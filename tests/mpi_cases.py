@@ -309,7 +309,68 @@ def case_sparse_counts():
         check(f"shard_state={shard}: 3 sparse tensors in 2 dtypes and 1 dense, 3 steps: {got}", got == want and same(xs, ref_xs),
               f"expected {want}")
 
-CASES = {"counts": case_counts, "sparse_counts": case_sparse_counts, "exact": case_exact, "dtypes": case_dtypes, "modes": case_modes, "errors": case_errors, "checkpoint": case_checkpoint}
+def case_robust():
+    "What one rank alone can get wrong, and what a rank alone can hit in the middle of a step: refused everywhere, no hang."
+    from adam_lit.distributed import DistributedError, broadcast_state
+    from adam_lit.schedules import LearningRateSchedule
+    for shard in (False, True):
+        tag = f"shard_state={shard}"
+        xs = init(RANK)
+        opt = Adam(learning_rate=0.01, communicator=comm, shard_state=shard)
+        opt.apply(grads(RANK, 0), xs)
+        before = snapshot(opt, xs)
+        g = grads(RANK, 1)
+        order = list(range(len(xs)))[::-1] if RANK == 1 else list(range(len(xs)))
+        expect_error(f"gradients listed in another order on one rank, {tag}",
+                     lambda: opt.apply([g[k] for k in order], [xs[k] for k in order]), ValueError,
+                     "the ranks disagree", "for variable 0", f"for variable {len(xs) - 1}")
+        if RANK == 0: opt.iterations = 5
+        expect_error(f"iterations set on one rank, {tag}", lambda: opt.apply(grads(RANK, 1), xs), ValueError,
+                     "the ranks disagree", "iterations=5", "iterations=1")
+        opt.iterations = 1
+        if RANK == 1: opt.learning_rate = 0.05
+        expect_error(f"learning rate set on one rank, {tag}", lambda: opt.apply(grads(RANK, 1), xs), ValueError,
+                     "the ranks disagree", "learning_rate = 0.01", "learning_rate = 0.05")
+        opt.learning_rate = 0.01
+        check(f"nothing changed by the refused steps, {tag}", same(snapshot(opt, xs), before))
+        def loud():
+            if RANK == 1: raise ValueError("é" * 5000 + '"quotes"\n')
+            return 0.01
+        expect_error(f"a 10 kB error message on one rank, {tag}",
+                     lambda: Adam(learning_rate=loud, communicator=comm, shard_state=shard).apply(grads(RANK, 0), init(RANK)),
+                     ValueError, "failed on rank 1 of", "[... cut]")
+        class OneRank(LearningRateSchedule):      # fine when checked (float64), fails inside the step on one rank only
+            def evaluate(self, step, dtype=np.float64):
+                if RANK == SIZE - 1 and dtype is not np.float64: raise RuntimeError("out of something on this rank only")
+                return 0.01
+            def get_config(self): return {}
+        mid = Adam(learning_rate=OneRank(), communicator=comm, shard_state=shard)
+        ys = init(RANK)
+        expect_error(f"a failure in the middle of a step on one rank, {tag}", lambda: mid.apply(grads(RANK, 0), ys),
+                     DistributedError if SIZE > 1 else RuntimeError, "out of something on this rank only", "the replicas may now differ")
+    ema = Adam(learning_rate=0.01, use_ema=True, communicator=comm, shard_state=True)
+    ys = init(RANK); ema.apply(grads(RANK, 0), ys)
+    targets = [y.copy() for y in ys] if RANK == 0 else [y.copy() for y in ys[:-1]]
+    expect_error("finalize_variable_values with a short list on one rank (ZeRO-1)", lambda: ema.finalize_variable_values(targets),
+                 ValueError, "finalize_variable_values", "does not match")
+    nan = Adam(communicator=comm, shard_state=True, gradient_nan_policy="raise")
+    ys = init(RANK); nan.build(ys)
+    gs = grads(RANK, 0); gs[2] = np.float32(np.nan) * np.ones((), np.float32)
+    expect_error("NaN in a 0-d gradient (every rank holds it): counted once (ZeRO-1)", lambda: nan.apply(gs, ys),
+                 NonFiniteGradientError, "has 1 non-finite value (NaN or Inf) out of 1")
+    small = MPICommunicator(); small.max_bytes = 40        # every byte-counted collective in pieces of 40 bytes
+    for shard in (False, True):
+        zs, ref_zs, ref = init(RANK), init(0), Adam(learning_rate=0.01)
+        o = Adam(learning_rate=0.01, communicator=small, shard_state=shard)
+        for step in range(3):
+            o.apply(grads(RANK, step, sparse=True), zs); ref.apply(averaged(step, sparse=True), ref_zs)
+        check(f"collectives in pieces (max_bytes=40), shard_state={shard}", same(zs, ref_zs))
+    b = Adam(learning_rate=0.01, communicator=comm); b.build(init(RANK))
+    if RANK == 0: b.learning_rate = 0.02
+    broadcast_state(b)
+    check("broadcast_state carries a float learning rate", b.learning_rate == 0.02)
+
+CASES = {"robust": case_robust, "counts": case_counts, "sparse_counts": case_sparse_counts, "exact": case_exact, "dtypes": case_dtypes, "modes": case_modes, "errors": case_errors, "checkpoint": case_checkpoint}
 
 if __name__ == "__main__":
     names = sys.argv[1:] or list(CASES)
