@@ -675,6 +675,8 @@ def _whole_state(opt):
         warnings.simplefilter("ignore")        # (the constructor's warnings were shown when `opt` was made)
         whole = type(opt).from_config(opt.get_config())
     whole.build(opt._variables, list(opt._names))
+    for s in opt._slots[len(whole._slots):]:          # slots added with `add_slot`: the shape of their variable
+        whole._new_slot(s.index, s.name, dtype=s.array.dtype)
     return whole
 
 def _gather_state(opt):

@@ -371,7 +371,13 @@ def add_slot(self, var, slot_name: str, initializer="zeros", shape=None):
     if not self.built: raise ValueError("build the optimizer (or apply a first step) before adding slots")
     i = self._var_index(var)
     s = self._slot_of.get((i, slot_name))
-    return s.array if s is not None else self._new_slot(i, slot_name, initializer, shape)
+    if s is not None: return s.array
+    if self._dist is not None and self._dist.sharded:     # ZeRO-1: a slot of this rank's rows, like the others
+        if shape is not None:
+            raise ValueError("with shard_state=True a slot has the shape of this rank's rows of its variable "
+                             f"({self._dist.piece_shape(i)}); `shape` cannot be given")
+        shape = self._dist.piece_shape(i)
+    return self._new_slot(i, slot_name, initializer, shape)
 
 @_patch
 def get_slot(self, var, slot_name: str):

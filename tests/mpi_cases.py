@@ -238,6 +238,20 @@ def case_checkpoint():
                     back.apply(grads(RANK, step, sparse=True), ys)
                     ref.apply(averaged(step, sparse=True), ref_xs)
                 check(f"{tag}: resumed == uninterrupted == one process", same(xs, ys) and same(xs, ref_xs))
+                if shard and cls is Adam:      # a slot added by the user: this rank's rows, saved whole, loaded back
+                    extra = opt.add_slot(xs[0], "extra")
+                    extra[...] = RANK + 1
+                    p2 = checkpoint.save(opt, os.path.join(d, "extra"))
+                    whole = checkpoint.read(p2)[1]
+                    keys = [k for k in whole if k.startswith("slot_")]
+                    got = whole[max(keys, key=lambda k: int(k.split("_")[1]))]
+                    lo = [6 * q // SIZE for q in range(SIZE + 1)]
+                    want = np.concatenate([np.full((lo[q + 1] - lo[q], 3), q + 1, np.float32) for q in range(SIZE)])
+                    check(f"{tag}: a slot added with add_slot is saved whole", got.tobytes() == want.tobytes())
+                    again = cls(learning_rate=0.01, communicator=comm, shard_state=shard, **kw)
+                    zs = [x.copy() for x in xs]; again.build(zs); again.add_slot(zs[0], "extra")
+                    checkpoint.load(again, p2)
+                    check(f"{tag}: ... and loaded back into this rank's rows", (again.get_slot(zs[0], "extra") == RANK + 1).all())
                 if shard and kw.get("use_ema"):
                     fin = [x.copy() for x in xs]; opt.finalize_variable_values(fin)
                     rfin = [x.copy() for x in ref_xs]; ref.finalize_variable_values(rfin)
