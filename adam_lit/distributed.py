@@ -297,10 +297,14 @@ def _check_backend(variables):
     return am
 
 def _config_items(opt) -> list:
-    "What every rank's optimizer must agree on: its class and configuration (callables by type)."
+    "What every rank's optimizer must agree on: its class and configuration (callables by type); kept until a setting changes."
+    cached = opt.__dict__.get("_config_cache")
+    if cached is not None: return cached
     cfg = {k: (f"<{type(v).__name__}>" if callable(v) else v) for k, v in opt.get_config().items() if k != "name"}
-    return ([f"optimizer {type(opt).__name__}", f"shard_state={opt.shard_state}"]
-            + [f"{k}={json.dumps(v, default=repr)}" for k, v in sorted(cfg.items())])
+    items = ([f"optimizer {type(opt).__name__}", f"shard_state={opt.shard_state}"]
+             + [f"{k}={json.dumps(v, default=repr)}" for k, v in sorted(cfg.items())])
+    object.__setattr__(opt, "_config_cache", items)      # (Optimizer.__setattr__ drops it when anything is set)
+    return items
 
 def _build(opt, var_list, names=None):
     "The collective `build`: agree, broadcast rank 0's variables, build locally (ZeRO-1: the slots of this rank's rows)."

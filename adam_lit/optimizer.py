@@ -187,7 +187,9 @@ class Optimizer:
 
     def __setattr__(self, name, value):
         "Setting any other attribute (a hyperparameter, an option, the learning rate) drops the cached step plan."
-        if name not in Optimizer._STEP_STATE: object.__setattr__(self, "_plan", None)
+        if name not in Optimizer._STEP_STATE:
+            object.__setattr__(self, "_plan", None)
+            object.__setattr__(self, "_config_cache", None)     # (adam_lit.distributed's digest of the config)
         object.__setattr__(self, name, value)
 
     # ---------------------------------------------------------------- learning rate and hyperparameters
