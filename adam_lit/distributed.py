@@ -16,7 +16,7 @@ import numpy as np
 
 from .backend import ArgumentTypeError, IndexedSlices, assign, check_variables, describe, host_float
 from .kernels import array_module
-from .optimizer import NonFiniteGradientError, Optimizer
+from .optimizer import NonFiniteGradientError
 from .schedules import LearningRateSchedule
 
 class DistributedError(RuntimeError):
@@ -284,8 +284,6 @@ def _engine_method(f):
     return f
 
 # %% ../nbs/16_distributed.ipynb #67825bc7
-_BACKENDS = ("numpy", "cupy")
-
 def _check_backend(variables):
     am = array_module(variables[0]) if variables else None
     if am is None or any(array_module(v) is not am for v in variables):
@@ -535,7 +533,7 @@ def _sharded_step(opt, eng, xp, grads, variables, pairs, hyper, missing, aggrega
 @_engine_method
 def _layout(self, am, variables):
     "Rank r owns rows [R r / p, R (r+1) / p) of each variable; per dtype, blocks of equal length B, one per rank."
-    p, r = self.comm.size, self.comm.rank
+    p = self.comm.size
     self.variables = variables
     self.rows = []           # per variable: (R, row size, [(lo, hi) per rank])
     groups = {}              # dtype name -> [variable indices]
@@ -663,7 +661,6 @@ def _gather_pieces(self, pieces: dict) -> dict:
 def _sparse_piece(self, i, g, mask):
     "The rows of `IndexedSlices` g that this rank owns, indexed from its first row."
     lo, hi = self.bounds(i)
-    am = array_module(g.values)
     return IndexedSlices(g.values[mask], g.indices[mask] - lo, (hi - lo,) + tuple(g.dense_shape[1:]))
 
 @_engine_method
