@@ -15,7 +15,6 @@ import warnings
 import zipfile
 
 import numpy as np
-from array_api_compat import device as _device
 
 from .backend import _bfloat16, _from_host, _to_host, assign
 from .optimizer import Optimizer
