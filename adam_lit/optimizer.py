@@ -31,10 +31,35 @@ __all__ = ['NAN_POLICIES', 'check_float', 'check_hyper', 'check_int', 'NonFinite
 def _is_real(x) -> bool:
     return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
+def _kind_of(x) -> str:
+    "What `x` is, for messages: 'a numpy array', 'a torch tensor', 'a JAX array', ..."
+    lib = type(x).__module__.split(".")[0]
+    if type(x).__name__ == "IndexedSlices": return "an IndexedSlices"
+    if lib == "torch": return "a torch tensor"
+    return {"jaxlib": "a JAX array", "jax": "a JAX array", "cupy": "a CuPy array", "numpy": "a numpy array"}.get(
+        lib, f"an {lib} array" if lib[:1] in "aeiou" else f"a {lib} array")
+
+def _host_scalar(name: str, value):
+    """A 0-d array of real numbers (NumPy, CuPy, torch, JAX, ...) as a Python float, read once on the host: the exact
+    double of its value (a float32 array gives its float32 value); None if `value` is not an array."""
+    shape = getattr(value, "shape", None)
+    if shape is None or isinstance(value, numbers.Number): return None
+    if tuple(shape) != ():
+        raise ArgumentTypeError(f"Argument `{name}` should be a float or a 0-d array, got {_kind_of(value)} of shape {tuple(shape)}")
+    dt = str(getattr(value, "dtype", "")).split(".")[-1]
+    try: kind = "f" if dt == "bfloat16" else np.dtype(dt).kind
+    except TypeError: kind = "?"
+    if kind not in "iuf":
+        raise ArgumentTypeError(f"Argument `{name}` should be a real number, got a 0-d array of dtype {dt}")
+    return float(value)
+
 def check_float(name: str, value, *, low=None, high=None, low_open=False, high_open=False) -> float:
-    "Validate a real hyperparameter `value` called `name`, finite and within bounds; return it as a Python float."
+    "Validate a real hyperparameter `value` called `name` (a number or a 0-d real array), finite and within bounds; return it as a Python float."
     if not _is_real(value):
-        raise ArgumentTypeError(f"Argument `{name}` should be a float, got {value!r} of type {type(value).__name__}")
+        host = _host_scalar(name, value)
+        if host is None:
+            raise ArgumentTypeError(f"Argument `{name}` should be a float, got {value!r} of type {type(value).__name__}")
+        value = host
     value = float(value)
     if not math.isfinite(value): raise ValueError(f"Argument `{name}` must be finite, got {value}")
     if low is not None and (value < low or (low_open and value == low)):
@@ -178,7 +203,7 @@ class Optimizer:
         self.skipped_steps = 0               # steps skipped by gradient_nan_policy="skip"
         self._warned_skip = False
         self._iterations = 0                 # raw count of `apply` calls (Keras's `_iterations`)
-        self._variables, self._names, self._index, self._xp = [], [], {}, None
+        self._variables, self._names, self._names_given, self._index, self._xp = [], [], [], {}, None
         self._slots, self._slot_of = [], {}
         self._exclude_ids, self._exclude_pattern = set(), None
         self.built, self._flat, self._flat_grads, self._flat_steps, self._wide = False, None, None, 0, {}
@@ -188,6 +213,8 @@ class Optimizer:
     def __setattr__(self, name, value):
         "Setting any other attribute (a hyperparameter, an option, the learning rate) drops the cached step plan."
         if name not in Optimizer._STEP_STATE:
+            bounds = self._hyper_specs().get(name)      # `opt.beta_1 = ...`: checked as the constructor checks it
+            if bounds is not None: value = check_hyper(name, value, **bounds)
             object.__setattr__(self, "_plan", None)
             object.__setattr__(self, "_config_cache", None)     # (adam_lit.distributed's digest of the config)
         object.__setattr__(self, name, value)
@@ -196,7 +223,7 @@ class Optimizer:
     @staticmethod
     def _check_learning_rate(value):
         if isinstance(value, LearningRateSchedule) or callable(value): return value
-        if not _is_real(value):
+        if not _is_real(value) and getattr(value, "shape", None) is None:     # (a 0-d array: read by check_float)
             raise ArgumentTypeError("Argument `learning_rate` should be float, or an instance of LearningRateSchedule, "
                                     f"or a zero-argument callable. Received instead: learning_rate={value!r}")
         return check_float("learning_rate", value, low=0)
@@ -273,6 +300,73 @@ class Optimizer:
         "Multiply `loss` by `loss_scale_factor` (if set), before computing gradients."
         return loss if self.loss_scale_factor is None else loss * self.loss_scale_factor
 
+# %% ../nbs/03_optimizer.ipynb #b7d41c2e
+def _listed(value, what: str, hint: str = "[x]") -> list:
+    "`value` (a list, tuple or any iterable) as a list; a bare array is refused, since `list()` would make its rows entries."
+    if type(value) is list: return value
+    if hasattr(value, "shape"):
+        pairs = what == "grads_and_vars"
+        one = "(gradient, variable) pairs" if pairs else "arrays (one per variable)"
+        tail = hint if hint.startswith(";") else f"; wrap a single {'pair' if pairs else 'array'} in a list: {hint}"
+        raise ArgumentTypeError(f"Argument `{what}` must be a list of {one}, got {_kind_of(value)} of shape "
+                                f"{tuple(value.shape)}{tail}")
+    return list(value)
+
+def _extent(v):
+    """`(first byte, end byte, exact)` of the memory `v` spans, `exact` a NumPy view of it for `np.shares_memory`
+    (or None: only the byte range is known); None for an empty array or a library without addresses (JAX)."""
+    lib = "numpy" if isinstance(v, np.ndarray) else type(v).__module__.split(".")[0]
+    if lib == "array_api_strict": v, lib = v._array, "numpy"
+    if lib == "numpy":
+        if v.size == 0: return None
+        ptr, strides, item, exact = v.__array_interface__["data"][0], v.strides, v.itemsize, v
+    elif lib == "torch":
+        if v.numel() == 0: return None
+        item = v.element_size()
+        ptr, strides = v.data_ptr(), [s * item for s in v.stride()]
+        exact = None
+        if v.device.type == "cpu":
+            import torch
+            t = v.detach()
+            exact = (t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy()
+    elif lib == "cupy":
+        if v.size == 0: return None
+        ptr, strides, item, exact = v.data.ptr, v.strides, v.itemsize, None
+    else: return None
+    lo = hi = ptr
+    for n, s in zip(v.shape, strides):
+        if s < 0: lo += s * (n - 1)
+        else: hi += s * (n - 1)
+    return lo, hi + item, exact, (exact is None and not _contiguous(v))
+
+def _contiguous(v) -> bool:
+    "Whether `v` covers every byte of its range (a C- or F-contiguous CuPy array or torch tensor)."
+    flags = getattr(v, "flags", None)
+    if flags is not None: return bool(flags.c_contiguous or flags.f_contiguous)
+    return bool(v.is_contiguous())
+
+def _check_disjoint(variables, names, given):
+    """Refuse two variables that share memory (views overlapping in one array): a step would update the shared
+    elements twice. Byte ranges sorted by start (O(n log n): views that tile one buffer never meet), a common element
+    confirmed by `np.shares_memory` on host memory; where only the ranges are known (device memory), overlapping
+    ranges of a non-contiguous view are refused as possibly sharing."""
+    spans = sorted((e[0], e[1], i, e) for i, e in ((i, _extent(v)) for i, v in enumerate(variables)) if e is not None)
+    active = []
+    for lo, hi, k, e in spans:
+        active = [a for a in active if a[1] > lo]
+        for _, _, j, f in active:
+            shared, maybe = True, e[3] or f[3]
+            if e[2] is not None and f[2] is not None:
+                try: shared = np.shares_memory(e[2], f[2], max_work=100_000)
+                except np.exceptions.TooHardError: maybe = True
+            if shared:
+                (j, k) = sorted((j, k))
+                def say(i): return f"variable {i}" + (f" ({names[i]!r})" if given[i] else "") + f" of shape {tuple(variables[i].shape)}"
+                raise ValueError(f"{say(j)} and {say(k)} {'may share' if maybe else 'share'} memory (overlapping views of one "
+                                 "array): a step would update the shared elements twice; pass variables that do not "
+                                 "overlap (disjoint views of one buffer, as `kernels.flatten` gives, are fine)")
+        active.append((lo, hi, k, e))
+
 # %% ../nbs/03_optimizer.ipynb #e37f4a1d
 def _patch(f):
     "Attach `f` to `Optimizer` (keeps the long class readable in small cells)."
@@ -285,19 +379,23 @@ def build(self, var_list, names=None):
     if self.communicator is not None and not self._dist_local:     # a collective: every rank builds together
         from adam_lit.distributed import _build
         return _build(self, var_list, names)
-    var_list = list(var_list)
+    var_list = _listed(var_list, "var_list")
     xp = check_variables(var_list, writeable=False)
     if self.built:
         if len(var_list) == len(self._variables) and all(a is b for a, b in zip(var_list, self._variables)): return
         raise ValueError(f"optimizer '{self.name}' was built on {len(self._variables)} variables and cannot be rebuilt "
                          "on another list; create a new optimizer for new variables")
     if names is None: names = [getattr(v, "name", None) for v in var_list]
+    if isinstance(names, str): raise ArgumentTypeError(f"Argument `names` must be a list of str (one per variable), got the str {names!r}")
     names = list(names)
     if len(names) != len(var_list): raise ValueError(f"got {len(names)} names for {len(var_list)} variables")
+    given = [isinstance(n, str) for n in names]
     names = [n if isinstance(n, str) else f"variable_{i}" for i, n in enumerate(names)]
+    if self._exclude_pattern is not None and not any(given): raise ValueError(_unnamed_message(self.name))
+    _check_disjoint(var_list, names, given)
     wide = self._widened(xp, var_list)
     self._check_precision([(i, host_float(xp, wide.get(i, v.dtype))) for i, v in enumerate(var_list)], names=names)
-    self._variables, self._names, self._xp, self._wide = var_list, names, xp, wide
+    self._variables, self._names, self._names_given, self._xp, self._wide = var_list, names, given, xp, wide
     self._index = {id(v): i for i, v in enumerate(var_list)}
     if wide: base = None         # moments in another dtype than the variables: no flat buffers
     elif len(var_list) == 1:     # one contiguous NumPy or CuPy variable is its own flat buffer
@@ -396,6 +494,8 @@ def get_slot_names(self) -> list:
     return names or [s for s in (("average",) if self.use_ema else ()) + (("gradient_accumulator",) if self.gradient_accumulation_steps else ())
                      + self._slot_names + self._late_slot_names]
 
+_NUMPY_XP = namespace(np.empty(0))
+
 def _scalar_array(xp, like, value, dtype):
     return xp.asarray(value, dtype=dtype, device=_device(like))
 
@@ -428,22 +528,27 @@ def _floatx(self):
     if self.built and any(host_float(self._xp, v.dtype) is np.float64 for v in self._variables): return np.float64
     return np.float32
 
+@_patch
+def _head(self, lr: bool = True) -> list:
+    """The counter and (for a float rate, with `lr`) the learning rate as fresh 0-d arrays; before `build`, as Keras 3
+    creates them at construction, NumPy arrays (int64 and float32: no library is known yet)."""
+    if self.built: xp, like = self._xp, self._variables[0]
+    else: xp, like = _NUMPY_XP, np.empty(0)
+    out = [self._counter_array() if self.built else _scalar_array(xp, like, self._iterations, default_int(xp))]
+    if lr and self._has_lr_variable():
+        S = self._floatx()
+        out.append(_scalar_array(xp, like, float(S(self._learning_rate)), getattr(xp, S.__name__)))
+    return out
+
 @property
 def variables(self) -> list:
     "Keras 3's optimizer variables: iteration, learning_rate (float rates only), then the slots in creation order."
-    if not self.built: return []
-    xp, like = self._xp, self._variables[0]
-    out = [self._counter_array()]
-    if self._has_lr_variable():
-        S = self._floatx()
-        out.append(_scalar_array(xp, like, float(S(self._learning_rate)), getattr(xp, S.__name__)))
-    return out + [s.array for s in self._slots]
+    return self._head() + [s.array for s in self._slots]
 Optimizer.variables = variables
 
 @property
 def variable_names(self) -> list:
     "Keras-style names of `variables`, e.g. `adam/iteration`, `adam/a_momentum`."
-    if not self.built: return []
     out = [f"{self.name}/iteration"] + ([f"{self.name}/learning_rate"] if self._has_lr_variable() else [])
     return out + [f"{self.name}/{self._names[s.index]}_{s.keras_name}" for s in self._slots]
 Optimizer.variable_names = variable_names
@@ -451,14 +556,14 @@ Optimizer.variable_names = variable_names
 @property
 def weights(self) -> list:
     "The iteration counter (a 0-d integer array) followed by every slot in creation order."
-    if not self.built: return []
-    return [self._counter_array()] + [s.array for s in self._slots]
+    return self._head(lr=False) + [s.array for s in self._slots]
 Optimizer.weights = weights
 
 @_patch
 def get_weights(self) -> list:
     "Copies of `weights`."
-    return [self._xp.asarray(w, copy=True) for w in self.weights]
+    xp = self._xp if self.built else _NUMPY_XP
+    return [xp.asarray(w, copy=True) for w in self.weights]
 
 def _real_dtype(dtype) -> bool:
     "Whether `dtype` (NumPy, CuPy, torch, JAX, ...) holds real numbers: integers, booleans or real floats."
@@ -498,16 +603,34 @@ def set_weights(self, weights):
     if lr_value is not None and lr_value != float(self._floatx()(self._learning_rate)):
         self._learning_rate = lr_value     # a changed rate; an unchanged one keeps its exact double
 
+def _unnamed_message(name: str) -> str:
+    return (f"exclude_from_weight_decay(var_names=...) matches the names of the variables, but the variables of optimizer "
+            f"'{name}' have no names, only the generated 'variable_0', 'variable_1', ... (which a pattern such as 'b' would "
+            "match by accident): name them, `opt.build(variables, names=[...])` or variables with a `.name`, or exclude "
+            "them by identity, `exclude_from_weight_decay(var_list=[...])`")
+
 @_patch
 def exclude_from_weight_decay(self, var_list=None, var_names=None):
-    "Exclude variables (by identity) or names (regular expressions searched in the variable names) from weight decay."
-    self._exclude_ids = {id(v) for v in (var_list or [])}
-    self._exclude_pattern = re.compile("|".join(var_names)) if var_names else None
+    """Exclude variables (by identity) or names (regular expressions searched in the names the user gave, as Keras does)
+    from weight decay. Each call replaces the previous exclusions; nothing changes when it raises."""
+    var_list = [] if var_list is None else _listed(var_list, "var_list")
+    if var_names is not None:
+        if isinstance(var_names, str):
+            raise ArgumentTypeError(f"Argument `var_names` must be a list of names (regular expressions), got the str "
+                                    f"{var_names!r}; wrap it in a list: [{var_names!r}]")
+        var_names = list(var_names)
+        for k, n in enumerate(var_names):
+            if not isinstance(n, str): raise ArgumentTypeError(f"Argument `var_names`: entry {k} is {n!r}, not a str")
+    pattern = re.compile("|".join(var_names)) if var_names else None
+    if pattern is not None and self.built and not any(self._names_given): raise ValueError(_unnamed_message(self.name))
+    self._exclude_ids = {id(v) for v in var_list}
+    self._exclude_pattern = pattern
 
 @_patch
 def _use_weight_decay(self, i: int) -> bool:
+    "Whether variable `i` decays: not excluded by identity, nor by a pattern found in a name the user gave it."
     if id(self._variables[i]) in self._exclude_ids: return False
-    return not (self._exclude_pattern is not None and self._exclude_pattern.search(self._names[i]))
+    return not (self._exclude_pattern is not None and self._names_given[i] and self._exclude_pattern.search(self._names[i]))
 
 # %% ../nbs/03_optimizer.ipynb #d43bfe89
 @_patch
@@ -701,7 +824,8 @@ def _prepare(self, grads, variables, writeable: bool):
 @_patch
 def apply(self, grads, trainable_variables=None):
     "Apply one step of `grads` to `trainable_variables` (or to the variables it was built with), in place."
-    grads = list(grads)
+    grads = _listed(grads, "grads", "[g]")
+    if trainable_variables is not None: trainable_variables = _listed(trainable_variables, "trainable_variables")
     if self.communicator is not None:     # a collective: gradients averaged over the ranks (adam_lit.distributed)
         from adam_lit.distributed import _apply
         return _apply(self, grads, trainable_variables, aggregate=True)
@@ -827,7 +951,11 @@ def _flat_kernel_ok(self) -> bool:
 @_patch
 def apply_gradients(self, grads_and_vars, name=None, experimental_aggregate_gradients=True) -> int:
     "Apply `(gradient, variable)` pairs in place; returns the raw iteration count, like tf.keras."
-    pairs = list(grads_and_vars)
+    pairs = _listed(grads_and_vars, "grads_and_vars", "[(g, x)]")
+    for k, p in enumerate(pairs):
+        if not (isinstance(p, (tuple, list)) and len(p) == 2):
+            what = f"{_kind_of(p)} of shape {tuple(p.shape)}" if hasattr(p, "shape") else f"a {type(p).__name__}"
+            raise ArgumentTypeError(f"Argument `grads_and_vars` must be a list of (gradient, variable) pairs; entry {k} is {what}")
     if self.communicator is not None:     # `experimental_aggregate_gradients=False`: the caller has averaged them
         from adam_lit.distributed import _apply
         _apply(self, [g for g, _ in pairs], [v for _, v in pairs], aggregate=experimental_aggregate_gradients)
@@ -842,18 +970,23 @@ def minimize(self, loss, var_list, name=None, tape=None):
     "One step on `loss`, a zero-argument callable returning `(loss_value, grads)`; returns the loss value."
     if not callable(loss): raise ArgumentTypeError("`loss` must be a zero-argument callable returning (loss_value, grads)")
     if callable(var_list): var_list = var_list()
-    var_list = list(var_list)
+    var_list = _listed(var_list, "var_list")
     out = loss()
     if not (isinstance(out, tuple) and len(out) == 2):
         raise ArgumentTypeError("`loss()` must return a pair (loss_value, grads); adam_lit does no automatic "
                                 "differentiation: compute the gradients with your framework and return them")
     value, grads = out
-    self.apply(list(grads), var_list)
+    self.apply(_listed(grads, "grads", "[g]"), var_list)
     return value
 
 # %% ../nbs/03_optimizer.ipynb #0223c5e7
+def _is_bool(c) -> bool:
+    return isinstance(c, (bool, np.bool_)) or str(getattr(c, "dtype", "")).split(".")[-1] == "bool"
+
 def _counter_value(c, what: str) -> int:
     "A step counter given as a number or a 0-d array: a non-negative integer, or a clear error."
+    if _is_bool(c): raise ArgumentTypeError(f"{what} must be an integer, got the bool {c!r}")
+    if isinstance(c, (str, bytes)): raise ArgumentTypeError(f"{what} must be an integer, got {c!r}")
     try: f = float(c)
     except (TypeError, ValueError): raise ArgumentTypeError(f"{what} must be an integer, got {c!r}") from None
     if not math.isfinite(f) or f != int(f) or f < 0:
@@ -869,7 +1002,9 @@ def stateless_apply(self, optimizer_variables, grads, trainable_variables):
     if not self.built:
         raise ValueError(f"To call `stateless_apply`, {type(self).__name__} must be built (i.e. its variables must have "
                          "been created). You can build it via `optimizer.build(trainable_variables)`.")
-    optimizer_variables, trainable_variables = list(optimizer_variables), list(trainable_variables)
+    optimizer_variables = _listed(optimizer_variables, "optimizer_variables", "; pass a list shaped like `opt.variables`")
+    grads = _listed(grads, "grads", "[g]")
+    trainable_variables = _listed(trainable_variables, "trainable_variables")
     n_head = 1 + self._has_lr_variable()
     if len(optimizer_variables) != n_head + len(self._slots):
         raise ValueError(f"Argument `optimizer_variables` must be a list of arrays corresponding 1:1 to "
@@ -888,13 +1023,15 @@ def stateless_apply(self, optimizer_variables, grads, trainable_variables):
     namespace(*trainable_variables, *optimizer_variables[n_head:], what="trainable and optimizer variables")
     if n_head == 2:    # as in Keras, the learning rate is the one held in `optimizer_variables`
         hyper["learning_rate"] = check_float("learning_rate", float(optimizer_variables[1]), low=0)
-    raw_it = _counter_value(optimizer_variables[0], "optimizer_variables[0] (the iteration counter)")
-    _check_counter(xp, raw_it + 1, optimizer_variables[0].dtype, "optimizer_variables[0]")
+    c0 = optimizer_variables[0]      # a 0-d integer array, or a Python int (returned as an array of the default integer dtype)
+    raw_it = _counter_value(c0, "optimizer_variables[0] (the iteration counter)")
+    cdt = c0.dtype if _is_int_array(c0) and not _is_bool(c0) else default_int(xp)
+    _check_counter(xp, raw_it + 1, cdt, "optimizer_variables[0]")
     slots = {(s.index, s.name): a for s, a in zip(self._slots, optimizer_variables[n_head:])}
     out = self._compute(xp, trainable_variables, slots, [i for i, _, _ in pairs], [g for _, g, _ in pairs], raw_it, hyper)
     if out is None: return trainable_variables, optimizer_variables      # gradient_nan_policy="skip": the same values, counter included
     new_xs, new_slots = out
-    head = [xp.asarray(raw_it + 1, dtype=optimizer_variables[0].dtype)] + optimizer_variables[1:n_head]
+    head = [xp.asarray(raw_it + 1, dtype=cdt)] + optimizer_variables[1:n_head]
     new_xs = [_materialize(b, x) for b, x in zip(trainable_variables, new_xs)]
     return new_xs, head + [_materialize(slots[(s.index, s.name)], new_slots[(s.index, s.name)]) for s in self._slots]
 
@@ -961,3 +1098,33 @@ def __repr__(self):
     args = ", ".join(f"{k}={v!r}" for k, v in cfg.items() if k != "name" and defaults.get(k, object()) != v)
     state = f"built on {len(self._variables)} variables, iterations={self.iterations}" if self.built else "not built"
     return f"{type(self).__name__}({args}, name={self.name!r}) <{state}>"
+
+# %% ../nbs/03_optimizer.ipynb #c3a1f0d3
+_TRANSIENT = ("_plan", "_config_cache", "_flat_grads", "_hyper_once")   # caches of this object, derived again when needed
+
+@_patch
+def __getstate__(self):
+    "The state to copy or pickle: no module, no compiled plan, exclusions and the index by the variables themselves."
+    if self.communicator is not None:
+        raise TypeError(f"optimizer '{self.name}' has a communicator: it cannot be copied or pickled (a copy would take "
+                        "part in the original's collectives); save it with adam_lit.checkpoint instead")
+    state = {k: v for k, v in self.__dict__.items() if k not in _TRANSIENT}
+    if not self.built and self._exclude_ids:
+        raise TypeError(f"optimizer '{self.name}' is not built and has weight-decay exclusions by variable (identities of "
+                        "arrays a copy would not hold): build it first, or call exclude_from_weight_decay on the copy")
+    state["_exclude_ids"] = [v for v in self._variables if id(v) in self._exclude_ids]    # the arrays, not their ids
+    state["_xp"], state["_index"], state["_flat"] = None, None, None
+    return state
+
+@_patch
+def __setstate__(self, state):
+    d = self.__dict__
+    d.update(state)
+    d.update({k: None for k in _TRANSIENT if k != "_hyper_once"})
+    d["_exclude_ids"] = {id(v) for v in state["_exclude_ids"]}
+    d["_index"] = {id(v): i for i, v in enumerate(self._variables)}
+    d["_xp"] = namespace(*self._variables) if self._variables else None
+
+@_patch
+def __copy__(self):
+    raise TypeError(f"copy.copy of optimizer '{self.name}' would share its slots with the original; use copy.deepcopy")
