@@ -824,8 +824,9 @@ def _prepare(self, grads, variables, writeable: bool):
 @_patch
 def apply(self, grads, trainable_variables=None):
     "Apply one step of `grads` to `trainable_variables` (or to the variables it was built with), in place."
-    grads = _listed(grads, "grads", "[g]")
-    if trainable_variables is not None: trainable_variables = _listed(trainable_variables, "trainable_variables")
+    if type(grads) is not list: grads = _listed(grads, "grads", "[g]")      # (a bare array refused, an iterable listed)
+    if trainable_variables is not None and type(trainable_variables) is not list:
+        trainable_variables = _listed(trainable_variables, "trainable_variables")
     if self.communicator is not None:     # a collective: gradients averaged over the ranks (adam_lit.distributed)
         from adam_lit.distributed import _apply
         return _apply(self, grads, trainable_variables, aggregate=True)
