@@ -328,7 +328,8 @@ def _extent(v):
         if v.device.type == "cpu":
             import torch
             t = v.detach()
-            exact = (t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy()
+            try: exact = (t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy()
+            except (RuntimeError, TypeError): exact = None      # (a tensor NumPy cannot view: its byte range only)
     elif lib == "cupy":
         if v.size == 0: return None
         ptr, strides, item, exact = v.data.ptr, v.strides, v.itemsize, None
