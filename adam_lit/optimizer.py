@@ -313,8 +313,9 @@ def _listed(value, what: str, hint: str = "[x]") -> list:
     return list(value)
 
 def _extent(v):
-    """`(first byte, end byte, exact)` of the memory `v` spans, `exact` a NumPy view of it for `np.shares_memory`
-    (or None: only the byte range is known); None for an empty array or a library without addresses (JAX)."""
+    """`(first byte, end byte, exact, loose)` of the memory `v` spans: `exact` a NumPy view of it for `np.shares_memory`
+    (or None: only the byte range is known), `loose` whether such a range has gaps (a non-contiguous device array);
+    None for an empty array or a library without addresses (JAX)."""
     lib = "numpy" if isinstance(v, np.ndarray) else type(v).__module__.split(".")[0]
     if lib == "array_api_strict": v, lib = v._array, "numpy"
     if lib == "numpy":
@@ -346,6 +347,8 @@ def _contiguous(v) -> bool:
     if flags is not None: return bool(flags.c_contiguous or flags.f_contiguous)
     return bool(v.is_contiguous())
 
+_TOO_HARD = getattr(np, "exceptions", np).TooHardError
+
 def _check_disjoint(variables, names, given):
     """Refuse two variables that share memory (views overlapping in one array): a step would update the shared
     elements twice. Byte ranges sorted by start (O(n log n): views that tile one buffer never meet), a common element
@@ -359,7 +362,7 @@ def _check_disjoint(variables, names, given):
             shared, maybe = True, e[3] or f[3]
             if e[2] is not None and f[2] is not None:
                 try: shared = np.shares_memory(e[2], f[2], max_work=100_000)
-                except np.exceptions.TooHardError: maybe = True
+                except _TOO_HARD: maybe = True
             if shared:
                 (j, k) = sorted((j, k))
                 def say(i): return f"variable {i}" + (f" ({names[i]!r})" if given[i] else "") + f" of shape {tuple(variables[i].shape)}"
