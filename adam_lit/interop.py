@@ -1,4 +1,4 @@
-"""`to_torch_state_dict` / `from_torch_state_dict`: the moments, AMSGrad's maximum and the step count as `torch.optim.Adam`'s `state_dict()`; `to_keras` / `from_keras`: the same state in a Keras 3 optimizer's variables. Checked before anything is written, with a warning where the other library's numerics differ.
+"""`to_torch_state_dict` / `from_torch_state_dict`: the moments, AMSGrad's maximum and the step count as `torch.optim.Adam`'s `state_dict()`; `to_keras` / `from_keras`: the same state in a Keras 3 optimizer's variables. Checked before anything is written: what adam_lit would not reproduce (PyTorch's coupled weight decay, `maximize`, other hyperparameters) is refused, and a warning says where the other library's numerics differ.
 
 Docs: https://adam-lit.github.io/adam_lit/interop.html.md"""
 
