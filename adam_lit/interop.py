@@ -96,9 +96,10 @@ def _check_groups(optimizer, groups, ids, step, keep_learning_rate):
             "maximize": "adam_lit only minimizes: pass the negated gradients (-g), with which these moments agree, and set "
                         "the group's 'maximize' to False", "lr": "construct it with learning_rate={0}, or pass "
                         "keep_learning_rate=True to keep its own (e.g. a schedule)"}
+    num = (lambda a: float(np.float32(a))) if optimizer.numerics == "legacy" else float   # (tf.keras keeps lr in float32)
     for key in ("lr", "betas", "eps"):
-        vals = [tuple(g[key]) if key == "betas" else g[key] for g in groups if key in g]
-        if (key != "lr" or lr is not None) and len(set(map(str, vals))) > 1:
+        vals = [tuple(float(b) for b in g[key]) if key == "betas" else float(g[key]) for g in groups if key in g]
+        if (key != "lr" or lr is not None) and len(set(vals)) > 1:
             raise ValueError(f"the state_dict's param groups have different {key}: {', '.join(map(repr, vals))}; optimizer "
                              f"'{name}' has one {key} for all its variables: load each group into an optimizer of its own")
     for j, g in enumerate(groups):
@@ -108,7 +109,7 @@ def _check_groups(optimizer, groups, ids, step, keep_learning_rate):
                                      "how to reproduce; remove the key if it does not change the step")
         got = dict(g)
         if "betas" in got: got["betas"] = tuple(float(b) for b in got["betas"])
-        if lr is not None and "lr" in got: mine["lr"] = lr; got["lr"] = float(got["lr"])
+        if lr is not None and "lr" in got: mine["lr"] = lr; got["lr"] = num(got["lr"])
         for key, want in mine.items():
             if key in got and got[key] != want:
                 fix = todo[key].format(*(got[key] if key == "betas" else (got[key],)))
