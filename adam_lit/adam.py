@@ -36,7 +36,7 @@ class Adam(Optimizer):
                  ema_momentum=0.99, ema_overwrite_frequency=None, loss_scale_factor=None,
                  gradient_accumulation_steps=None,
                  name=None,             # defaults to "adam", made unique per process as in Keras
-                 numerics="keras",      # "keras" (Keras 3), "legacy" (tf.keras OptimizerV2), "torch", "optax" or "paper"
+                 numerics="keras",      # "keras" (Keras 3), "legacy" (tf.keras OptimizerV2), "torch", "optax" or "paper"; `weight_decay` stays decoupled (AdamW's) in all, "torch" too: for torch.optim.Adam(weight_decay=wd)'s coupled L2 pass g + wd * x as the gradient
                  gradient_nan_policy="propagate",  # non-finite gradients: "propagate" (Keras), "raise", or "skip"
                  moment_dtype=None,     # e.g. "float32": moments (and the update) of float16 variables in float32
                  master_weights=False,  # keep a `moment_dtype` master copy of each narrower variable

@@ -15,7 +15,7 @@ _NUMPY_NS = array_namespace(np.empty(0))
 # %% auto #0
 __all__ = ['ArgumentTypeError', 'namespace', 'host_float', 'is_real_floating', 'describe', 'check_variables', 'check_gradient',
            'default_int', 'assign', 'IndexedSlices', 'scatter_add_rows', 'deduplicate', 'to_dense', 'take_rows',
-           'set_rows', 'with_rows', 'RowUpdate']
+           'set_rows', 'with_rows', 'RowUpdate', 'as_row_sparse']
 
 # %% ../nbs/00_backend.ipynb #46db4f78
 class ArgumentTypeError(TypeError, ValueError):
@@ -308,3 +308,18 @@ class RowUpdate:
     def applied(self, x):
         "A new array: `x` with the rows replaced."
         return with_rows(x, self.indices, self.rows)
+
+# %% ../nbs/00_backend.ipynb #dbba09fc
+def as_row_sparse(g, i: int = 0):
+    "`IndexedSlices` viewing a torch sparse COO gradient with one sparse dimension; `g` itself if it is not sparse."
+    layout = getattr(g, "layout", None)
+    if layout is None or not is_torch_array(g): return g
+    import torch
+    if layout == torch.strided: return g
+    if layout != torch.sparse_coo or g.sparse_dim() != 1:
+        what = f"layout {layout}" + (f" with {g.sparse_dim()} sparse dimensions" if layout == torch.sparse_coo else "")
+        raise ArgumentTypeError(f"gradient {i} is a torch sparse tensor of {what} and shape {tuple(g.shape)}: adam_lit takes "
+                                "row-sparse COO gradients (sparse in the first dimension only, as nn.Embedding(sparse=True) "
+                                "gives) or dense ones; pass `g.to_dense()`")
+    return IndexedSlices(g._values(), g._indices()[0], tuple(g.shape))
+

@@ -1,4 +1,4 @@
-"""`to_torch_state_dict` / `from_torch_state_dict`: the moments, AMSGrad's maximum and the step count as `torch.optim.Adam`'s `state_dict()`; `to_keras` / `from_keras`: the same state in a Keras 3 optimizer's variables. Checked before anything is written, with a warning where the other library's numerics differ.
+"""`to_torch_state_dict` / `from_torch_state_dict`: the moments, AMSGrad's maximum and the step count as `torch.optim.Adam`'s `state_dict()`; `to_keras` / `from_keras`: the same state in a Keras 3 optimizer's variables. Checked before anything is written: what adam_lit would not reproduce (PyTorch's coupled weight decay, `maximize`, other hyperparameters) is refused, and a warning says where the other library's numerics differ.
 
 Docs: https://adam-lit.github.io/adam_lit/interop.html.md"""
 
@@ -41,15 +41,21 @@ def _epsilon_warning(optimizer, other):
 __all__ = ['to_torch_state_dict', 'from_torch_state_dict', 'to_keras', 'from_keras']
 
 # %% ../nbs/13_interop.ipynb #ae7a5a17
+def _decay_of(optimizer, i) -> float:
+    "Variable `i`'s decoupled weight decay (0 where there is none or it is excluded)."
+    return float(optimizer.weight_decay) if optimizer.weight_decay and optimizer._use_weight_decay(i) else 0.0
+
 def to_torch_state_dict(optimizer: Optimizer) -> dict:
-    "The optimizer's state as `torch.optim.Adam(...).state_dict()` (requires torch); warns where the numerics differ."
+    """The optimizer's state as `torch.optim.Adam(...).state_dict()` (requires torch); warns where the numerics differ.
+    One parameter group, or, with weight-decay exclusions, one per run of consecutive variables with the same decay."""
     import torch
     _check_built(optimizer, "to_torch_state_dict")
     if not hasattr(optimizer, "beta_1"): raise TypeError(f"{type(optimizer).__name__} is not an Adam optimizer")
     dropped = sorted({s.name for s in optimizer._slots} - set(_TORCH_SLOTS))
-    from adam_lit.schedules import LearningRateSchedule
     if callable(optimizer._learning_rate):
         dropped.append("the learning-rate schedule (PyTorch gets its current value)")
+    dropped += [f"{k}={getattr(optimizer, k)} (clip or scale the gradients yourself)" for k in
+                ("clipnorm", "clipvalue", "global_clipnorm", "loss_scale_factor") if getattr(optimizer, k, None)]
     if dropped: warnings.warn(f"not exported (torch.optim.Adam has no place for them): {', '.join(dropped)}", stacklevel=2)
     _epsilon_warning(optimizer, "PyTorch")
     step = float(optimizer.iterations)
@@ -61,14 +67,77 @@ def to_torch_state_dict(optimizer: Optimizer) -> dict:
             s = optimizer._slot_of.get((i, name))
             if s is not None: st[key] = torch.as_tensor(np.array(_to_host(s.array), copy=True), device=dev)
         state[i] = st
-    group = {"lr": _current_lr(optimizer), "betas": (_current(optimizer, "beta_1"), _current(optimizer, "beta_2")),
-             "eps": _current(optimizer, "epsilon"), "weight_decay": optimizer.weight_decay or 0, "amsgrad": optimizer.amsgrad,
-             "maximize": False, "foreach": None, "capturable": False, "differentiable": False, "fused": None,
-             "decoupled_weight_decay": bool(optimizer.weight_decay), "params": list(range(len(optimizer._variables)))}
-    return {"state": state, "param_groups": [group]}
+    base = {"lr": _current_lr(optimizer), "betas": (_current(optimizer, "beta_1"), _current(optimizer, "beta_2")),
+            "eps": _current(optimizer, "epsilon"), "weight_decay": 0, "amsgrad": optimizer.amsgrad,
+            "maximize": False, "foreach": None, "capturable": False, "differentiable": False, "fused": None,
+            "decoupled_weight_decay": bool(optimizer.weight_decay)}
+    groups = []
+    for i in range(len(optimizer._variables)):
+        wd = _decay_of(optimizer, i)
+        if groups and groups[-1]["weight_decay"] == (wd or 0): groups[-1]["params"].append(i)
+        else: groups.append(dict(base, weight_decay=wd or 0, params=[i]))
+    return {"state": state, "param_groups": groups}
 
-def from_torch_state_dict(optimizer: Optimizer, state_dict: dict) -> Optimizer:
-    "Load `torch.optim.Adam(...).state_dict()` into `optimizer` (built on the same parameters, in order); all checked first."
+
+# %% ../nbs/13_interop.ipynb #351e4121
+_EXECUTION_KEYS = {"foreach", "fused", "capturable", "differentiable"}   # how PyTorch runs the step, not what it computes
+_TORCH_GROUP_KEYS = {"params", "lr", "betas", "eps", "weight_decay", "amsgrad", "maximize", "decoupled_weight_decay",
+                     "initial_lr", "param_names"} | _EXECUTION_KEYS
+
+def _check_groups(optimizer, groups, ids, step, keep_learning_rate):
+    "Refuse every hyperparameter of the param groups that adam_lit, as configured, would not reproduce."
+    name, first = optimizer.name, 0
+    lr = None if keep_learning_rate else float(optimizer._lr_at(np.float64, step * (optimizer.gradient_accumulation_steps or 1),
+                                                                optimizer._hyper_values()["learning_rate"]))
+    mine = {"betas": (_current(optimizer, "beta_1"), _current(optimizer, "beta_2")), "eps": _current(optimizer, "epsilon"),
+            "amsgrad": optimizer.amsgrad, "maximize": False}
+    todo = {"betas": "construct it with beta_1={0}, beta_2={1}", "eps": "construct it with epsilon={0} (and numerics='torch' for PyTorch's steps)",
+            "amsgrad": "construct it with amsgrad={0}",
+            "maximize": "adam_lit only minimizes: pass the negated gradients (-g), with which these moments agree, and set "
+                        "the group's 'maximize' to False", "lr": "construct it with learning_rate={0}, or pass "
+                        "keep_learning_rate=True to keep its own (e.g. a schedule)"}
+    num = (lambda a: float(np.float32(a))) if optimizer.numerics == "legacy" else float   # (tf.keras keeps lr in float32)
+    for key in ("lr", "betas", "eps"):
+        vals = [tuple(float(b) for b in g[key]) if key == "betas" else float(g[key]) for g in groups if key in g]
+        if (key != "lr" or lr is not None) and len(set(vals)) > 1:
+            raise ValueError(f"the state_dict's param groups have different {key}: {', '.join(map(repr, vals))}; optimizer "
+                             f"'{name}' has one {key} for all its variables: load each group into an optimizer of its own")
+    for j, g in enumerate(groups):
+        where = f"param group {j} of the state_dict"
+        unknown = sorted(set(g) - _TORCH_GROUP_KEYS)
+        if unknown: raise ValueError(f"{where} has {', '.join(f'{k}={g[k]!r}' for k in unknown)}, which adam_lit does not know "
+                                     "how to reproduce; remove the key if it does not change the step")
+        got = dict(g)
+        if "betas" in got: got["betas"] = tuple(float(b) for b in got["betas"])
+        if lr is not None and "lr" in got: mine["lr"] = lr; got["lr"] = num(got["lr"])
+        for key, want in mine.items():
+            if key in got and got[key] != want:
+                fix = todo[key].format(*(got[key] if key == "betas" else (got[key],)))
+                raise ValueError(f"{where} has {key}={got[key]!r}, optimizer '{name}' has {key}={want!r}: {fix}")
+        wd, decoupled = float(g.get("weight_decay", 0) or 0), g.get("decoupled_weight_decay")
+        if wd and decoupled is None:
+            raise ValueError(f"{where} has weight_decay={wd} without 'decoupled_weight_decay' (saved by an older PyTorch): it "
+                             "cannot tell torch.optim.Adam's coupled decay (L2 in the gradient) from AdamW's decoupled one; "
+                             "set the group's 'decoupled_weight_decay' to True (AdamW) or False (Adam)")
+        if wd and not decoupled:
+            raise ValueError(f"{where} has weight_decay={wd} with decoupled_weight_decay=False: torch.optim.Adam's weight decay "
+                             f"adds {wd} * x to the gradient (L2), adam_lit's is decoupled (AdamW). To continue it, set the "
+                             "group's 'weight_decay' to 0, load into an optimizer without weight_decay and add "
+                             f"{wd} * x to each gradient before `apply`")
+        for i in range(first, first + len(g["params"])):
+            mine_i, owd = _decay_of(optimizer, i), optimizer.weight_decay
+            if wd == mine_i: continue
+            if not owd: have, fix = "no weight decay", f"construct it with weight_decay={wd}"
+            elif not mine_i: have, fix = f"weight_decay={owd} but is excluded from it", "do not exclude it"
+            elif not wd: have, fix = f"weight_decay={owd}", "exclude it with `exclude_from_weight_decay`, or construct it without weight_decay"
+            else: have, fix = f"weight_decay={owd}", f"construct it with weight_decay={wd}"
+            raise ValueError(f"parameter {i} is in {where}, with weight_decay={wd}; variable {i} ({optimizer._names[i]!r}) "
+                             f"of optimizer '{name}' has {have}: {fix}")
+        first += len(g["params"])
+
+def from_torch_state_dict(optimizer: Optimizer, state_dict: dict, keep_learning_rate: bool = False) -> Optimizer:
+    """Load `torch.optim.Adam(...)` (or `AdamW`) `.state_dict()` into `optimizer`, built on the same parameters in order.
+    Everything is checked first: a hyperparameter adam_lit would not reproduce is refused, and nothing is written."""
     _check_built(optimizer, "from_torch_state_dict")
     try:
         groups, state = state_dict["param_groups"], state_dict["state"]
@@ -78,9 +147,9 @@ def from_torch_state_dict(optimizer: Optimizer, state_dict: dict) -> Optimizer:
     n = len(optimizer._variables)
     if len(ids) != n:
         raise ValueError(f"the state_dict has {len(ids)} parameters, optimizer '{optimizer.name}' has {n} variables")
-    amsgrad = any(g.get("amsgrad", False) for g in groups)
-    if amsgrad != optimizer.amsgrad:
-        raise ValueError(f"the state_dict is from torch.optim.Adam(amsgrad={amsgrad}), the optimizer has amsgrad={optimizer.amsgrad}")
+    amsgrad = [bool(g.get("amsgrad", False)) for g in groups]
+    if any(a != optimizer.amsgrad for a in amsgrad):
+        raise ValueError(f"the state_dict is from torch.optim.Adam(amsgrad={not optimizer.amsgrad}), the optimizer has amsgrad={optimizer.amsgrad}")
     wanted = [k for k, key in _TORCH_SLOTS.items() if (k != "vhat" or optimizer.amsgrad)]
     writes, steps = [], set()
     for i, pid in enumerate(ids):
@@ -102,17 +171,15 @@ def from_torch_state_dict(optimizer: Optimizer, state_dict: dict) -> Optimizer:
     step = steps.pop()
     if step != int(step) or step < 0: raise ValueError(f"invalid step count {step}")
     if state and len(state) < n and step: raise ValueError("some parameters have state and others none; cannot be one step count")
+    _check_groups(optimizer, groups, ids, int(step), keep_learning_rate)
     xp = optimizer._xp
     from array_api_compat import device
     news = [xp.asarray(a, device=device(t)) for t, a in writes]
-    g0 = groups[0]
-    diff = [k for k, mine in (("lr", _current_lr(optimizer)), ("eps", _current(optimizer, "epsilon"))) if float(g0.get(k, mine)) != mine]
-    if tuple(g0.get("betas", ())) not in ((), (_current(optimizer, "beta_1"), _current(optimizer, "beta_2"))): diff.append("betas")
     for (t, _), a in zip(writes, news): assign(t, a)
     optimizer._iterations = int(step) * (optimizer.gradient_accumulation_steps or 1)
-    if diff: warnings.warn(f"the state_dict's {', '.join(diff)} differ from optimizer '{optimizer.name}''s; it keeps its own", stacklevel=2)
     _epsilon_warning(optimizer, "PyTorch")
     return optimizer
+
 
 # %% ../nbs/13_interop.ipynb #f7f9e03a
 def _keras_layout(keras_optimizer):

@@ -739,6 +739,8 @@ def _compute(self, xp, xs: list, slots: dict, idx: list, grads: list, raw_it: in
     Returns new `(xs, slots)`; entries may be `RowUpdate`s, or None for a step skipped by `gradient_nan_policy="skip"`. With `inplace` (from `apply`, on the live arrays, after
     validation), `update_step` may write a variable and its slots in place with a fused kernel."""
     base, xs, slots = xs, list(xs), dict(slots)
+    from adam_lit.backend import as_row_sparse      # torch sparse COO gradients (nn.Embedding(sparse=True)): IndexedSlices
+    grads = [as_row_sparse(g, i) for i, g in zip(idx, grads)]
     n = self.gradient_accumulation_steps
     raw = grads
     if self.loss_scale_factor is not None: grads = [_rewrap(g, _values(g) / self.loss_scale_factor) for g in grads]
