@@ -198,36 +198,36 @@ def _members(z, path) -> dict:
     return out
 
 # %% ../nbs/11_checkpoint.ipynb #85175d2e
-def _read_array(z, members, key, path, what, size, dtypes, shape=None, max_bytes=None):
+def _read_array(z, members, key, path, label, size, dtypes, shape=None, max_bytes=None):
     "Step 3: array `key`, checked (directory entry, then .npy header) before any allocation; with its SHA-256."
     info = members.get(f"{key}.npy")
-    if info is None: _fail(path, f"the array of {what} is missing")
-    if info.flag_bits & 0x1: _fail(path, f"the array of {what} is encrypted")
+    if info is None: _fail(path, f"{label} is missing")
+    if info.flag_bits & 0x1: _fail(path, f"{label} is encrypted")
     if info.compress_type != zipfile.ZIP_STORED:
-        _fail(path, f"the array of {what} is compressed (zip method {info.compress_type}); checkpoints hold uncompressed "
+        _fail(path, f"{label} is compressed (zip method {info.compress_type}); checkpoints hold uncompressed "
                     "arrays, so that no array can grow beyond the bytes it takes in the file")
     if info.compress_size != info.file_size or info.header_offset + info.file_size > size:
-        _fail(path, f"the array of {what} declares {info.file_size} bytes, more than the file holds")
+        _fail(path, f"{label} declares {info.file_size} bytes, more than the file holds")
     with z.open(info) as f:
         version = np.lib.format.read_magic(f)
-        if version not in ((1, 0), (2, 0)): _fail(path, f"the array of {what} has .npy format version {version}")
+        if version not in ((1, 0), (2, 0)): _fail(path, f"{label} has .npy format version {version}")
         header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
         got, fortran, dt = header(f)
         if fortran or dt.fields is not None or not dt.isnative or dt.name not in dtypes or min(got, default=0) < 0:
-            _fail(path, f"the array of {what} has dtype {dt} and shape {got}{' in Fortran order' if fortran else ''}, "
+            _fail(path, f"{label} has dtype {dt} and shape {got}{' in Fortran order' if fortran else ''}, "
                         f"expected dtype {' or '.join(sorted(dtypes))}")
         if shape is not None and list(got) != shape:
-            _fail(path, f"the array of {what} has shape {got}, its metadata says {tuple(shape)}")
+            _fail(path, f"{label} has shape {got}, its metadata says {tuple(shape)}")
         nbytes = math.prod(got) * dt.itemsize
         if max_bytes is not None and nbytes > max_bytes:
-            _fail(path, f"{what} takes {nbytes} bytes, more than the {max_bytes} allowed")
+            _fail(path, f"{label} takes {nbytes} bytes, more than the {max_bytes} allowed")
         if f.tell() + nbytes != info.file_size:
-            _fail(path, f"the array of {what} declares {info.file_size} bytes, its header {got} x {dt.itemsize} bytes")
+            _fail(path, f"{label} declares {info.file_size} bytes, its header {got} x {dt.itemsize} bytes")
         a = np.empty(got, dt)                       # at most the member's size, itself within the file
         buf, h, at = a.reshape(-1).view(np.uint8), hashlib.sha256(), 0
         while at < nbytes:
             chunk = f.read(min(nbytes - at, 1 << 24))
-            if not chunk: _fail(path, f"the array of {what} is truncated")
+            if not chunk: _fail(path, f"{label} is truncated")
             buf[at:at + len(chunk)] = np.frombuffer(chunk, np.uint8); h.update(chunk); at += len(chunk)
         f.read(1)                                   # the end of the member: the zip's CRC-32 is checked
     return a, h.hexdigest()
@@ -275,6 +275,7 @@ def _check_entry(e, what, path, nvars=None, v2=False):
         if type(e.get("excluded")) is not bool: bad("excluded")
         if e.get("name_given") not in (True, False, None) or "name_given" not in e: bad("name_given")
 
+# %% ../nbs/11_checkpoint.ipynb #8360caad
 def _check_meta(meta, path) -> list:
     "Step 5: the metadata's schema, strictly; returns the entries of the arrays to read, [(entry, what)]."
     if type(meta) is not dict or meta.get("format") != FORMAT:
@@ -326,7 +327,7 @@ def read(path):
                 arrays = {}
                 for e, what in entries:                   # only the members the metadata names, each read once
                     bf16 = e["dtype"] == "bfloat16"
-                    a, digest = _read_array(z, members, e["key"], path, what, size,
+                    a, digest = _read_array(z, members, e["key"], path, f"the array of {what}", size,
                                             {"uint16", "void16"} if bf16 else {e["dtype"]}, shape=e["shape"])
                     if digest != e["sha256"]:
                         _fail(path, f"the array of {what} does not match its checksum: the file is corrupted")
