@@ -177,6 +177,8 @@ def _open_regular(path):
     def refuse(mode):
         kind = next((k for test, k in _KINDS if test(mode)), "not a regular file")
         _fail(path, f"not a regular file ({kind}): a checkpoint is read only from a regular file")
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        raise TypeError(f"a checkpoint is read from a path (str or os.PathLike), got {type(path).__name__}")
     try: st = os.stat(path)
     except FileNotFoundError: raise
     except (OSError, ValueError) as e: _fail(path, f"cannot be read ({type(e).__name__}: {e})")
@@ -471,8 +473,8 @@ def _plan_load(optimizer, meta, arrays, path, match: str, restore_variables):
 def load(optimizer: Optimizer,      # a built optimizer, on variables of the checkpoint's shapes and dtypes
          path,                      # a file written by `save`
          match: str = "auto",       # "auto", "name" or "position": how variables are paired with the stored ones
-         restore_variables: bool | None = None,  # True: write the stored values into the variables; False: keep them;
-         _read=None):                            # None (not said): refused if they differ from the stored values
+         restore_variables: bool | None = None,  # True: write the stored values in; False: keep the variables'; None: refuse if they differ
+         _read=None):
     "Load a checkpoint's step count and slots (and optionally variables) into `optimizer`; all checked before any write."
     if getattr(optimizer, "communicator", None) is not None and _read is None:   # a collective (adam_lit.distributed)
         from adam_lit.distributed import _load
