@@ -303,8 +303,8 @@ def _check_meta(meta, path) -> list:
     if type(ss) is not list: bad("slots", "a list")
     for i, e in enumerate(vs): _check_entry(e, f"variable {i}", path, v2=version >= 2)
     for k, e in enumerate(ss): _check_entry(e, f"slot {k}", path, nvars=len(vs))
-    entries = [(e, f"variable {i} ({e['name']!r})") for i, e in enumerate(vs) if "key" in e]
-    entries += [(e, f"slot {e['name']!r} of variable {e['variable']}") for e in ss]
+    entries = [(e, f"variable {i} ({_short(e['name'])})") for i, e in enumerate(vs) if "key" in e]
+    entries += [(e, f"slot {_short(e['name'])} of variable {e['variable']}") for e in ss]
     keys, pairs = [e["key"] for e, _ in entries], [(e["variable"], e["name"]) for e in ss]
     if len(set(keys)) != len(keys): _fail(path, "invalid metadata: two entries name the same array")
     if len(set(pairs)) != len(pairs): _fail(path, "invalid metadata: a variable has two slots of the same name")
@@ -350,7 +350,8 @@ def _pairing(optimizer, stored, path, match: str) -> list:
     snames = [e["name"] for e in stored]
     same = len(set(snames)) == len(snames) == len(set(names)) and set(snames) == set(names)
     if match == "name" and not same:
-        _fail(path, f"`match='name'` needs the same distinct names on both sides; the file has {snames}, the optimizer {names}")
+        _fail(path, f"`match='name'` needs the same distinct names on both sides; the file has {_short(snames, 300)}, "
+                    f"the optimizer {_short(names, 300)}")
     at = {n: j for j, n in enumerate(snames)}
     return [at[n] for n in names] if same and match != "position" else list(range(len(names)))
 
@@ -372,7 +373,7 @@ def _check_targets(optimizer, stored, order, restore_variables, path):
         e, shape, dtype = stored[j], list(v.shape), _dtype_name(v)
         if e["shape"] != shape or e["dtype"] != dtype:
             _fail(path, f"variable {i} ({optimizer._names[i]!r}) has shape {tuple(shape)} and dtype {dtype}, the checkpoint's "
-                        f"variable {j} ({e['name']!r}) has shape {tuple(e['shape'])} and dtype {e['dtype']}")
+                        f"variable {j} ({_short(e['name'])}) has shape {tuple(e['shape'])} and dtype {e['dtype']}")
         if restore_variables and "key" not in e:
             _fail(path, "it was saved without the variables' values (include_variables=False)")
         if restore_variables and not _is_writeable(v):
@@ -442,7 +443,7 @@ def _plan_load(optimizer, meta, arrays, path, match: str, restore_variables):
                     "(`optimizer.build(variables)`), or use `load_optimizer(path, variables)`")
     cls = type(optimizer).__name__
     if meta["class"] != cls:
-        _fail(path, f"it holds the state of a {meta['class']} optimizer and cannot be loaded into a {cls}")
+        _fail(path, f"it holds the state of a {meta['class'][:80]} optimizer and cannot be loaded into a {cls}")
     stored = meta["variables"]
     order = _pairing(optimizer, stored, path, match)
     _check_targets(optimizer, stored, order, restore_variables, path)
@@ -452,8 +453,8 @@ def _plan_load(optimizer, meta, arrays, path, match: str, restore_variables):
     if set(have) != set(want):
         extra = sorted({n for _, n in set(want) - set(have)}); lack = sorted({n for _, n in set(have) - set(want)})
         _fail(path, "its slots do not match the optimizer's: "
-                    + "; ".join(([f"the checkpoint has {extra} that the optimizer lacks"] if extra else [])
-                                + ([f"the optimizer has {lack} that the checkpoint lacks"] if lack else []))
+                    + "; ".join(([f"the checkpoint has {_short(extra, 300)} that the optimizer lacks"] if extra else [])
+                                + ([f"the optimizer has {_short(lack, 300)} that the checkpoint lacks"] if lack else []))
                     + " (another amsgrad, use_ema, gradient_accumulation_steps or row_bias_correction setting?)")
     writes = _Writes((v, arrays[stored[j]["key"]]) for v, j in zip(optimizer._variables, order) if restore_variables)
     for (i, name), s in have.items():
