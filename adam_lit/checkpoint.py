@@ -1,4 +1,4 @@
-"""`save(optimizer, path)`, `load(optimizer, path)` and `load_optimizer(path, variables)`: the config, the step count, every slot (moments, AMSGrad's maximum, EMA averages, gradient accumulators, LazyAdam's row steps) and the variables' values in a single `.npz` with its JSON metadata, no pickle anywhere, every array checked before anything is written.
+"""`save(optimizer, path)`, `load(optimizer, path)` and `load_optimizer(path, variables)`: the config, the step count, every slot (moments, AMSGrad's maximum, EMA averages, gradient accumulators, LazyAdam's row steps), the weight-decay exclusions, the variables' names and values in a single `.npz` with its JSON metadata, no pickle anywhere; a file is read as untrusted input, and every array is checked before anything is written.
 
 Docs: https://adam-lit.github.io/adam_lit/checkpoint.html.md"""
 
@@ -9,18 +9,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
-import tempfile
+import re
+import secrets
+import stat
 import warnings
 import zipfile
 
 import numpy as np
 
-from .backend import _bfloat16, _from_host, _to_host, assign
+from .backend import ArgumentTypeError, _bfloat16, _from_host, _is_writeable, _to_host, assign, default_int
 from .optimizer import Optimizer
 
 FORMAT = "adam_lit.checkpoint"   # the `format` field of every checkpoint's metadata
-VERSION = 1                      # the format version this code writes and reads
+VERSION = 2                      # the format version this code writes; it reads every version from 1 to this one
+META_MAX_BYTES = 16 * 2**20      # the largest metadata `read` accepts: 16 MiB (about 50 000 variables' entries)
 
 class CheckpointError(ValueError):
     "A checkpoint that cannot be read, or that does not fit the optimizer it is loaded into; nothing was changed."
@@ -41,7 +45,7 @@ def _storable(a: np.ndarray) -> np.ndarray:
 def _digest(a: np.ndarray) -> str: return hashlib.sha256(np.asarray(a, order="C").tobytes()).hexdigest()
 
 # %% auto #0
-__all__ = ['FORMAT', 'VERSION', 'CheckpointError', 'save', 'read', 'load', 'load_optimizer']
+__all__ = ['FORMAT', 'VERSION', 'META_MAX_BYTES', 'CheckpointError', 'save', 'read', 'load', 'load_optimizer']
 
 # %% ../nbs/11_checkpoint.ipynb #0175424e
 def _stored_config(opt):
@@ -54,6 +58,89 @@ def _stored_config(opt):
     try: return json.loads(json.dumps(config, allow_nan=False)), []
     except (TypeError, ValueError): return None, sorted(config)
 
+def _names_given(opt) -> list:
+    "For each variable, whether the user gave its name (at build or as the array's `.name`); None where unknown."
+    given = getattr(opt, "_names_given", None)
+    if given is None or len(given) != len(opt._variables): return [None] * len(opt._variables)
+    return [bool(g) for g in given]
+
+def _state(optimizer, include_variables: bool):
+    "The metadata (JSON data) and the arrays of `optimizer`'s whole state."
+    config, missing = _stored_config(optimizer)
+    arrays, variables, slots, given = {}, [], [], _names_given(optimizer)
+    for i, (v, name) in enumerate(zip(optimizer._variables, optimizer._names)):
+        h = _host(v)
+        e = {"name": name, "name_given": given[i], "excluded": not optimizer._use_weight_decay(i),
+             "shape": list(h.shape), "dtype": h.dtype.name}
+        if include_variables:
+            e["key"], e["sha256"] = f"variable_{i}", _digest(h)
+            arrays[e["key"]] = _storable(h)
+        variables.append(e)
+    for k, s in enumerate(optimizer._slots):
+        h = _host(s.array)
+        slots.append({"key": f"slot_{k}", "variable": s.index, "name": s.name, "shape": list(h.shape),
+                      "dtype": h.dtype.name, "sha256": _digest(h)})
+        arrays[f"slot_{k}"] = _storable(h)
+    pattern = getattr(getattr(optimizer, "_exclude_pattern", None), "pattern", None)
+    from adam_lit import __version__
+    meta = {"format": FORMAT, "version": VERSION, "adam_lit": __version__, "class": type(optimizer).__name__,
+            "config": config, "config_missing": missing, "iterations": int(optimizer._iterations),
+            "skipped_steps": int(optimizer.skipped_steps), "exclude_pattern": pattern if isinstance(pattern, str) else None,
+            "variables": variables, "slots": slots}
+    return meta, arrays
+
+# %% ../nbs/11_checkpoint.ipynb #8160cf1e
+_TMP = ".adam_lit-tmp."      # temporary files of a save: `.adam_lit-tmp.<target name>.<16 hex digits>.tmp`
+
+def _temp_prefix(path: str) -> str:
+    "Where the temporary files of a save to `path` go, up to their random part (a long name is shortened, with its hash)."
+    head, base = os.path.split(path)
+    if len(base.encode("utf-8", "surrogateescape")) > 160:
+        base = base[:40] + "~" + hashlib.sha256(base.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    return os.path.join(head, _TMP + base + ".")
+
+def _clean_stale(prefix: str):
+    "Remove the temporary files that killed saves to the same target left behind."
+    head, stem = os.path.split(prefix)
+    try: names = os.listdir(head or ".")
+    except OSError: return
+    for n in names:
+        rest = n[len(stem):]
+        if n.startswith(stem) and len(rest) == 20 and rest.endswith(".tmp") and set(rest[:16]) <= set("0123456789abcdef"):
+            try: os.unlink(os.path.join(head, n))
+            except OSError: pass
+
+def _fsync_dir(head: str):
+    "Make a rename in directory `head` durable (where the system can open a directory)."
+    if not hasattr(os, "O_DIRECTORY"): return
+    try:
+        fd = os.open(head or ".", os.O_RDONLY | os.O_DIRECTORY)
+        try: os.fsync(fd)
+        finally: os.close(fd)
+    except OSError: pass           # (a file system that cannot sync a directory: the rename is done all the same)
+
+def _write_atomic(path: str, arrays: dict):
+    "`np.savez` into a new temporary file next to `path`, synced to disk, then renamed over `path`."
+    prefix = _temp_prefix(path)
+    _clean_stale(prefix)
+    while True:
+        tmp = f"{prefix}{secrets.token_hex(8)}.tmp"
+        try: fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666); break
+        except FileExistsError: continue                            # (mode 0o666: the umask decides, as for np.savez)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush(); os.fsync(f.fileno())
+        try: os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode))      # an existing file keeps its mode
+        except FileNotFoundError: pass
+        os.replace(tmp, path)
+    except BaseException:
+        try: os.unlink(tmp)
+        except OSError: pass
+        raise
+    _fsync_dir(os.path.dirname(path))
+
+# %% ../nbs/11_checkpoint.ipynb #5e13c731
 def save(optimizer: Optimizer,          # a built optimizer (NumPy, CuPy, torch, ... arrays)
          path,                          # file to write; `.npz` is appended when missing
          include_variables: bool = True # also store the variables' values (to resume a run from the file alone)
@@ -67,130 +154,269 @@ def save(optimizer: Optimizer,          # a built optimizer (NumPy, CuPy, torch,
     if not optimizer.built:
         raise ValueError(f"optimizer '{optimizer.name}' is not built: it has no state to save yet "
                          "(call `optimizer.build(variables)` or take a step first)")
-    config, missing = _stored_config(optimizer)
-    arrays, variables, slots = {}, [], []
-    for i, (v, name) in enumerate(zip(optimizer._variables, optimizer._names)):
-        h = _host(v)
-        e = {"name": name, "shape": list(h.shape), "dtype": h.dtype.name}
-        if include_variables:
-            e["key"], e["sha256"] = f"variable_{i}", _digest(h)
-            arrays[e["key"]] = _storable(h)
-        variables.append(e)
-    for k, s in enumerate(optimizer._slots):
-        h = _host(s.array)
-        slots.append({"key": f"slot_{k}", "variable": s.index, "name": s.name, "shape": list(h.shape),
-                      "dtype": h.dtype.name, "sha256": _digest(h)})
-        arrays[f"slot_{k}"] = _storable(h)
-    from adam_lit import __version__
-    meta = {"format": FORMAT, "version": VERSION, "adam_lit": __version__, "class": type(optimizer).__name__,
-            "config": config, "config_missing": missing, "iterations": int(optimizer._iterations),
-            "variables": variables, "slots": slots}
+    meta, arrays = _state(optimizer, include_variables)
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
     path = os.fspath(path)
     if not path.endswith(".npz"): path += ".npz"
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".adam_lit_", suffix=".npz.tmp")
-    try:
-        with os.fdopen(fd, "wb") as f: np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        try: os.unlink(tmp)
-        except OSError: pass
-        raise
+    _write_atomic(path, arrays)
     return path
 
 # %% ../nbs/11_checkpoint.ipynb #a561d72d
 def _fail(path, what): raise CheckpointError(f"checkpoint {os.fspath(path)!r}: {what}")
 
+def _short(value, n: int = 80) -> str:
+    "`repr(value)`, cut to `n` characters (a message never quotes a whole hostile file)."
+    r = repr(value)
+    return r if len(r) <= n else r[:n - 3] + "..."
+
+_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+def _open_regular(path):
+    "Step 1: the file, opened for reading, and its size; anything but a regular file is refused before it is opened."
+    def refuse(mode):
+        kind = next((k for test, k in _KINDS if test(mode)), "not a regular file")
+        _fail(path, f"not a regular file ({kind}): a checkpoint is read only from a regular file")
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        raise TypeError(f"a checkpoint is read from a path (str or os.PathLike), got {type(path).__name__}")
+    try: st = os.stat(path)
+    except FileNotFoundError: raise
+    except (OSError, ValueError) as e: _fail(path, f"cannot be read ({type(e).__name__}: {e})")
+    if not stat.S_ISREG(st.st_mode): refuse(st.st_mode)
+    try: fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except FileNotFoundError: raise                 # (O_NONBLOCK: a FIFO swapped in since the check does not block)
+    except OSError as e: _fail(path, f"cannot be read ({type(e).__name__}: {e})")
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode): os.close(fd); refuse(st.st_mode)
+    return os.fdopen(fd, "rb"), st.st_size
+
+def _members(z, path) -> dict:
+    "Step 2: the zip's members by name, each name once."
+    out = {}
+    for info in z.infolist():
+        if info.filename in out:
+            _fail(path, f"the archive holds two members named {info.filename!r} (which would be the checkpoint's?)")
+        out[info.filename] = info
+    return out
+
+# %% ../nbs/11_checkpoint.ipynb #85175d2e
+def _read_array(z, members, key, path, label, size, dtypes, shape=None, max_bytes=None):
+    "Step 3: array `key`, checked (directory entry, then .npy header) before any allocation; with its SHA-256."
+    info = members.get(f"{key}.npy")
+    if info is None: _fail(path, f"{label} is missing")
+    if info.flag_bits & 0x1: _fail(path, f"{label} is encrypted")
+    if info.compress_type != zipfile.ZIP_STORED:
+        _fail(path, f"{label} is compressed (zip method {info.compress_type}); checkpoints hold uncompressed "
+                    "arrays, so that no array can grow beyond the bytes it takes in the file")
+    if info.compress_size != info.file_size or info.header_offset + info.file_size > size:
+        _fail(path, f"{label} declares {info.file_size} bytes, more than the file holds")
+    with z.open(info) as f:
+        version = np.lib.format.read_magic(f)
+        if version not in ((1, 0), (2, 0)): _fail(path, f"{label} has .npy format version {version}")
+        header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        got, fortran, dt = header(f)
+        if fortran or dt.fields is not None or not dt.isnative or dt.name not in dtypes or min(got, default=0) < 0:
+            _fail(path, f"{label} has dtype {dt} and shape {got}{' in Fortran order' if fortran else ''}, "
+                        f"expected dtype {' or '.join(sorted(dtypes))}")
+        if shape is not None and list(got) != shape:
+            _fail(path, f"{label} has shape {got}, its metadata says {tuple(shape)}")
+        nbytes = math.prod(got) * dt.itemsize
+        if max_bytes is not None and nbytes > max_bytes:
+            _fail(path, f"{label} takes {nbytes} bytes, more than the {max_bytes} allowed")
+        if f.tell() + nbytes != info.file_size:
+            _fail(path, f"{label} declares {info.file_size} bytes, its header {got} x {dt.itemsize} bytes")
+        a = np.empty(got, dt)                       # at most the member's size, itself within the file
+        buf, h, at = a.reshape(-1).view(np.uint8), hashlib.sha256(), 0
+        while at < nbytes:
+            chunk = f.read(min(nbytes - at, 1 << 24))
+            if not chunk: _fail(path, f"{label} is truncated")
+            buf[at:at + len(chunk)] = np.frombuffer(chunk, np.uint8); h.update(chunk); at += len(chunk)
+        f.read(1)                                   # the end of the member: the zip's CRC-32 is checked
+    return a, h.hexdigest()
+
+# %% ../nbs/11_checkpoint.ipynb #21ca59d3
+def _unique_keys(pairs):
+    d = dict(pairs)
+    if len(d) != len(pairs): raise ValueError("a key appears twice in one JSON object")
+    return d
+
+def _no_constant(name): raise ValueError(f"{name} is not JSON")
+
+def _read_meta(z, members, path, size) -> dict:
+    "Step 4: the metadata: at most `META_MAX_BYTES` of UTF-8 JSON, keys once per object, no NaN, nesting bounded."
+    a, _ = _read_array(z, members, "meta", path, "the metadata", size, {"uint8"}, max_bytes=META_MAX_BYTES)
+    if a.ndim != 1: _fail(path, f"the metadata has shape {a.shape}, not a 1-d array of bytes")
+    raw = a.tobytes()
+    if raw.count(b"{") + raw.count(b"[") > 1024 + len(raw) // 16:
+        _fail(path, "the metadata nests more objects and lists than any checkpoint's")
+    try: return json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as e:       # (UnicodeDecodeError and JSONDecodeError are ValueErrors)
+        _fail(path, f"its metadata is not valid JSON ({type(e).__name__}: {_short(str(e), 200)})")
+
+# %% ../nbs/11_checkpoint.ipynb #705592cb
+_DTYPES = frozenset({"float16", "float32", "float64", "bfloat16", "bool", "int8", "int16", "int32", "int64",
+                     "uint8", "uint16", "uint32", "uint64"})
+_INT64_MAX = 2**63 - 1        # the widest step counter of any array library
+
+def _is_int(x, low: int = 0, high: int = _INT64_MAX) -> bool: return type(x) is int and low <= x <= high
+
+def _check_entry(e, what, path, nvars=None, v2=False):
+    "One array's entry in the metadata: every field present, of its type."
+    def bad(field): _fail(path, f"invalid metadata: {what} has {field}={_short(e.get(field))}")
+    if type(e) is not dict: _fail(path, f"invalid metadata: {what} is {_short(e)}, not an object")
+    if type(e.get("name")) is not str: bad("name")
+    s = e.get("shape")
+    if type(s) is not list or len(s) > 64 or not all(_is_int(n) for n in s): bad("shape")
+    if type(e.get("dtype")) is not str or e["dtype"] not in _DTYPES: bad("dtype")
+    if nvars is not None and not _is_int(e.get("variable"), 0, nvars - 1): bad("variable")
+    if nvars is not None or "key" in e:
+        if type(e.get("key")) is not str or e["key"] == "meta" or len(e["key"]) > 200: bad("key")
+        h = e.get("sha256")
+        if type(h) is not str or len(h) != 64 or not set(h) <= set("0123456789abcdef"): bad("sha256")
+    if v2 and nvars is None:
+        if type(e.get("excluded")) is not bool: bad("excluded")
+        if e.get("name_given") not in (True, False, None) or "name_given" not in e: bad("name_given")
+
+# %% ../nbs/11_checkpoint.ipynb #8360caad
+def _check_meta(meta, path) -> list:
+    "Step 5: the metadata's schema, strictly; returns the entries of the arrays to read, [(entry, what)]."
+    if type(meta) is not dict or meta.get("format") != FORMAT:
+        _fail(path, f"not an adam_lit checkpoint (format {_short(meta.get('format') if type(meta) is dict else None)})")
+    version = meta.get("version")
+    if not _is_int(version, 1): _fail(path, f"invalid format version {_short(version)}")
+    if version > VERSION:
+        _fail(path, f"written in format version {version} by adam_lit {_short(meta.get('adam_lit'))}; this adam_lit "
+                    f"reads versions up to {VERSION}: upgrade adam_lit to load it")
+    def bad(field, want): _fail(path, f"invalid metadata: `{field}` is {_short(meta.get(field))}, expected {want}")
+    if type(meta.get("class")) is not str: bad("class", "a class name")
+    if meta.get("config") is not None and type(meta["config"]) is not dict: bad("config", "an object or null")
+    cm = meta.get("config_missing")
+    if type(cm) is not list or not all(type(k) is str for k in cm): bad("config_missing", "a list of names")
+    if not _is_int(meta.get("iterations")): _fail(path, f"invalid step count {_short(meta.get('iterations'))} "
+                                                        f"(an integer from 0 to {_INT64_MAX} expected)")
+    if version >= 2:
+        if not _is_int(meta.get("skipped_steps")): bad("skipped_steps", "an integer >= 0")
+        if meta.get("exclude_pattern") is not None and type(meta["exclude_pattern"]) is not str:
+            bad("exclude_pattern", "a string or null")
+    vs, ss = meta.get("variables"), meta.get("slots")
+    if type(vs) is not list: bad("variables", "a list")
+    if type(ss) is not list: bad("slots", "a list")
+    for i, e in enumerate(vs): _check_entry(e, f"variable {i}", path, v2=version >= 2)
+    for k, e in enumerate(ss): _check_entry(e, f"slot {k}", path, nvars=len(vs))
+    entries = [(e, f"variable {i} ({_short(e['name'])})") for i, e in enumerate(vs) if "key" in e]
+    entries += [(e, f"slot {_short(e['name'])} of variable {e['variable']}") for e in ss]
+    keys, pairs = [e["key"] for e, _ in entries], [(e["variable"], e["name"]) for e in ss]
+    if len(set(keys)) != len(keys): _fail(path, "invalid metadata: two entries name the same array")
+    if len(set(pairs)) != len(pairs): _fail(path, "invalid metadata: a variable has two slots of the same name")
+    return entries
+
+# %% ../nbs/11_checkpoint.ipynb #9e6a54bd
 def read(path):
     "The checkpoint's metadata and arrays (NumPy), after checking the file: readable, an adam_lit checkpoint, intact."
+    f, size = _open_regular(path)
     try:
-        z = np.load(path, allow_pickle=False)
-        if not hasattr(z, "files"): _fail(path, "not an .npz archive (a single .npy array?)")
-        with z:
-            names = set(z.files)
-            if "meta" not in names: _fail(path, "not an adam_lit checkpoint (no `meta` entry)")
-            meta = json.loads(bytes(z["meta"]).decode("utf-8"))
-            arrays = {k: z[k] for k in sorted(names - {"meta"})}
+        with f:
+            if f.read(6) == b"\x93NUMPY": _fail(path, "cannot be read: not an .npz archive (a single .npy array?)")
+            f.seek(0)
+            with zipfile.ZipFile(f) as z:
+                members = _members(z, path)
+                if "meta.npy" not in members: _fail(path, "not an adam_lit checkpoint (no `meta` entry)")
+                meta = _read_meta(z, members, path, size)
+                entries = _check_meta(meta, path)
+                named = [members[f"{e['key']}.npy"] for e, _ in entries if f"{e['key']}.npy" in members]
+                if sum(i.compress_size for i in named + [members["meta.npy"]]) > size:
+                    _fail(path, "its arrays declare more bytes than the file holds (overlapping members?)")
+                arrays = {}
+                for e, what in entries:                   # only the members the metadata names, each read once
+                    bf16 = e["dtype"] == "bfloat16"
+                    a, digest = _read_array(z, members, e["key"], path, f"the array of {what}", size,
+                                            {"uint16", "void16"} if bf16 else {e["dtype"]}, shape=e["shape"])
+                    if digest != e["sha256"]:
+                        _fail(path, f"the array of {what} does not match its checksum: the file is corrupted")
+                    arrays[e["key"]] = a.view(np.uint16).view(_bfloat16()) if bf16 else a   # (see `_storable`)
     except CheckpointError: raise
-    except FileNotFoundError: raise
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFError, KeyError, UnicodeDecodeError) as e:
-        _fail(path, f"cannot be read: the file is truncated, corrupted or not a checkpoint ({type(e).__name__}: {e})")
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        _fail(path, f"not an adam_lit checkpoint (format {meta.get('format') if isinstance(meta, dict) else None!r})")
-    version = meta.get("version")
-    if not isinstance(version, int) or version < 1:
-        _fail(path, f"invalid format version {version!r}")
-    if version > VERSION:
-        _fail(path, f"written in format version {version} by adam_lit {meta.get('adam_lit')}; this adam_lit reads "
-                    f"version {VERSION}: upgrade adam_lit to load it")
-    try:
-        entries = [(e, f"variable {i} ({e['name']!r})") for i, e in enumerate(meta["variables"]) if "key" in e]
-        entries += [(e, f"slot {e['name']!r} of variable {e['variable']}") for e in meta["slots"]]
-        it = meta["iterations"]
-    except (KeyError, TypeError) as e:
-        _fail(path, f"incomplete metadata ({type(e).__name__}: {e})")
-    if not isinstance(it, int) or it < 0: _fail(path, f"invalid step count {it!r}")
-    for e, what in entries:
-        a = arrays.get(e["key"])
-        if e.get("dtype") == "bfloat16" and a is not None and a.dtype.itemsize == 2 and a.dtype.kind in "uV":
-            arrays[e["key"]] = a.view(np.uint16).view(_bfloat16())      # stored as its bits (see `_storable`)
-        a = arrays.get(e["key"])
-        if a is None: _fail(path, f"the array of {what} is missing")
-        if list(a.shape) != e["shape"] or a.dtype.name != e["dtype"]:
-            _fail(path, f"the array of {what} has shape {a.shape} and dtype {a.dtype}, its metadata says "
-                        f"{tuple(e['shape'])} and {e['dtype']}")
-        if _digest(a) != e["sha256"]: _fail(path, f"the array of {what} does not match its checksum: the file is corrupted")
+    except Exception as e:    # zipfile's and numpy's own errors on a damaged file (BadZipFile, EOFError, ValueError, ...)
+        _fail(path, f"cannot be read: the file is truncated, corrupted or not a checkpoint ({type(e).__name__}: "
+                    f"{_short(str(e), 200)})")
     return meta, arrays
 
 # %% ../nbs/11_checkpoint.ipynb #98baafeb
-def _plan_load(optimizer, meta, arrays, path, match: str, restore_variables: bool):
-    "Every check of the fit; returns the writes to perform [(target array, NumPy value)] and the step count."
-    if not isinstance(optimizer, Optimizer):
-        raise TypeError(f"load expects an adam_lit optimizer, got {type(optimizer).__name__}")
-    if match not in ("auto", "name", "position"):
-        raise ValueError(f"Argument `match` must be 'auto', 'name' or 'position', got {match!r}")
-    if not optimizer.built:
-        _fail(path, f"optimizer '{optimizer.name}' is not built: build it on its variables first "
-                    "(`optimizer.build(variables)`), or use `load_optimizer(path, variables)`")
-    cls = type(optimizer).__name__
-    if meta["class"] != cls:
-        _fail(path, f"it holds the state of a {meta['class']} optimizer and cannot be loaded into a {cls}")
-    stored, names = meta["variables"], list(optimizer._names)
-    if len(stored) != len(names):
-        _fail(path, f"it holds {len(stored)} variables, the optimizer has {len(names)}")
+def _dtype_name(a) -> str: return np.dtype(str(a.dtype).replace("torch.", "")).name
+
+def _pairing(optimizer, stored, path, match: str) -> list:
+    "optimizer variable i <- stored variable order[i]: by name if both sides have the same distinct names, else by position."
+    names = list(optimizer._names)
+    if len(stored) != len(names): _fail(path, f"it holds {len(stored)} variables, the optimizer has {len(names)}")
     snames = [e["name"] for e in stored]
-    by_name = (match == "name" or (match == "auto" and len(set(snames)) == len(snames) == len(set(names))
-                                   and set(snames) == set(names)))
-    if match == "name" and (len(set(snames)) != len(snames) or set(snames) != set(names)):
-        _fail(path, f"`match='name'` needs the same distinct names on both sides; the file has {snames}, the optimizer {names}")
-    order = [snames.index(n) for n in names] if by_name else list(range(len(names)))   # optimizer i <- stored order[i]
-    writes = []
+    same = len(set(snames)) == len(snames) == len(set(names)) and set(snames) == set(names)
+    if match == "name" and not same:
+        _fail(path, f"`match='name'` needs the same distinct names on both sides; the file has {_short(snames, 300)}, "
+                    f"the optimizer {_short(names, 300)}")
+    at = {n: j for j, n in enumerate(snames)}
+    return [at[n] for n in names] if same and match != "position" else list(range(len(names)))
+
+def _refuse_other_weights(optimizer, stored, arrays, order, path):
+    "`restore_variables` not said: refuse if a variable differs (in any bit) from the value stored with the state."
     for i, (v, j) in enumerate(zip(optimizer._variables, order)):
         e = stored[j]
-        shape, dtype = list(v.shape), np.dtype(str(v.dtype).replace("torch.", "")).name
+        if "key" not in e: continue               # saved without the values (include_variables=False): nothing to compare
+        a, h = arrays[e["key"]], _host(v)
+        if not np.array_equal(h.reshape(-1).view(np.uint8), a.reshape(-1).view(np.uint8)):
+            _fail(path, f"variable {i} ({optimizer._names[i]!r}, shape {tuple(v.shape)}) differs from the value saved with "
+                        "the optimizer state, whose moments were computed for the saved weights. Say which weights to "
+                        "use: `restore_variables=True` loads the saved weights into the variables; "
+                        "`restore_variables=False` keeps the given weights and loads only the optimizer state")
+
+def _check_targets(optimizer, stored, order, restore_variables, path):
+    "Every variable of the checkpoint's shape and dtype; with `restore_variables=True`, stored and writable."
+    for i, (v, j) in enumerate(zip(optimizer._variables, order)):
+        e, shape, dtype = stored[j], list(v.shape), _dtype_name(v)
         if e["shape"] != shape or e["dtype"] != dtype:
-            _fail(path, f"variable {i} ({names[i]!r}) has shape {tuple(shape)} and dtype {dtype}, the checkpoint's "
-                        f"variable {j} ({e['name']!r}) has shape {tuple(e['shape'])} and dtype {e['dtype']}")
-        if restore_variables:
-            if "key" not in e: _fail(path, "it was saved without the variables' values (include_variables=False)")
-            writes.append((v, arrays[e["key"]]))
-    inv = {j: i for i, j in enumerate(order)}
-    have = {(s.index, s.name): s for s in optimizer._slots}
-    want = {(inv[e["variable"]], e["name"]): e for e in meta["slots"]}
-    if set(have) != set(want):
-        extra = sorted({n for _, n in set(want) - set(have)}); lack = sorted({n for _, n in set(have) - set(want)})
-        _fail(path, "its slots do not match the optimizer's: "
-                    + "; ".join(([f"the checkpoint has {extra} that the optimizer lacks"] if extra else [])
-                                + ([f"the optimizer has {lack} that the checkpoint lacks"] if lack else []))
-                    + " (another amsgrad, use_ema, gradient_accumulation_steps or row_bias_correction setting?)")
-    for key, s in have.items():
-        e = want[key]
-        dtype = np.dtype(str(s.array.dtype).replace("torch.", "")).name
-        if e["shape"] != list(s.array.shape) or e["dtype"] != dtype:
-            _fail(path, f"slot {s.name!r} of variable {key[0]} has shape {tuple(s.array.shape)} and dtype {dtype} in the "
-                        f"optimizer, {tuple(e['shape'])} and {e['dtype']} in the checkpoint")
-        writes.append((s.array, arrays[e["key"]]))
-    return writes, meta["iterations"]
+            _fail(path, f"variable {i} ({optimizer._names[i]!r}) has shape {tuple(shape)} and dtype {dtype}, the checkpoint's "
+                        f"variable {j} ({_short(e['name'])}) has shape {tuple(e['shape'])} and dtype {e['dtype']}")
+        if restore_variables and "key" not in e:
+            _fail(path, "it was saved without the variables' values (include_variables=False)")
+        if restore_variables and not _is_writeable(v):
+            _fail(path, f"variable {i} ({optimizer._names[i]!r}, shape {tuple(shape)}) is read-only: the saved weights "
+                        "cannot be restored into it")
+
+# %% ../nbs/11_checkpoint.ipynb #6f024cd7
+_GENERATED = re.compile(r"variable_[0-9]+")     # the names `build` makes up for unnamed variables
+
+def _counter_max(xp) -> int:
+    "The largest step count the optimizer's counter holds (its library's default integer: int64, or int32 for JAX without x64)."
+    try: return min(int(xp.iinfo(default_int(xp)).max), _INT64_MAX)
+    except (AttributeError, TypeError, ValueError): return _INT64_MAX
+
+def _planned_state(optimizer, meta, order) -> dict:
+    "The rest of the state a load sets (decided now, set by `_restore_state`): skipped steps, names, exclusions."
+    stored, names = meta["variables"], list(optimizer._names)
+    given = getattr(optimizer, "_names_given", None)
+    given = [bool(g) for g in given] if given is not None and len(given) == len(names) else None
+    for i, j in enumerate(order):     # a name made up at build gives way to the name the user gave before saving
+        e, mine = stored[j], (given[i] if given is not None else not _GENERATED.fullmatch(names[i]))
+        theirs = e.get("name_given")
+        if theirs is None: theirs = not _GENERATED.fullmatch(e["name"])       # (unknown: a made-up name looks made up)
+        if theirs and not mine:
+            names[i] = e["name"]
+            if given is not None: given[i] = True
+    excluded, differ = None, False
+    if all("excluded" in e for e in stored):   # (format 1 did not save them)
+        want = {i for i, j in enumerate(order) if stored[j]["excluded"]}
+        if getattr(optimizer, "_exclude_ids", None) or getattr(optimizer, "_exclude_pattern", None) is not None:
+            differ = want != {i for i in range(len(order)) if not optimizer._use_weight_decay(i)}   # it keeps its own
+        else: excluded = want
+    return {"order": order, "skipped_steps": meta.get("skipped_steps"), "names": names, "names_given": given,
+            "excluded": excluded, "exclusions_differ": differ}
+
+def _restore_state(optimizer, state: dict):
+    "Set what `_planned_state` decided (after the arrays are written)."
+    if state["skipped_steps"] is not None: optimizer.skipped_steps = state["skipped_steps"]
+    if state["names"] != list(optimizer._names): optimizer._names = state["names"]
+    if state["names_given"] is not None: optimizer._names_given = state["names_given"]
+    if state["excluded"] is not None:        # the decision for each variable; no pattern from the file is ever run
+        optimizer._exclude_ids = {id(optimizer._variables[i]) for i in state["excluded"]}
+        optimizer._exclude_pattern = None
 
 def _differing_config(optimizer, meta) -> list:
     stored = meta.get("config")
@@ -199,10 +425,56 @@ def _differing_config(optimizer, meta) -> list:
     if mine is None: return []
     return sorted(k for k in set(stored) | set(mine) if k != "name" and stored.get(k) != mine.get(k))
 
+# %% ../nbs/11_checkpoint.ipynb #33e7d3e0
+class _Writes(list):
+    "The writes a load performs, [(target array, NumPy value)]; `.state`: the rest of the state it sets (`_restore_state`)."
+    state: dict
+
+def _plan_load(optimizer, meta, arrays, path, match: str, restore_variables):
+    "Every check of the fit; returns the writes to perform and the step count. Nothing is changed."
+    if not isinstance(optimizer, Optimizer):
+        raise TypeError(f"load expects an adam_lit optimizer, got {type(optimizer).__name__}")
+    if match not in ("auto", "name", "position"):
+        raise ValueError(f"Argument `match` must be 'auto', 'name' or 'position', got {match!r}")
+    if restore_variables is not None and not isinstance(restore_variables, (bool, np.bool_)):
+        raise ArgumentTypeError(f"Argument `restore_variables` must be True, False or None, got {restore_variables!r}")
+    if not optimizer.built:
+        _fail(path, f"optimizer '{optimizer.name}' is not built: build it on its variables first "
+                    "(`optimizer.build(variables)`), or use `load_optimizer(path, variables)`")
+    cls = type(optimizer).__name__
+    if meta["class"] != cls:
+        _fail(path, f"it holds the state of a {meta['class'][:80]} optimizer and cannot be loaded into a {cls}")
+    stored = meta["variables"]
+    order = _pairing(optimizer, stored, path, match)
+    _check_targets(optimizer, stored, order, restore_variables, path)
+    inv = {j: i for i, j in enumerate(order)}
+    have = {(s.index, s.name): s for s in optimizer._slots}
+    want = {(inv[e["variable"]], e["name"]): e for e in meta["slots"]}
+    if set(have) != set(want):
+        extra = sorted({n for _, n in set(want) - set(have)}); lack = sorted({n for _, n in set(have) - set(want)})
+        _fail(path, "its slots do not match the optimizer's: "
+                    + "; ".join(([f"the checkpoint has {_short(extra, 300)} that the optimizer lacks"] if extra else [])
+                                + ([f"the optimizer has {_short(lack, 300)} that the checkpoint lacks"] if lack else []))
+                    + " (another amsgrad, use_ema, gradient_accumulation_steps or row_bias_correction setting?)")
+    writes = _Writes((v, arrays[stored[j]["key"]]) for v, j in zip(optimizer._variables, order) if restore_variables)
+    for (i, name), s in have.items():
+        e, dtype = want[(i, name)], _dtype_name(s.array)
+        if e["shape"] != list(s.array.shape) or e["dtype"] != dtype:
+            _fail(path, f"slot {name!r} of variable {i} has shape {tuple(s.array.shape)} and dtype {dtype} in the "
+                        f"optimizer, {tuple(e['shape'])} and {e['dtype']} in the checkpoint")
+        if not _is_writeable(s.array): _fail(path, f"slot {name!r} of variable {i} is read-only")
+        writes.append((s.array, arrays[e["key"]]))
+    if restore_variables is None: _refuse_other_weights(optimizer, stored, arrays, order, path)
+    it, high = meta["iterations"], _counter_max(optimizer._xp)
+    if it > high: _fail(path, f"its step count {it} does not fit the optimizer's step counter (at most {high})")
+    writes.state = _planned_state(optimizer, meta, order)
+    return writes, it
+
+# %% ../nbs/11_checkpoint.ipynb #05a44cef
 def load(optimizer: Optimizer,      # a built optimizer, on variables of the checkpoint's shapes and dtypes
          path,                      # a file written by `save`
          match: str = "auto",       # "auto", "name" or "position": how variables are paired with the stored ones
-         restore_variables: bool = False,  # also write the stored variables' values into the variables
+         restore_variables: bool | None = None,  # True: write the stored values in; False: keep the variables'; None: refuse if they differ
          _read=None):
     "Load a checkpoint's step count and slots (and optionally variables) into `optimizer`; all checked before any write."
     if getattr(optimizer, "communicator", None) is not None and _read is None:   # a collective (adam_lit.distributed)
@@ -210,11 +482,12 @@ def load(optimizer: Optimizer,      # a built optimizer, on variables of the che
         return _load(optimizer, path, match, restore_variables)
     meta, arrays = read(path) if _read is None else _read
     writes, iterations = _plan_load(optimizer, meta, arrays, path, match, restore_variables)
-    diff = _differing_config(optimizer, meta)
+    diff = _differing_config(optimizer, meta) + (["exclude_from_weight_decay"] if writes.state["exclusions_differ"] else [])
     xp = optimizer._xp
     news = [_from_host(xp, a, t) for t, a in writes]                # every conversion (host to device) before any write
     for (t, _), a in zip(writes, news): assign(t, a)
     optimizer._iterations = iterations
+    _restore_state(optimizer, writes.state)
     if diff:
         warnings.warn(f"the checkpoint was saved with other hyperparameters ({', '.join(diff)}); optimizer "
                       f"'{optimizer.name}' keeps its own", stacklevel=2)
@@ -222,17 +495,19 @@ def load(optimizer: Optimizer,      # a built optimizer, on variables of the che
 
 def load_optimizer(path,                   # a file written by `save`
                    variables,              # the variables to build the optimizer on (shapes and dtypes of the stored ones)
-                   names=None,             # their names (default: the variables' `.name`, else by position)
+                   names=None,             # their names (default: the variables' `.name`, else the stored names)
                    match: str = "auto",
-                   restore_variables: bool = False):
+                   restore_variables: bool | None = None):   # as for `load`
     "A new optimizer of the checkpoint's class and config, built on `variables`, with the checkpoint's state."
     data = read(path)
     meta = data[0]
     if meta["config"] is None:
-        _fail(path, f"the optimizer's {', '.join(meta.get('config_missing') or ['config'])} could not be stored (a callable?): "
+        _fail(path, f"the optimizer's {', '.join(meta['config_missing'] or ['config'])} could not be stored (a callable?): "
                     "create the optimizer yourself and use `load(optimizer, path)`")
     cls = _classes().get(meta["class"])
-    if cls is None: _fail(path, f"unknown optimizer class {meta['class']!r}; known: {sorted(_classes())}")
-    opt = cls.from_config(meta["config"])
+    if cls is None: _fail(path, f"unknown optimizer class {_short(meta['class'])}; known: {sorted(_classes())}")
+    try: opt = cls.from_config(meta["config"])
+    except Exception as e:                        # the config is the file's: any failure to make the optimizer is the file's
+        _fail(path, f"its config cannot make a {meta['class']} optimizer ({type(e).__name__}: {_short(str(e), 200)})")
     opt.build(list(variables), names)
     return load(opt, path, match=match, restore_variables=restore_variables, _read=data)
