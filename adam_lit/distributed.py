@@ -1,4 +1,4 @@
-"""`communicator=MPICommunicator()` (or `NCCLCommunicator()` on GPUs) makes any adam_lit optimizer average its gradients over the ranks of a job before each step; `shard_state=True` adds ZeRO stage 1, where each rank keeps the moments of its own rows only. Same bits as one process applying the averaged gradients.
+"""`communicator=MPICommunicator()` (or `NCCLCommunicator()` on GPUs) makes any adam_lit optimizer average its gradients over the ranks of a job before each step; `shard_state=True` adds ZeRO stage 1, where each rank keeps the moments of its own rows only. Same bits as one process applying the averaged gradients. Launch with `mpirun -n 4 python -m mpi4py train.py`.
 
 Docs: https://adam-lit.github.io/adam_lit/distributed.html.md"""
 

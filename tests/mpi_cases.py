@@ -468,9 +468,32 @@ def case_load_digest():
             except Exception as e: check(f"identical copies under other names load, {tag}", False, f"{type(e).__name__}: {e}")
             comm.barrier()
 
+def case_timed():
+    "A communicator with a timeout runs every collective in its non-blocking form: the same bits as one process."
+    timed = MPICommunicator(timeout=60)
+    pieces = MPICommunicator(timeout=60); pieces.max_bytes = 40
+    for c, label in ((timed, "timeout=60"), (pieces, "timeout=60, max_bytes=40")):
+        for dtype, kw in ((np.float32, dict(amsgrad=True, clipnorm=0.5)), (np.float16, dict(moment_dtype="float32", epsilon=1e-4))):
+            for sparse in (False, True):
+                for shard in (False, True):
+                    xs, ref_xs = init(RANK, dtype), init(0, dtype)
+                    opt = Adam(learning_rate=0.01, communicator=c, shard_state=shard, **kw)
+                    ref = Adam(learning_rate=0.01, **kw)
+                    for step in range(3):
+                        opt.apply(grads(RANK, step, dtype, sparse=sparse), xs)
+                        ref.apply(averaged(step, dtype, sparse=sparse), ref_xs)
+                    check(f"{label}: {np.dtype(dtype).name} {kw} sparse={sparse} shard_state={shard}", same(xs, ref_xs))
+    b = Adam(learning_rate=0.01, communicator=timed); b.build(init(RANK))
+    from adam_lit.distributed import broadcast_state
+    broadcast_state(b)
+    timed.barrier()
+    check("timeout=60: broadcast_state and barrier", b.iterations == 0)
+
 def say(name, ok, detail=""):
     "For the cases that end the job: each rank prints its own verdicts at once (there is no gathering at the end)."
-    sys.stdout.write(json.dumps({"rank": RANK, "check": name, "ok": bool(ok), "detail": str(detail)}) + "\n")     # one write
+    import time
+    row = {"rank": RANK, "check": name, "ok": bool(ok), "detail": str(detail), "time": time.time()}
+    sys.stdout.write(json.dumps(row) + "\n")     # in one write
     sys.stdout.flush()
 
 def fault_user_raise():
@@ -479,7 +502,9 @@ def fault_user_raise():
     opt = Adam(learning_rate=0.01, communicator=comm)
     opt.apply(grads(RANK, 0), xs)
     say("the first step", True)
-    if RANK == 1: raise RuntimeError("a failure in user code on rank 1")
+    if RANK == 1:
+        say("rank 1 raises", True)
+        raise RuntimeError("a failure in user code on rank 1")
     opt.apply(grads(RANK, 1), xs)
     say("rank 0 should not get past the second step", False)
 
@@ -520,7 +545,7 @@ def fault_stopped(how="stop"):
 FAULTS = {"user_raise": fault_user_raise, "stopped": fault_stopped, "exited": lambda: fault_stopped("exit")}
 
 CASES = {"robust": case_robust, "counts": case_counts, "sparse_counts": case_sparse_counts, "exact": case_exact, "dtypes": case_dtypes, "modes": case_modes, "errors": case_errors, "checkpoint": case_checkpoint,
-         "nan_agree": case_nan_agree, "load_digest": case_load_digest}
+         "nan_agree": case_nan_agree, "load_digest": case_load_digest, "timed": case_timed}
 
 if __name__ == "__main__":
     if sys.argv[1:2] and sys.argv[1] in FAULTS:      # a case that ends the job (uncaught errors included): run bare
