@@ -84,7 +84,7 @@ class MPICommunicator(Communicator):
     "Collectives through mpi4py's buffer interface (no pickling): NumPy arrays directly, CuPy arrays through host copies."
     max_bytes = 2**31 - 1             # MPI counts are C ints: byte-counted calls larger than this go in pieces
     def __init__(self, comm=None,     # an `mpi4py.MPI.Comm`; default `MPI.COMM_WORLD`
-                 timeout=None,        # seconds a collective may wait for the other ranks (None: no limit), then DistributedError
+                 timeout=None,        # seconds each step's agreement may wait for the other ranks (None: no limit), then DistributedError
                  abort_on_exception: bool = True): # an uncaught exception on any rank ends the whole job (MPI_Abort)
         MPI = _mpi()
         self._MPI = MPI
@@ -102,10 +102,12 @@ class MPICommunicator(Communicator):
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
         if abort_on_exception and self.size > 1: _abort_on_uncaught(MPI)
 
-    def _call(self, name: str, *args, **kw):
-        "`comm.<name>(...)`; with a timeout, its non-blocking form (`I<name>`), waited for until the deadline."
+    def _call(self, name: str, *args, timed: bool = False, **kw):
+        """`comm.<name>(...)`. `timed` (the small host collectives: each step's agreement) with a timeout: its non-blocking
+        form (`I<name>`), polled until the deadline. (The collectives of the gradients stay blocking: Open MPI's
+        non-blocking ones are slower for large buffers.)"""
         if self._broken is not None: raise DistributedError(self._broken)
-        if self.timeout is None: return getattr(self.comm, name)(*args, **kw)
+        if self.timeout is None or not timed: return getattr(self.comm, name)(*args, **kw)
         req = getattr(self.comm, "I" + name[0].lower() + name[1:])(*args, **kw)
         deadline, polls = time.monotonic() + self.timeout, 0
         while not req.Test():
@@ -191,15 +193,15 @@ class MPICommunicator(Communicator):
     def allgather_host(self, a):
         a = np.ascontiguousarray(a)
         out = np.empty((self.size,) + a.shape, a.dtype)
-        self._call("Allgather", _bytes(a), _bytes(out))
+        self._call("Allgather", _bytes(a), _bytes(out), timed=True)
         return out
 
     def allreduce_host(self, a):
         a = np.array(a, copy=True, order="C")
-        self._call("Allreduce", self._MPI.IN_PLACE, a, op=self._MPI.SUM)
+        self._call("Allreduce", self._MPI.IN_PLACE, a, op=self._MPI.SUM, timed=True)
         return a
 
-    def barrier(self): self._call("Barrier")
+    def barrier(self): self._call("Barrier", timed=True)
 
 # %% ../nbs/16_distributed.ipynb #6b81f096
 _NCCL_TYPES = {"float16": "NCCL_FLOAT16", "float32": "NCCL_FLOAT32", "float64": "NCCL_FLOAT64", "bfloat16": "NCCL_BFLOAT16",

@@ -469,7 +469,7 @@ def case_load_digest():
             comm.barrier()
 
 def case_timed():
-    "A communicator with a timeout runs every collective in its non-blocking form: the same bits as one process."
+    "A communicator with a timeout (its agreement on non-blocking collectives, polled): the same bits as one process."
     timed = MPICommunicator(timeout=60)
     pieces = MPICommunicator(timeout=60); pieces.max_bytes = 40
     for c, label in ((timed, "timeout=60"), (pieces, "timeout=60, max_bytes=40")):
