@@ -312,7 +312,12 @@ def _after_step(comm, err, what: str):
 def _agree(comm, error, items: list, what: str, hint: str = "every rank must make the same call with the same kinds of arguments"):
     """Every rank says whether its local checks passed (and what it is about to do: `items`). If any rank failed, every
     rank raises the same error; if the ranks would do different things, every rank raises a ValueError naming them."""
-    recs = [json.loads(bytes(r).rstrip(b"\0").decode()) for r in comm.allgather_host(_record(error, items))]
+    recs = []
+    for r, raw in enumerate(comm.allgather_host(_record(error, items))):
+        try: recs.append(json.loads(bytes(raw).rstrip(b"\0").decode()))
+        except ValueError:                # (UnicodeDecodeError, JSONDecodeError): not a record
+            raise DistributedError(f"{what}: the agreement record from rank {r} is not one: the ranks are out of step "
+                                   "(a collective that timed out on some rank, or another program on this communicator)") from None
     failed = [(r, rec["error"]) for r, rec in enumerate(recs) if "error" in rec]
     if failed:
         r0, (cls, msg) = failed[0]

@@ -510,8 +510,9 @@ def fault_user_raise():
 
 TIMEOUT = 3.0
 
-def fault_stopped(how="stop"):
-    "Rank 1 stops (SIGSTOP) or leaves the job before a step: with a timeout, rank 0 raises DistributedError in bounded time."
+def fault_stopped(how="stop", reraise=True):
+    """Rank 1 stops (SIGSTOP) or leaves the job before a step: with a timeout, rank 0 raises DistributedError in bounded
+    time. Uncaught, the error ends the job; caught (`reraise=False`), leaving the interpreter does."""
     import signal
     import time
     from adam_lit.distributed import DistributedError
@@ -540,9 +541,11 @@ def fault_stopped(how="stop"):
             say("rank 0: the communicator refuses any further collective", False, "no error")
         except DistributedError as e2:
             say("rank 0: the communicator refuses any further collective", "unusable" in str(e2), e2)
-        raise                     # uncaught: ends the job, the stopped rank included
+        if reraise: raise         # uncaught: ends the job, the stopped rank included
+        say("rank 0 caught the error and leaves", True)
 
-FAULTS = {"user_raise": fault_user_raise, "stopped": fault_stopped, "exited": lambda: fault_stopped("exit")}
+FAULTS = {"user_raise": fault_user_raise, "stopped": fault_stopped, "exited": lambda: fault_stopped("exit"),
+          "caught": lambda: fault_stopped("stop", reraise=False)}
 
 CASES = {"robust": case_robust, "counts": case_counts, "sparse_counts": case_sparse_counts, "exact": case_exact, "dtypes": case_dtypes, "modes": case_modes, "errors": case_errors, "checkpoint": case_checkpoint,
          "nan_agree": case_nan_agree, "load_digest": case_load_digest, "timed": case_timed}

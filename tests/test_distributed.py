@@ -107,10 +107,11 @@ def test_uncaught_exception_ends_the_job(module):
     assert not [row for row in r["rows"] if not row["ok"]], _report(r)
 
 @needs_mpi
-@pytest.mark.parametrize("how", ["stopped", "exited"])
+@pytest.mark.parametrize("how", ["stopped", "exited", "caught"])
 def test_lost_rank_times_out(how):
     """With `MPICommunicator(timeout=3)`: a rank 1 s late is waited for; a rank stopped by SIGSTOP (or one whose script
-    ended) before a step makes rank 0 raise DistributedError after 3 s, and the job ends."""
+    ended) before a step makes rank 0 raise DistributedError after 3 s, and the job ends: through the uncaught error,
+    or ("caught") when rank 0 catches it and its script ends (MPI_Finalize would wait for the lost collective)."""
     r = run_fault(how, timeout=40)
     assert not r["hung"] and r["rc"] != 0, _report(r)
     zero = [row for row in r["rows"] if row["rank"] == 0]
@@ -118,4 +119,5 @@ def test_lost_rank_times_out(how):
     assert any("DistributedError after the timeout" in n for n in names), _report(r)
     assert any("refuses any further collective" in n for n in names), _report(r)
     assert all(row["ok"] for row in r["rows"]), _report(r)
+    assert how != "caught" or "rank 0 caught the error and leaves" in names, _report(r)
     assert r["seconds"] < 30, _report(r)
