@@ -1,4 +1,4 @@
-"""`communicator=MPICommunicator()` (or `NCCLCommunicator()` on GPUs) makes any adam_lit optimizer average its gradients over the ranks of a job before each step; `shard_state=True` adds ZeRO stage 1, where each rank keeps the moments of its own rows only. Same bits as one process applying the averaged gradients.
+"""`communicator=MPICommunicator()` (or `NCCLCommunicator()` on GPUs) makes any adam_lit optimizer average its gradients over the ranks of a job before each step; `shard_state=True` adds ZeRO stage 1, where each rank keeps the moments of its own rows only. Same bits as one process applying the averaged gradients. Launch with `mpirun -n 4 python -m mpi4py train.py`.
 
 Docs: https://adam-lit.github.io/adam_lit/distributed.html.md"""
 
@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import sys
+import time
 import warnings
 
 import numpy as np
@@ -57,15 +59,71 @@ def _narrow(dtype) -> bool:
     "float16 and bfloat16: MPI has no sum for them; they are summed in float32 and rounded once (NumPy's own half add)."
     return np.dtype(dtype).itemsize == 2 and np.dtype(dtype).kind in "fV"
 
+_HOOK = []          # the `sys.excepthook` installed by `_abort_on_uncaught`
+
+def _abort_on_uncaught(MPI):
+    "Chain `sys.excepthook`: once the traceback is printed, an uncaught exception ends the job (as `python -m mpi4py`)."
+    if _HOOK and sys.excepthook is _HOOK[0]: return
+    previous = sys.excepthook
+    def abort_on_uncaught(kind, value, tb):
+        try: previous(kind, value, tb)
+        finally:
+            try: sys.stdout.flush(); sys.stderr.flush()
+            except Exception: pass
+            if MPI.Is_initialized() and not MPI.Is_finalized():
+                MPI.COMM_WORLD.Abort(130 if issubclass(kind, KeyboardInterrupt) else 1)
+    _HOOK[:] = [abort_on_uncaught]
+    sys.excepthook = abort_on_uncaught
+
+def _abort_at_exit(MPI):
+    "After a collective timed out, leaving the interpreter ends the job (MPI_Finalize would wait for the lost collective)."
+    import atexit           # (registered after mpi4py's own finalizer, so it runs before it)
+    atexit.register(lambda: MPI.Is_finalized() or MPI.COMM_WORLD.Abort(1))
+
 class MPICommunicator(Communicator):
     "Collectives through mpi4py's buffer interface (no pickling): NumPy arrays directly, CuPy arrays through host copies."
     max_bytes = 2**31 - 1             # MPI counts are C ints: byte-counted calls larger than this go in pieces
-    def __init__(self, comm=None):    # an `mpi4py.MPI.Comm`; default `MPI.COMM_WORLD`
+    def __init__(self, comm=None,     # an `mpi4py.MPI.Comm`; default `MPI.COMM_WORLD`
+                 timeout=None,        # seconds each step's agreement may wait for the other ranks (None: no limit), then DistributedError
+                 abort_on_exception: bool = True): # an uncaught exception on any rank ends the whole job (MPI_Abort)
         MPI = _mpi()
         self._MPI = MPI
         self.comm = MPI.COMM_WORLD if comm is None else comm
         if not isinstance(self.comm, MPI.Comm): raise ArgumentTypeError(f"Argument `comm` must be an mpi4py communicator, got {comm!r}")
+        if timeout is not None:
+            if isinstance(timeout, bool) or not isinstance(timeout, (int, float, np.integer, np.floating)):
+                raise ArgumentTypeError(f"Argument `timeout` must be a number of seconds or None, got {timeout!r}")
+            if not (math.isfinite(timeout) and timeout > 0):
+                raise ValueError(f"Argument `timeout` must be a positive, finite number of seconds or None, got {timeout!r}")
+            timeout = float(timeout)
+        if not isinstance(abort_on_exception, (bool, np.bool_)):
+            raise ArgumentTypeError(f"Argument `abort_on_exception` must be a bool, got {abort_on_exception!r}")
+        self.timeout, self._broken, self._abandoned = timeout, None, []
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
+        if abort_on_exception and self.size > 1: _abort_on_uncaught(MPI)
+
+    def _call(self, name: str, *args, timed: bool = False, **kw):
+        """`comm.<name>(...)`. `timed` (the small host collectives: each step's agreement) with a timeout: its non-blocking
+        form (`I<name>`), polled until the deadline. (The collectives of the gradients stay blocking: Open MPI's
+        non-blocking ones are slower for large buffers.)"""
+        if self._broken is not None: raise DistributedError(self._broken)
+        if self.timeout is None or not timed: return getattr(self.comm, name)(*args, **kw)
+        req = getattr(self.comm, "I" + name[0].lower() + name[1:])(*args, **kw)
+        deadline, polls = time.monotonic() + self.timeout, 0
+        while not req.Test():
+            polls += 1
+            if polls > 1000: time.sleep(0.0005)          # after ~1 ms of polling, leave the core to the others
+            if time.monotonic() > deadline:
+                self._abandoned.append((req, args))      # MPI may still write into these buffers: keep them alive
+                self._broken = (f"MPICommunicator(rank={self.rank}, size={self.size}) is unusable: MPI_{name} waited "
+                                f"longer than timeout={self.timeout:g} s for the other ranks; a collective cannot be "
+                                "cancelled, so no other collective can follow it")
+                _abort_at_exit(self._MPI)
+                raise DistributedError(
+                    f"rank {self.rank} of {self.size}: not every rank called MPI_{name} within timeout={self.timeout:g} s "
+                    "(a rank is stopped, much slower than the others, has left the job, or takes another path through "
+                    "the code). This communicator cannot be used any more; end the job (uncaught, this error does: "
+                    "MPI_Abort ends every rank)")
 
     def _host(self, buf):
         "A NumPy view of `buf` (or a host copy of a CuPy array), and the function that writes it back."
@@ -85,9 +143,9 @@ class MPICommunicator(Communicator):
             h.reshape(-1)[...] = send[:h.size]
         elif _narrow(h.dtype):
             w = h.astype(np.float32)
-            self.comm.Allreduce(self._MPI.IN_PLACE, w, op=self._MPI.SUM)
+            self._call("Allreduce", self._MPI.IN_PLACE, w, op=self._MPI.SUM)
             h[...] = w
-        else: self.comm.Allreduce(self._MPI.IN_PLACE, h, op=self._MPI.SUM)
+        else: self._call("Allreduce", self._MPI.IN_PLACE, h, op=self._MPI.SUM)
         back(h)
 
     def reduce_scatter(self, send, recv):
@@ -97,20 +155,20 @@ class MPICommunicator(Communicator):
         counts = [r.size] * self.size
         if self.size > 2:                 # every rank's block of this rank's rows (MPI_Alltoall), summed in rank order
             blocks = np.empty((self.size, r.size), s.dtype)
-            self._blockwise(self.comm.Alltoall, _bytes(s).reshape(self.size, -1), _bytes(blocks).reshape(self.size, -1))
+            self._blockwise(lambda a, b: self._call("Alltoall", a, b), _bytes(s).reshape(self.size, -1), _bytes(blocks).reshape(self.size, -1))
             r[...] = blocks[0]
             for q in range(1, self.size): r += blocks[q]
         elif _narrow(s.dtype):
             w = np.empty(r.shape, np.float32)
-            self.comm.Reduce_scatter(s.astype(np.float32), w, counts, op=self._MPI.SUM)
+            self._call("Reduce_scatter", s.astype(np.float32), w, counts, op=self._MPI.SUM)
             r[...] = w
-        else: self.comm.Reduce_scatter(s, r, counts, op=self._MPI.SUM)
+        else: self._call("Reduce_scatter", s, r, counts, op=self._MPI.SUM)
         back(r)
 
     def allgather(self, send, recv):
         s, _ = self._host(send); r, back = self._host(recv)
         sb = _bytes(s)
-        self._blockwise(lambda a, b: self.comm.Allgather(a[0], b), sb.reshape(1, -1), _bytes(r).reshape(self.size, -1))
+        self._blockwise(lambda a, b: self._call("Allgather", a[0], b), sb.reshape(1, -1), _bytes(r).reshape(self.size, -1))
         back(r)
 
     def _blockwise(self, call, send, recv):
@@ -129,21 +187,21 @@ class MPICommunicator(Communicator):
     def broadcast(self, buf, root: int = 0):
         h, back = self._host(buf)
         b = _bytes(h)
-        for o in range(0, max(1, b.size), self.max_bytes): self.comm.Bcast(b[o:o + self.max_bytes], root=root)
+        for o in range(0, max(1, b.size), self.max_bytes): self._call("Bcast", b[o:o + self.max_bytes], root=root)
         back(h)
 
     def allgather_host(self, a):
         a = np.ascontiguousarray(a)
         out = np.empty((self.size,) + a.shape, a.dtype)
-        self.comm.Allgather(_bytes(a), _bytes(out))
+        self._call("Allgather", _bytes(a), _bytes(out), timed=True)
         return out
 
     def allreduce_host(self, a):
         a = np.array(a, copy=True, order="C")
-        self.comm.Allreduce(self._MPI.IN_PLACE, a, op=self._MPI.SUM)
+        self._call("Allreduce", self._MPI.IN_PLACE, a, op=self._MPI.SUM, timed=True)
         return a
 
-    def barrier(self): self.comm.Barrier()
+    def barrier(self): self._call("Barrier", timed=True)
 
 # %% ../nbs/16_distributed.ipynb #6b81f096
 _NCCL_TYPES = {"float16": "NCCL_FLOAT16", "float32": "NCCL_FLOAT32", "float64": "NCCL_FLOAT64", "bfloat16": "NCCL_BFLOAT16",
@@ -153,13 +211,15 @@ class NCCLCommunicator(Communicator):
     """Collectives on CuPy arrays through NCCL (`cupy.cuda.nccl`), one GPU per rank; MPI starts the ranks, carries
     NCCL's unique id and the small host metadata."""
     def __init__(self, mpi_comm=None,   # an `mpi4py.MPI.Comm` (default COMM_WORLD)
-                 device=None):          # the GPU of this rank (default: its rank among the ranks on its machine, modulo the GPUs)
+                 device=None,           # the GPU of this rank (default: its rank among the ranks on its machine, modulo the GPUs)
+                 timeout=None,          # seconds the host collectives (each step's agreement) may wait: see `MPICommunicator`
+                 abort_on_exception: bool = True):   # an uncaught exception on any rank ends the job: see `MPICommunicator`
         try:
             import cupy
             from cupy.cuda import nccl
         except ImportError as e:
             raise ImportError("NCCLCommunicator needs CuPy with NCCL: `pip install \"adam-lit[gpu,mpi]\"`") from e
-        self._mpi = MPICommunicator(mpi_comm)
+        self._mpi = MPICommunicator(mpi_comm, timeout=timeout, abort_on_exception=abort_on_exception)
         self.rank, self.size = self._mpi.rank, self._mpi.size
         self._cp, self._nccl = cupy, nccl
         ndev = cupy.cuda.runtime.getDeviceCount()
@@ -249,10 +309,15 @@ def _after_step(comm, err, what: str):
     _agree(comm, err, [], what + " (the other ranks completed it: the replicas may now differ; restore them from a "
                                  "checkpoint)")
 
-def _agree(comm, error, items: list, what: str):
+def _agree(comm, error, items: list, what: str, hint: str = "every rank must make the same call with the same kinds of arguments"):
     """Every rank says whether its local checks passed (and what it is about to do: `items`). If any rank failed, every
     rank raises the same error; if the ranks would do different things, every rank raises a ValueError naming them."""
-    recs = [json.loads(bytes(r).rstrip(b"\0").decode()) for r in comm.allgather_host(_record(error, items))]
+    recs = []
+    for r, raw in enumerate(comm.allgather_host(_record(error, items))):
+        try: recs.append(json.loads(bytes(raw).rstrip(b"\0").decode()))
+        except ValueError:                # (UnicodeDecodeError, JSONDecodeError): not a record
+            raise DistributedError(f"{what}: the agreement record from rank {r} is not one: the ranks are out of step "
+                                   "(a collective that timed out on some rank, or another program on this communicator)") from None
     failed = [(r, rec["error"]) for r, rec in enumerate(recs) if "error" in rec]
     if failed:
         r0, (cls, msg) = failed[0]
@@ -267,8 +332,7 @@ def _agree(comm, error, items: list, what: str):
         a, b = ref["items"], rec["items"]
         k = next((k for k in range(min(len(a), len(b))) if a[k] != b[k]), min(len(a), len(b)))
         da = a[k] if k < len(a) else "nothing"; db = b[k] if k < len(b) else "nothing"
-        raise ValueError(f"{what}: the ranks disagree: rank 0 has {da}, rank {r} has {db} (item {k}); every rank "
-                         "must make the same call with the same kinds of arguments")
+        raise ValueError(f"{what}: the ranks disagree: rank 0 has {da}, rank {r} has {db} (item {k}); {hint}")
 
 # %% ../nbs/16_distributed.ipynb #5b1335f4
 class _Engine:
@@ -401,13 +465,35 @@ def _apply(opt, grads, variables, aggregate: bool = True):
     if not eng.sharded:
         if aggregate: grads = _average(eng, grads)
         object.__setattr__(opt, "_hyper_once", hyper)      # the callables were evaluated once, for the agreement
+        agreed = not aggregate and opt.gradient_nan_policy != "propagate" and comm.size > 1
+        if agreed:            # each rank has its own gradients: the non-finite policy must decide for all of them
+            object.__setattr__(opt, "_nonfinite", _agreed_nonfinite(opt, comm, what))
+            object.__setattr__(opt, "_flat_apply", lambda grads, variables: False)   # (its finite check is local)
         err = None
         try: opt._apply_local(grads, variables)
         except Exception as e: err = e
-        finally: object.__setattr__(opt, "_hyper_once", None)
+        finally:
+            object.__setattr__(opt, "_hyper_once", None)
+            if agreed:
+                del opt.__dict__["_nonfinite"], opt.__dict__["_flat_apply"]
         _after_step(comm, err, what)
         return None
     return _sharded_step(opt, eng, xp, grads, variables, pairs, hyper, missing, aggregate, what)
+
+def _agreed_nonfinite(opt, comm, what: str):
+    """The optimizer's `_nonfinite` (the non-finite policy at work) for a step on gradients that differ between ranks
+    (`experimental_aggregate_gradients=False`): each rank checks its own, one tiny all-reduce counts the ranks that found
+    NaN or Inf, and then every rank skips, or every rank raises the error of the first rank that found them."""
+    local = type(opt)._nonfinite
+    def nonfinite(xp, idx, raw, seen, is_update):
+        err, bad = None, False
+        try: bad = bool(local(opt, xp, idx, raw, seen, is_update))      # True: "skip"; raises: "raise"
+        except Exception as e: err, bad = e, True
+        found, failed = (int(n) for n in comm.allreduce_host(np.asarray([bad, err is not None], np.int64)))
+        if not found: return False
+        if not failed: return True                                      # "skip", on every rank
+        _agree(comm, err, [], what)                                     # raises on every rank
+    return nonfinite
 
 def _average(eng, grads):
     "The mean over the ranks: dense gradients in one buffer per dtype (one all-reduce each), sparse ones gathered."
@@ -728,6 +814,15 @@ def _save(optimizer, path, include_variables: bool = True) -> str:
     path = str(path)
     return out if out is not None else (path if path.endswith(".npz") else path + ".npz")
 
+def _content_digest(meta, arrays: dict) -> str:
+    "SHA-256 of what `checkpoint.read` returned: the metadata (as sorted JSON), then each array's name, dtype, shape and bytes."
+    h = hashlib.sha256(json.dumps(meta, sort_keys=True, default=repr).encode())
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(json.dumps([name, a.dtype.str, list(a.shape)]).encode())
+        h.update(a.reshape(-1).view(np.uint8))
+    return h.hexdigest()
+
 def _load(optimizer, path, match: str = "auto", restore_variables: bool = False):
     "`adam_lit.checkpoint.load` for a distributed optimizer: every rank reads the file (ZeRO-1: keeps its rows)."
     from adam_lit import checkpoint
@@ -739,9 +834,12 @@ def _load(optimizer, path, match: str = "auto", restore_variables: bool = False)
         meta, arrays = checkpoint.read(path)
         target = _whole_state(optimizer) if optimizer._dist.sharded else optimizer
         writes, iterations = checkpoint._plan_load(target, meta, arrays, path, match, restore_variables)
-        diff = checkpoint._differing_config(target, meta)
-    except Exception as e: err = e
-    _agree(comm, err, ["load"], f"checkpoint.load into optimizer '{optimizer.name}'")
+        diff = checkpoint._differing_config(optimizer, meta)     # (not `target`: its float learning rate went through float32)
+        items = [f"a checkpoint at step {iterations} with contents {_content_digest(meta, arrays)[:16]} (SHA-256)"]
+    except Exception as e: err, items = e, []
+    _agree(comm, err, ["load"] + items, f"checkpoint.load into optimizer '{optimizer.name}'",
+           hint="every rank must load the same checkpoint (one file that every rank sees, or identical copies); "
+                "nothing was loaded")
     from adam_lit.backend import _from_host
     news = [_from_host(optimizer._xp, a, t) for t, a in writes]
     for (t, _), a in zip(writes, news): assign(t, a)

@@ -384,9 +384,176 @@ def case_robust():
     broadcast_state(b)
     check("broadcast_state carries a float learning rate", b.learning_rate == 0.02)
 
-CASES = {"robust": case_robust, "counts": case_counts, "sparse_counts": case_sparse_counts, "exact": case_exact, "dtypes": case_dtypes, "modes": case_modes, "errors": case_errors, "checkpoint": case_checkpoint}
+def case_nan_agree():
+    "experimental_aggregate_gradients=False (each rank its own gradients) and a NaN on one rank: every rank skips, or raises."
+    for shapes in (SHAPES, [(6, 3)]):         # several variables, and one (where one process takes its fused flat path)
+        for shard in (False, True):
+            tag = f"{len(shapes)} variable(s), shard_state={shard}"
+            own = dict(experimental_aggregate_gradients=False)
+            def run(opt, xs, step, nan=False):
+                g = averaged(step, shapes=shapes)       # the caller averaged them: the same on every rank ...
+                if nan and RANK == SIZE - 1: g[0][-1, -1] = np.nan     # ... but for a NaN on the last rank
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    opt.apply_gradients(zip(g, xs), **own)
+            xs, ref_xs = init(RANK, shapes=shapes), init(0, shapes=shapes)
+            opt = Adam(learning_rate=0.01, communicator=comm, shard_state=shard, gradient_nan_policy="skip")
+            ref = Adam(learning_rate=0.01)
+            run(opt, xs, 0); ref.apply(averaged(0, shapes=shapes), ref_xs)
+            before = snapshot(opt, xs)
+            run(opt, xs, 1, nan=True)
+            check(f"NaN on rank {SIZE - 1} only, policy 'skip', not aggregated, {tag}: every rank skipped",
+                  same(snapshot(opt, xs), before) and opt.skipped_steps == 1 and opt.iterations == 1,
+                  f"skipped {opt.skipped_steps}, iterations {opt.iterations}")
+            try:
+                for step in (2, 3): run(opt, xs, step); ref.apply(averaged(step, shapes=shapes), ref_xs)
+                check(f"... then the ranks step on together, {tag}: one process's bits, the same step count",
+                      same(xs, ref_xs) and opt.iterations == ref.iterations == 3, f"iterations {opt.iterations}")
+            except Exception as e: check(f"... then the ranks step on together, {tag}", False, f"{type(e).__name__}: {e}")
+            state = [*xs, np.asarray([opt.iterations, opt.skipped_steps])] + ([] if shard else [s.array for s in opt._slots])
+            digests = comm.comm.allgather(b"".join(a.tobytes() for a in state))      # (ZeRO-1: each rank its own slots)
+            check(f"... and every rank holds the same variables{'' if shard else ', slots'} and counts, {tag}",
+                  all(d == digests[0] for d in digests))
+            acc = Adam(learning_rate=0.01, communicator=comm, shard_state=shard, gradient_nan_policy="skip",
+                       gradient_accumulation_steps=2)
+            ys = init(RANK, shapes=shapes)
+            big = [np.full(s, 3e38 if RANK == SIZE - 1 else 1.0, np.float32) for s in shapes]   # finite, but the sum is not
+            acc.apply_gradients(zip(big, ys), **own)
+            before = snapshot(acc, ys)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                acc.apply_gradients(zip(big, ys), **own)
+            check(f"an accumulator that overflows on rank {SIZE - 1} only, policy 'skip', {tag}: every rank skipped",
+                  same(snapshot(acc, ys), before) and acc.skipped_steps == 1, f"skipped {acc.skipped_steps}")
+            xs = init(RANK, shapes=shapes)
+            loud = Adam(learning_rate=0.01, communicator=comm, shard_state=shard, gradient_nan_policy="raise")
+            run(loud, xs, 0)
+            before = snapshot(loud, xs)
+            msg = expect_error(f"NaN on rank {SIZE - 1} only, policy 'raise', not aggregated, {tag}: every rank raises",
+                               lambda: run(loud, xs, 1, nan=True), NonFiniteGradientError, "variable 0", "1 non-finite value")
+            msgs = comm.comm.allgather(msg)
+            check(f"... the same message on every rank, {tag}", len(set(msgs)) == 1 and msgs[0] is not None, msgs)
+            check(f"... nothing changed, {tag}", same(snapshot(loud, xs), before))
+            try:
+                run(loud, xs, 1)
+                check(f"... and the next step runs on every rank, {tag}", loud.iterations == 2)
+            except Exception as e: check(f"... and the next step runs on every rank, {tag}", False, f"{type(e).__name__}: {e}")
+
+def case_load_digest():
+    "checkpoint.load of a different file on each rank (the same step count): refused on every rank, nothing changed."
+    with tempfile.TemporaryDirectory() as d:
+        d = comm.comm.bcast(d, root=0)
+        for shard in (False, True):
+            tag = f"shard_state={shard}"
+            local, ys = Adam(learning_rate=0.01), init(RANK)
+            local.apply(grads(RANK, 0), ys)                       # one step on this rank's own data
+            mine = checkpoint.save(local, os.path.join(d, f"rank{RANK}_{shard}"))
+            xs = init(RANK)
+            opt = Adam(learning_rate=0.01, communicator=comm, shard_state=shard)
+            opt.apply(grads(RANK, 0), xs)
+            opt.apply(grads(RANK, 1), xs)
+            before = snapshot(opt, xs)
+            msg = expect_error(f"a different file on each rank, each at step 1, {tag}",
+                               lambda: checkpoint.load(opt, mine, restore_variables=True), ValueError,
+                               "the ranks disagree", "a checkpoint at step 1 with contents", "every rank must load the same checkpoint")
+            msgs = comm.comm.allgather(msg)
+            check(f"... the same message on every rank, {tag}", len(set(msgs)) == 1 and msgs[0] is not None, msgs)
+            check(f"... nothing changed, {tag}", same(snapshot(opt, xs), before))
+            ref, zs = Adam(learning_rate=0.01), init(0)
+            ref.apply(grads(0, 0), zs)
+            copy = checkpoint.save(ref, os.path.join(d, f"copy{RANK}_{shard}"))     # identical contents, one file per rank
+            try:
+                checkpoint.load(opt, copy, restore_variables=True)
+                check(f"identical copies under other names load, {tag}", same(xs, zs) and opt.iterations == 1)
+            except Exception as e: check(f"identical copies under other names load, {tag}", False, f"{type(e).__name__}: {e}")
+            comm.barrier()
+
+def case_timed():
+    "A communicator with a timeout (its agreement on non-blocking collectives, polled): the same bits as one process."
+    timed = MPICommunicator(timeout=60)
+    pieces = MPICommunicator(timeout=60); pieces.max_bytes = 40
+    for c, label in ((timed, "timeout=60"), (pieces, "timeout=60, max_bytes=40")):
+        for dtype, kw in ((np.float32, dict(amsgrad=True, clipnorm=0.5)), (np.float16, dict(moment_dtype="float32", epsilon=1e-4))):
+            for sparse in (False, True):
+                for shard in (False, True):
+                    xs, ref_xs = init(RANK, dtype), init(0, dtype)
+                    opt = Adam(learning_rate=0.01, communicator=c, shard_state=shard, **kw)
+                    ref = Adam(learning_rate=0.01, **kw)
+                    for step in range(3):
+                        opt.apply(grads(RANK, step, dtype, sparse=sparse), xs)
+                        ref.apply(averaged(step, dtype, sparse=sparse), ref_xs)
+                    check(f"{label}: {np.dtype(dtype).name} {kw} sparse={sparse} shard_state={shard}", same(xs, ref_xs))
+    b = Adam(learning_rate=0.01, communicator=timed); b.build(init(RANK))
+    from adam_lit.distributed import broadcast_state
+    broadcast_state(b)
+    timed.barrier()
+    check("timeout=60: broadcast_state and barrier", b.iterations == 0)
+
+def say(name, ok, detail=""):
+    "For the cases that end the job: each rank prints its own verdicts at once (there is no gathering at the end)."
+    import time
+    row = {"rank": RANK, "check": name, "ok": bool(ok), "detail": str(detail), "time": time.time()}
+    sys.stdout.write(json.dumps(row) + "\n")     # in one write
+    sys.stdout.flush()
+
+def fault_user_raise():
+    "Rank 1 raises in user code between two steps; rank 0 goes on into the next step. The job must end, at once."
+    xs = init(RANK)
+    opt = Adam(learning_rate=0.01, communicator=comm)
+    opt.apply(grads(RANK, 0), xs)
+    say("the first step", True)
+    if RANK == 1:
+        say("rank 1 raises", True)
+        raise RuntimeError("a failure in user code on rank 1")
+    opt.apply(grads(RANK, 1), xs)
+    say("rank 0 should not get past the second step", False)
+
+TIMEOUT = 3.0
+
+def fault_stopped(how="stop", reraise=True):
+    """Rank 1 stops (SIGSTOP) or leaves the job before a step: with a timeout, rank 0 raises DistributedError in bounded
+    time. Uncaught, the error ends the job; caught (`reraise=False`), leaving the interpreter does."""
+    import signal
+    import time
+    from adam_lit.distributed import DistributedError
+    timed = MPICommunicator(timeout=TIMEOUT)
+    xs = init(RANK)
+    opt = Adam(learning_rate=0.01, communicator=timed)
+    opt.apply(grads(RANK, 0), xs)
+    if RANK == 1: time.sleep(1.0)                 # slower than rank 0, within the timeout: waited for
+    opt.apply(grads(RANK, 1), xs)
+    say(f"a rank 1 s late, timeout={TIMEOUT:g} s: the step runs", opt.iterations == 2)
+    before = snapshot(opt, xs)
+    if RANK == 1:
+        if how == "stop": os.kill(os.getpid(), signal.SIGSTOP)    # as `kill -STOP`: it never comes back
+        return                                                    # "exit": its script ends, the others go on
+    t = time.monotonic()
+    try:
+        opt.apply(grads(RANK, 2), xs)
+        say("rank 0: DistributedError after the timeout", False, "no error")
+    except DistributedError as e:
+        dt = time.monotonic() - t
+        say("rank 0: DistributedError after the timeout", TIMEOUT <= dt < TIMEOUT + 5 and f"timeout={TIMEOUT:g} s" in str(e),
+            f"after {dt:.2f} s: {e}")
+        say("rank 0: nothing changed", same(snapshot(opt, xs), before))
+        try:
+            timed.allreduce_host(np.zeros(1, np.int64))
+            say("rank 0: the communicator refuses any further collective", False, "no error")
+        except DistributedError as e2:
+            say("rank 0: the communicator refuses any further collective", "unusable" in str(e2), e2)
+        if reraise: raise         # uncaught: ends the job, the stopped rank included
+        say("rank 0 caught the error and leaves", True)
+
+FAULTS = {"user_raise": fault_user_raise, "stopped": fault_stopped, "exited": lambda: fault_stopped("exit"),
+          "caught": lambda: fault_stopped("stop", reraise=False)}
+
+CASES = {"robust": case_robust, "counts": case_counts, "sparse_counts": case_sparse_counts, "exact": case_exact, "dtypes": case_dtypes, "modes": case_modes, "errors": case_errors, "checkpoint": case_checkpoint,
+         "nan_agree": case_nan_agree, "load_digest": case_load_digest, "timed": case_timed}
 
 if __name__ == "__main__":
+    if sys.argv[1:2] and sys.argv[1] in FAULTS:      # a case that ends the job (uncaught errors included): run bare
+        FAULTS[sys.argv[1]]()
+        sys.exit(0)
     names = sys.argv[1:] or list(CASES)
     for n in names:
         try: CASES[n]()
