@@ -171,7 +171,11 @@ class PiecewiseConstantDecay(_KerasSchedule):
         self.boundaries, self.values, self.name = boundaries, values, _name(name)
 
     def _rate(self, step, S):
-        return S(self.values[sum(1 for b in self.boundaries if step > b)])
+        if isinstance(step, float):     # Keras compares in the step's type: a float step and the boundaries rounded...
+            i = sum(1 for b in self.boundaries if S(step) > S(b))
+        else:                           # ...an integer step with the boundaries cast to integers (truncated)
+            i = sum(1 for b in self.boundaries if step > (math.trunc(b) if math.isfinite(b) else b))
+        return S(self.values[i])
 
     def get_config(self):
         return {"boundaries": self.boundaries, "values": self.values, "name": self.name}

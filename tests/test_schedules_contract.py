@@ -42,6 +42,7 @@ CASES = [   # (class name, arguments, uses ops.cond in Keras)
     ("ExponentialDecay", dict(initial_learning_rate=0.3, decay_steps=7, decay_rate=1.01)),
     ("PiecewiseConstantDecay", dict(boundaries=[10, 20, 2500], values=[1e-3, 3e-4, 1e-4, 7e-5])),
     ("PiecewiseConstantDecay", dict(boundaries=[-5, 0], values=[0.5, 0.25, 0.125])),
+    ("PiecewiseConstantDecay", dict(boundaries=[-0.5, 10.5, 2**24], values=[0.5, 0.25, 0.125, 0.0625])),
     ("PolynomialDecay", dict(initial_learning_rate=0.1, decay_steps=1000)),
     ("PolynomialDecay", dict(initial_learning_rate=0.1, decay_steps=1000, end_learning_rate=0.001, power=0.5)),
     ("PolynomialDecay", dict(initial_learning_rate=0.1, decay_steps=300, power=2.0, cycle=True)),
@@ -64,7 +65,7 @@ IDS = [f"{n}({', '.join(f'{k}={v}' for k, v in kw.items())})" for n, kw in CASES
 def uses_cond(name, kw): return name == "CosineDecayRestarts" or (name == "CosineDecay" and kw.get("warmup_target") is not None)
 
 # the steps, then a few more: negative and positive non-integers, around a boundary, far beyond the decay
-STEPS = [-999, -1, 0, 1.0, 2.5, -2.5, -0.5, 9.5, 10.0, 10.5, 99.5, 100.0, -3000, 1e4 + 0.5]
+STEPS = [-999, -1, 0, 1.0, 2.5, -2.5, -0.5, 9.5, 10, 10.0, 10.5, 99.5, 100.0, -3000, 1e4 + 0.5, 2**24 + 1, 2.0**24 + 1]
 
 
 def same(a, b):
@@ -75,8 +76,12 @@ def same(a, b):
 # ---------------------------------------------------------------------------------------------------------------
 # Which steps are accepted, and what they mean (no Keras needed)
 
-@pytest.mark.parametrize("name,kw", CASES, ids=IDS)
+INTEGRAL = [(i, c) for i, c in zip(IDS, CASES) if all(float(b).is_integer() for b in c[1].get("boundaries", []))]
+
+@pytest.mark.parametrize("name,kw", [c for _, c in INTEGRAL], ids=[i for i, _ in INTEGRAL])
 def test_integral_float_and_array_steps_are_the_integer_step(name, kw):
+    "(Not for boundaries such as 10.5: Keras casts them to an integer step's type, 10, and compares a float step with"
+    " 10.5; see test_piecewise_compares_in_the_steps_type.)"
     s = getattr(ours, name)(**kw)
     for S in (np.float32, np.float64):
         for t in (-999, -1, 0, 1, 2, 37, 100, 1000, 2**31 - 1):
@@ -93,6 +98,14 @@ def test_step_is_the_schedules_precision_cast_of_the_value():
     assert s.evaluate(2.0**24 + 1, np.float32) == s.evaluate(2**24, np.float32)
     assert s.evaluate(2.0**24 + 1, np.float64) != s.evaluate(2**24, np.float64)
     assert s.evaluate(0.5, np.float64) == 0.999999 ** 0.5
+
+
+def test_piecewise_compares_in_the_steps_type():
+    "Keras compares an integer step with the boundaries cast to integers, a float step with them in floating point."
+    s = ours.PiecewiseConstantDecay([-0.5, 10.5, 2**24], [0.5, 0.25, 0.125, 0.0625])
+    assert [s(t) for t in (0, 0.0, 10, 10.0, 11)] == [0.5, 0.25, 0.25, 0.25, 0.125]
+    assert s.evaluate(2**24 + 1, np.float32) == 0.0625 and s.evaluate(2.0**24 + 1, np.float32) == 0.125
+    assert s.evaluate(2.0**24 + 1, np.float64) == 0.0625
 
 
 @pytest.mark.parametrize("module", ["torch", "jax"])
