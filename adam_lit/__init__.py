@@ -16,10 +16,11 @@ from .backend import ArgumentTypeError, IndexedSlices
 from .optimizer import NonFiniteGradientError, Optimizer
 from .rules import adam_step, amsgrad_step, bias_corrected_step_size, lazy_adam_rows, sparse_adam_step
 from . import schedules
-from .driver import OptimizeResult, minimize
+from .driver import OptimizeResult, minimize, plot_history
 from . import checkpoint, distributed, driver, interop
 
 __all__ = ["Adam", "AdamW", "LazyAdam", "Optimizer", "IndexedSlices", "ArgumentTypeError", "NonFiniteGradientError",
            "adam_step", "amsgrad_step",
            "bias_corrected_step_size", "sparse_adam_step", "lazy_adam_rows", "schedules", "minimize", "OptimizeResult",
+           "plot_history",
            "checkpoint", "distributed", "driver", "interop"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import numbers
 from collections.abc import Mapping
 
 import numpy as np
@@ -16,7 +17,7 @@ import numpy as np
 from .adam import Adam
 from .backend import ArgumentTypeError, IndexedSlices
 from .lazyadam import LazyAdam
-from .optimizer import check_float, check_int
+from .optimizer import check_float
 
 # %% auto #0
 __all__ = ['METHODS', 'DRIVER_OPTIONS', 'OptimizeResult', 'check_method', 'optimizer_options', 'minimize', 'scipy_method',
@@ -30,7 +31,11 @@ class OptimizeResult(dict):
         except KeyError: raise AttributeError(name) from None
     __setattr__ = dict.__setitem__
     __delattr__ = dict.__delitem__
-    def __dir__(self): return list(self.keys())
+    def __dir__(self): return list(self.keys()) + ["plot_history"]
+
+    def plot_history(self, ax=None, grad_norm=False):
+        "`plot_history(self, ax, grad_norm)`: the loss per iteration; matplotlib is imported only now."
+        return plot_history(self, ax=ax, grad_norm=grad_norm)
 
     def __repr__(self):
         if not self: return f"{type(self).__name__}()"
@@ -44,6 +49,7 @@ class OptimizeResult(dict):
 # %% ../nbs/12_minimize.ipynb #f8bdf601
 _METHODS = {"adam": (Adam, {}), "amsgrad": (Adam, {"amsgrad": True}), "lazyadam": (LazyAdam, {})}
 METHODS = tuple(_METHODS)
+_NOT_OPTIONS = ("communicator", "shard_state")   # a distributed step needs a loop on every rank
 DRIVER_OPTIONS = {"maxiter": 1000, "gtol": 1e-5, "ftol": None, "patience": None, "min_delta": 0.0,
                   "restore_best": False, "nan_policy": "stop", "progress": False, "disp": False}
 
@@ -61,7 +67,8 @@ def optimizer_options(method) -> tuple:
     for c in cls.__mro__:
         if "__init__" not in vars(c) or c is object: continue
         ps = inspect.signature(c.__init__).parameters
-        names += [p for p, v in ps.items() if p != "self" and v.kind not in (v.VAR_KEYWORD, v.VAR_POSITIONAL) and p not in names]
+        names += [p for p, v in ps.items() if p != "self" and v.kind not in (v.VAR_KEYWORD, v.VAR_POSITIONAL)
+                  and p not in names and p not in _NOT_OPTIONS]
         if not any(v.kind == v.VAR_KEYWORD for v in ps.values()): break
     return tuple(names)
 
@@ -70,11 +77,26 @@ def _flag(name, v):
     if not isinstance(v, (bool, np.bool_)): raise ArgumentTypeError(f"Option `{name}` must be True or False, got {v!r}")
     return bool(v)
 
+def _count(name, v, low):
+    "An integer option: an int, or an integral float such as 1e4 (as scipy users write maxiter); bools refused."
+    what = f"Option `{name}` must be an integer >= {low} (an integral float such as 1e4 is accepted), got {v!r}"
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real): raise ArgumentTypeError(what)
+    if not isinstance(v, numbers.Integral):
+        if not (math.isfinite(float(v)) and float(v).is_integer()): raise ValueError(what)
+        v = int(float(v))
+    if v < low: raise ValueError(what)
+    return int(v)
+
 def _resolve_options(method: str, options, tol=None):
     "Split `options` into the optimizer's keyword arguments and the driver's settings, all checked."
     if options is None: options = {}
     if not isinstance(options, Mapping): raise ArgumentTypeError(f"`options` must be a dict, got {type(options).__name__}")
     opt_names = optimizer_options(method)
+    for k in _NOT_OPTIONS:
+        if k in options:
+            raise ValueError(f"Option {k!r} is not available in the driver: `communicator` and `shard_state` make each step "
+                             "a collective over the ranks of a distributed job; build the optimizer with them and call "
+                             "`apply` on every rank with its own gradients (adam_lit.distributed)")
     unknown = [k for k in options if k not in DRIVER_OPTIONS and k not in opt_names]
     if unknown:
         raise ValueError(f"Unknown option(s) {', '.join(map(repr, unknown))} for method {method!r}. Driver options: "
@@ -82,10 +104,10 @@ def _resolve_options(method: str, options, tol=None):
     d = dict(DRIVER_OPTIONS)
     if tol is not None: d["gtol"] = tol
     d.update({k: v for k, v in options.items() if k in DRIVER_OPTIONS})
-    d["maxiter"] = check_int("maxiter", d["maxiter"], low=0)
+    d["maxiter"] = _count("maxiter", d["maxiter"], 0)
     for k in ("gtol", "ftol"):
         if d[k] is not None: d[k] = check_float(k, d[k], low=0)
-    if d["patience"] is not None: d["patience"] = check_int("patience", d["patience"], low=1)
+    if d["patience"] is not None: d["patience"] = _count("patience", d["patience"], 1)
     d["min_delta"] = check_float("min_delta", d["min_delta"], low=0)
     for k in ("restore_best", "progress", "disp"): d[k] = _flag(k, d[k])
     if d["nan_policy"] not in ("stop", "raise"):
@@ -204,15 +226,15 @@ def _tqdm():
 def minimize(fun,                # fun(x, *args) -> loss, or (loss, gradient) with jac=True
              x0,                 # initial point: a float16/32/64 NumPy array of any shape (copied)
              args=(),            # extra arguments of `fun` and `jac`
-             *,
+             method="adam",      # "adam", "amsgrad" or "lazyadam", case-insensitive (None: "adam", scipy's default rule)
              jac=None,           # True, or jac(x, *args) -> gradient (an array like x, or an IndexedSlices)
-             method="adam",      # "adam", "amsgrad" or "lazyadam", case-insensitive
+             *,
              options=None,       # the optimizer's arguments and the driver's (see `DRIVER_OPTIONS`)
              callback=None,      # callback(intermediate_result) or callback(xk); True or StopIteration stops
              tol=None            # default for `gtol`, as in scipy
             ) -> OptimizeResult:
     "Minimize `fun` from `x0` with Adam, AMSGrad or LazyAdam, in the idiom of `scipy.optimize.minimize`."
-    method = check_method(method)
+    method = check_method("adam" if method is None else method)
     cls, opt_kw, o = _resolve_options(method, options, tol)
     if not callable(fun): raise ArgumentTypeError(f"`fun` must be callable, got {fun!r}")
     _check_jac(jac)
@@ -260,6 +282,7 @@ def minimize(fun,                # fun(x, *args) -> loss, or (loss, gradient) wi
                 bar.set_postfix(loss=f"{f:.5g}", refresh=False); bar.update(1)
     finally:
         if bar is not None: bar.close()
+    history.append((f, gn))                                  # the iterate the loop stopped at: the last record
     message = _MESSAGES[status].format(**info)
     if isinstance(g, np.ndarray): g = g.copy()               # the caller's buffer may be reused by its next call
     if o["restore_best"] and best is not None and best_iter != nit:
@@ -302,14 +325,14 @@ def scipy_method(method: str = "adam"):
     return _ScipyMethod(check_method(method))
 
 # %% ../nbs/12_minimize.ipynb #ba851900
-def plot_history(result,           # an `OptimizeResult` from `minimize`
+def plot_history(result,           # an `OptimizeResult` from `minimize` (adam_lit's or scipy's, via `scipy_method`)
                  ax=None,          # a matplotlib axis (default: a new figure)
                  grad_norm=False): # also draw the gradient norm, on a second (log) axis
     "Plot `result.history`'s loss per iteration (log scale when positive); returns the axis."
     import matplotlib.pyplot as plt
     h = result["history"]
     loss = np.asarray(h["loss"], dtype=float)
-    if ax is None: _, ax = plt.subplots(figsize=(6, 3.5))
+    if ax is None: _, ax = plt.subplots(figsize=(6, 3.5), layout="constrained")   # the labels inside the figure
     it = np.arange(len(loss))
     ax.plot(it, loss, color="C0", label="loss")
     if len(loss) and np.all(loss > 0): ax.set_yscale("log")

@@ -19,17 +19,25 @@ __all__ = ['SCHEDULES', 'LearningRateSchedule', 'ExponentialDecay', 'PiecewiseCo
            'InverseTimeDecay', 'CosineDecay', 'CosineDecayRestarts', 'serialize', 'deserialize']
 
 # %% ../nbs/02_schedules.ipynb #ad183629
-def _check_step(step) -> int:
-    "`step` as a Python int: a non-negative integer (Python int, NumPy integer or 0-d integer array)."
-    if isinstance(step, (bool, np.bool_)):
-        raise ArgumentTypeError(f"`step` must be an integer, not a bool. Received: step={step!r}")
+def _check_step(step) -> int | float:
+    "`step` as a Python int (an integer step) or float (a float step): a real scalar, as Keras accepts it."
+    if isinstance(step, (bool, np.bool_)) or "bool" in str(getattr(step, "dtype", "")):
+        raise ArgumentTypeError(f"`step` must be a number, not a bool. Received: step={step!r}")
+    shape = getattr(step, "shape", ())
+    if tuple(shape) != ():
+        raise ArgumentTypeError(f"`step` must be a scalar (a number or a 0-d array). Received: an array of shape "
+                                f"{tuple(shape)}")
     try:
-        step = operator.index(step)
+        return operator.index(step)                   # int, NumPy integer, 0-d integer array (NumPy, PyTorch, JAX)
     except TypeError:
-        raise ArgumentTypeError(f"`step` must be an integer (a Python int, a NumPy integer or a 0-d integer array). "
-                                f"Received: step={step!r} of type {type(step).__name__}") from None
-    if step < 0: raise ValueError(f"`step` must be >= 0. Received: step={step}")
-    return step
+        pass
+    real = isinstance(step, numbers.Real) or any(k in str(getattr(step, "dtype", "")) for k in ("float", "half"))
+    if not real:
+        raise ArgumentTypeError(f"`step` must be a real number (an int, a float, or a 0-d integer or floating array). "
+                                f"Received: step={step!r} of type {type(step).__name__}")
+    value = float(step)
+    if not math.isfinite(value): raise ValueError(f"`step` must be finite. Received: step={value}")
+    return value
 
 def _check_precision(precision):
     "The NumPy scalar type named by `precision` (`np.float32`, `np.dtype('float32')` or `'float32'`)."
@@ -83,7 +91,7 @@ class LearningRateSchedule:
         "Instantiate a schedule from the output of `get_config()`."
         return cls(**config)
 
-    def evaluate(self, step,                # the optimizer step, a non-negative integer
+    def evaluate(self, step,                # the step: an int or a float, a 0-d array, of any sign
                  precision=np.float64       # NumPy floating type every operation is rounded to
                 ) -> float:
         "The learning rate at `step` in `precision`, as a Python float; by default `self(step)` rounded once."
@@ -163,7 +171,11 @@ class PiecewiseConstantDecay(_KerasSchedule):
         self.boundaries, self.values, self.name = boundaries, values, _name(name)
 
     def _rate(self, step, S):
-        return S(self.values[sum(1 for b in self.boundaries if step > b)])
+        if isinstance(step, float):     # Keras compares in the step's type: a float step and the boundaries rounded...
+            i = sum(1 for b in self.boundaries if S(step) > S(b))
+        else:                           # ...an integer step with the boundaries cast to integers (truncated)
+            i = sum(1 for b in self.boundaries if step > (math.trunc(b) if math.isfinite(b) else b))
+        return S(self.values[i])
 
     def get_config(self):
         return {"boundaries": self.boundaries, "values": self.values, "name": self.name}
