@@ -574,6 +574,36 @@ def test_first_step_table(g, float32_mode):
     assert float(K(kv)[0]) == FIRST_STEP_TABLE[g]
 
 
+# The other reference numbers of the rules page, run by Keras: (name, initial variables, gradients per call,
+# learning rate, amsgrad, preset iteration count). The page pins adam_lit's values to 8 digits; here Keras's bits
+# must equal adam_lit's, so the page's numbers are Keras's.
+_GA, _GB = [0.1, -0.2, 0.3], [[0.5], [-0.05]]
+RULES_PAGE_CASES = [
+    ("seed example", [[10.0]], [[[10.0]]], 0.1, False, 0),
+    ("default case, 3 calls", [[1.0, 2.0, 3.0], [[-1.0], [0.5]]], [[_GA, _GB]] * 3, 1e-3, False, 0),
+    ("AMSGrad, shrinking gradient", [[1.0, 2.0, 3.0]], [[_GA]] + [[[0.01 * g for g in _GA]]] * 3, 0.1, True, 0),
+    ("bias correction at t = 1000", [[1.0, 2.0, 3.0]], [[_GA]], 1e-3, False, 999),
+]
+
+
+@pytest.mark.parametrize("name, inits, calls, lr, amsgrad, preset", RULES_PAGE_CASES, ids=[c[0] for c in RULES_PAGE_CASES])
+def test_rules_page_reference_numbers(name, inits, calls, lr, amsgrad, preset, float32_mode):
+    "Keras 3 and adam_lit on the cases of the rules page's reference numbers: the same float32 bits, slots included."
+    kvars = [keras.Variable(np.array(x, np.float32)) for x in inits]
+    avars = [np.array(x, np.float32) for x in inits]
+    kopt, aopt = keras.optimizers.Adam(learning_rate=lr, amsgrad=amsgrad), Adam(learning_rate=lr, amsgrad=amsgrad)
+    kopt.build(kvars); aopt.build(avars)
+    if preset: kopt._iterations.assign(preset); aopt._iterations = preset
+    for grads in calls:
+        kopt.apply([keras.ops.convert_to_tensor(np.array(g, np.float32)) for g in grads], kvars)
+        aopt.apply([np.array(g, np.float32) for g in grads], avars)
+    for kv, av in zip(kvars, avars): assert K(kv).tobytes() == av.tobytes(), (name, K(kv), av)
+    slots = [v for v in aopt.variables if np.asarray(v).dtype == np.float32][1:]       # (after the learning rate)
+    kslots = [K(v) for v in kopt.variables if K(v).dtype == np.float32][1:]
+    assert len(slots) == len(kslots) > 0
+    for kv, av in zip(kslots, slots): assert kv.tobytes() == np.asarray(av).tobytes(), name
+
+
 @pytest.mark.xfail(strict=True, reason="XLA on CPU flushes subnormal results to zero, NumPy keeps them: for "
                    "|g| below ~1e-19 Keras's float32 velocity is 0, adam_lit's is subnormal")
 def test_subnormal_gradients_are_flushed_by_xla(float32_mode):
