@@ -174,6 +174,25 @@ def test_lazy_amsgrad_kernel_source_on_the_cpu():
     np.testing.assert_allclose(x, xr, **CLOSE)
 
 
+def test_lazy_amsgrad_on_cupy_matches_reference():
+    "On a GPU the fused CUDA row kernel (the indexed lazy AMSGrad variant) follows the per-row formulas too."
+    cupy = pytest.importorskip("cupy")
+    try:
+        ok = cupy.cuda.is_available()
+    except Exception:
+        ok = False
+    if not ok: pytest.skip("no CUDA GPU (cupy.cuda.is_available() is False)")
+    E0 = np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0], [7.0, 8.0]])
+    batches = _shrinking_batches()
+    E, opt = cupy.asarray(E0), LazyAdam(learning_rate=0.1, beta_1=0.5, beta_2=0.9, amsgrad=True)
+    for g in batches:
+        opt.apply([IndexedSlices(cupy.asarray(g.values), cupy.asarray(g.indices), g.dense_shape)], [E])
+    xr, mr, vr, vhr, _ = lazy_reference(E0, [(b.indices, b.values) for b in batches], lr=0.1, beta_1=0.5, beta_2=0.9,
+                                        amsgrad=True)
+    np.testing.assert_allclose(cupy.asnumpy(E), xr, **CLOSE)
+    np.testing.assert_allclose(cupy.asnumpy(opt.get_slot(E, "vhat")), vhr, **CLOSE)
+
+
 def test_row_bias_correction_counts_each_row():
     """With `row_bias_correction`, `row_step` counts the steps in which each row was listed (a repeated row once, an
     absent row not at all), and a row's second move uses the step size of its own step 2."""
