@@ -445,6 +445,165 @@ def test_ema_overwrite_frequency_zero(float32_mode):
     assert not np.array_equal(x, aopt.get_slot(x, "average"))                      # not overwritten
 
 
+# ---------------------------------------------------------------------------------------------- the TensorFlow backend
+# The same random cases, run by Keras 3 on TensorFlow in a subprocess (KERAS_BACKEND is chosen once per process): the
+# cases that must be bit-identical to Keras on JAX, without a clipping norm (its summation order is TensorFlow's own),
+# in float32 (float64: see test_tensorflow_float64_rounds_the_betas_through_float32).
+TF_CASES = [c for c in CASES if not tolerance_reasons(c) and not (c["opts"].get("clipnorm") or c["opts"].get("global_clipnorm"))][:24]
+
+_TF_SCRIPT = r"""
+import json, sys, warnings
+import numpy as np
+import keras
+assert keras.backend.backend() == "tensorflow", keras.backend.backend()
+cases, data, out = json.load(open(sys.argv[1])), dict(np.load(sys.argv[2])), {}
+for k, case in enumerate(cases):
+    dt = case["dtype"]; keras.config.set_floatx(dt)
+    kvars = [keras.Variable(data[f"{k}/init/{i}"], name=n, dtype=dt) for i, n in enumerate(case["names"])]
+    kind, arg = case["lr"]
+    lr = arg if kind == "float" else (lambda: arg) if kind == "callable" else getattr(keras.optimizers.schedules, kind)(**arg)
+    opt = keras.optimizers.Adam(learning_rate=lr, name="adam", **case["opts"])
+    if case.get("exclude"): opt.exclude_from_weight_decay(var_names=case["exclude"])
+    opt.build(kvars)
+    if case.get("preset"): opt._iterations.assign(case["preset"])
+    for c in range(case["calls"]):
+        grads = [data.get(f"{k}/g/{c}/{i}") for i in range(len(kvars))]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            opt.apply([None if g is None else keras.ops.convert_to_tensor(g, dtype=dt) for g in grads], kvars)
+    for i, v in enumerate(kvars): out[f"{k}/var/{i}"] = keras.ops.convert_to_numpy(v)
+    for j, v in enumerate(opt.variables): out[f"{k}/opt/{j}"] = keras.ops.convert_to_numpy(v)
+    out[f"{k}/names"] = np.array([v.path for v in opt.variables])
+np.savez(sys.argv[3], **out)
+"""
+
+
+def _tensorflow_python():
+    "The interpreter, if it can import TensorFlow; a skip with the install line otherwise."
+    import importlib.util
+    if importlib.util.find_spec("tensorflow") is None:
+        pytest.skip("TensorFlow not installed (pip install -e .[oracle-tf]): Keras's TensorFlow backend not compared")
+    import sys
+    return sys.executable
+
+
+def _run_tensorflow(script, *args):
+    import subprocess
+    env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+    run = subprocess.run([_tensorflow_python(), "-c", script, *map(str, args)], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run.stdout
+
+
+def test_tensorflow_backend_random_cases(tmp_path):
+    "Keras 3 on TensorFlow and adam_lit, float32: the same bits on the random cases (variables, every optimizer variable)."
+    import json
+    D, data, spec, cases = np.float32, {}, [], TF_CASES
+    for k, case in enumerate(cases):
+        inits, calls = make_data(case, D)
+        data.update({f"{k}/init/{i}": x for i, x in enumerate(inits)})
+        data.update({f"{k}/g/{c}/{i}": g for c, gs in enumerate(calls) for i, g in enumerate(gs) if g is not None})
+        spec.append(dict(case, dtype="float32", calls=len(calls)))
+    np.savez(tmp_path / "data.npz", **data)
+    (tmp_path / "cases.json").write_text(json.dumps(spec))
+    _run_tensorflow(_TF_SCRIPT, tmp_path / "cases.json", tmp_path / "data.npz", tmp_path / "out.npz")
+    out = np.load(tmp_path / "out.npz")
+    for k, case in enumerate(cases):
+        inits, calls = make_data(case, D)
+        avars = [np.array(x, copy=True) for x in inits]
+        aopt = Adam(learning_rate=adam_lit_lr(case["lr"]), name="adam", **case["opts"])
+        if case.get("exclude"): aopt.exclude_from_weight_decay(var_names=case["exclude"])
+        aopt.build(avars, names=case["names"])
+        if case.get("preset"): aopt._iterations = case["preset"]
+        for grads in calls:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                aopt.apply([None if g is None else np.array(g, copy=True) for g in grads], avars)
+        where = f"case {case} (float32, TensorFlow backend)"
+        assert out[f"{k}/names"].tolist() == aopt.variable_names, where
+        for i, av in enumerate(avars):
+            assert first_mismatch(out[f"{k}/var/{i}"], np.asarray(av), 0) is None, f"variable {i} of {where}"
+        for j, (name, av) in enumerate(zip(aopt.variable_names, aopt.variables)):
+            kv = out[f"{k}/opt/{j}"]
+            if name.endswith("/iteration"): assert int(kv) == int(av), f"{name} of {where}"; continue
+            if name.endswith("/learning_rate") and kv.dtype == np.float64: continue     # as in `compare`
+            msg = first_mismatch(kv, np.asarray(av), 0)
+            assert msg is None, f"{name} of {where}: {msg}"
+
+
+_TF_FLOAT64_STEP = r"""
+import numpy as np, keras
+keras.config.set_floatx("float64")
+v = keras.Variable(np.array(0.5), dtype="float64")
+keras.optimizers.Adam(learning_rate=0.017177231556595545).apply([keras.ops.convert_to_tensor(np.array(0.3), dtype="float64")], [v])
+print(repr(float(keras.ops.convert_to_numpy(v))))
+"""
+
+
+def test_tensorflow_float64_rounds_the_betas_through_float32():
+    """In float64 Keras 3 on TensorFlow is not exact doubles: its bias correction raises beta_1 and beta_2 rounded
+    through float32 (TensorFlow makes a float32 tensor of a Python float before casting it), so its first step is the
+    formula with those betas, about 2e-7 relative away from adam_lit's (and Keras-on-JAX's) exact doubles. The random
+    cases above are therefore compared in float32 only."""
+    import math
+    got = float(_run_tensorflow(_TF_FLOAT64_STEP).strip().splitlines()[-1])
+    def first_step(b1, b2, lr=0.017177231556595545, g=0.3, eps=1e-7):
+        return 0.5 - (g * (1 - 0.9)) * (lr * math.sqrt(1 - b2) / (1 - b1)) / (math.sqrt(g * g * (1 - 0.999)) + eps)
+    f32 = lambda b: float(np.float32(b))
+    assert got == first_step(f32(0.9), f32(0.999))
+    x = np.array(0.5); Adam(learning_rate=0.017177231556595545).apply([np.array(0.3)], [x])
+    assert float(x) == first_step(0.9, 0.999) and abs(float(x) - got) > 1e-7 * 0.48
+
+
+# The first step from x = 0 (float32, lr = 1e-3, default betas and epsilon) for gradients from 1e-8 to 1e3: the table
+# of the rules page (nbs/01_rules.ipynb), as Keras 3.15.1 on JAX computes it (measured; float32 values as doubles).
+FIRST_STEP_TABLE = {1e-8: -3.152287945340504e-06, 1e-6: -0.00024025145103223622, 1e-3: -0.0009968410013243556,
+                    1.0: -0.000999990152195096, 1e3: -0.0009999932954087853}
+
+
+@pytest.mark.parametrize("g", list(FIRST_STEP_TABLE), ids=lambda g: f"g={g:g}")
+def test_first_step_table(g, float32_mode):
+    "Keras 3's first Adam step, adam_lit's `adam_step` and the table of the rules page: the same float32 bits."
+    from adam_lit.rules import adam_step
+    kv = keras.Variable(np.zeros(1, np.float32))
+    keras.optimizers.Adam(learning_rate=1e-3).apply([keras.ops.convert_to_tensor(np.array([g], np.float32))], [kv])
+    z = np.zeros(1, np.float32)
+    ours = adam_step(z, np.array([g], np.float32), z, z, learning_rate=1e-3)[0]
+    assert K(kv).tobytes() == ours.tobytes(), (float(K(kv)[0]), float(ours[0]))
+    assert float(K(kv)[0]) == FIRST_STEP_TABLE[g]
+
+
+# The other reference numbers of the rules page, run by Keras: (name, initial variables, gradients per call,
+# learning rate, amsgrad, preset iteration count). The page pins adam_lit's values to 8 digits; here Keras's bits
+# must equal adam_lit's, so the page's numbers are Keras's.
+_GA, _GB = [0.1, -0.2, 0.3], [[0.5], [-0.05]]
+RULES_PAGE_CASES = [
+    ("seed example", [[10.0]], [[[10.0]]], 0.1, False, 0),
+    ("default case, 3 calls", [[1.0, 2.0, 3.0], [[-1.0], [0.5]]], [[_GA, _GB]] * 3, 1e-3, False, 0),
+    ("AMSGrad, shrinking gradient", [[1.0, 2.0, 3.0]], [[_GA]] + [[[0.01 * g for g in _GA]]] * 3, 0.1, True, 0),
+    ("bias correction at t = 1000", [[1.0, 2.0, 3.0]], [[_GA]], 1e-3, False, 999),
+]
+
+
+@pytest.mark.parametrize("name, inits, calls, lr, amsgrad, preset", RULES_PAGE_CASES, ids=[c[0] for c in RULES_PAGE_CASES])
+def test_rules_page_reference_numbers(name, inits, calls, lr, amsgrad, preset, float32_mode):
+    "Keras 3 and adam_lit on the cases of the rules page's reference numbers: the same float32 bits, slots included."
+    kvars = [keras.Variable(np.array(x, np.float32)) for x in inits]
+    avars = [np.array(x, np.float32) for x in inits]
+    kopt, aopt = keras.optimizers.Adam(learning_rate=lr, amsgrad=amsgrad), Adam(learning_rate=lr, amsgrad=amsgrad)
+    kopt.build(kvars); aopt.build(avars)
+    if preset: kopt._iterations.assign(preset); aopt._iterations = preset
+    for grads in calls:
+        kopt.apply([keras.ops.convert_to_tensor(np.array(g, np.float32)) for g in grads], kvars)
+        aopt.apply([np.array(g, np.float32) for g in grads], avars)
+    for kv, av in zip(kvars, avars): assert K(kv).tobytes() == av.tobytes(), (name, K(kv), av)
+    slots = [v for v in aopt.variables if np.asarray(v).dtype == np.float32][1:]       # (after the learning rate)
+    kslots = [K(v) for v in kopt.variables if K(v).dtype == np.float32][1:]
+    assert len(slots) == len(kslots) > 0
+    for kv, av in zip(kslots, slots): assert kv.tobytes() == np.asarray(av).tobytes(), name
+
+
 @pytest.mark.xfail(strict=True, reason="XLA on CPU flushes subnormal results to zero, NumPy keeps them: for "
                    "|g| below ~1e-19 Keras's float32 velocity is 0, adam_lit's is subnormal")
 def test_subnormal_gradients_are_flushed_by_xla(float32_mode):
