@@ -18,7 +18,7 @@ import numpy as np
 
 from .backend import ArgumentTypeError, IndexedSlices, assign, check_variables, describe, host_float
 from .kernels import array_module
-from .optimizer import NonFiniteGradientError
+from .optimizer import NonFiniteGradientError, _check_disjoint, _unnamed_message
 from .schedules import LearningRateSchedule
 
 class DistributedError(RuntimeError):
@@ -368,6 +368,15 @@ def _config_items(opt) -> list:
     object.__setattr__(opt, "_config_cache", items)      # (Optimizer.__setattr__ drops it when anything is set)
     return items
 
+def _local_names(var_list, names):
+    "The names the local build gives the variables (made up where missing), and whether each was given: as `build`."
+    if names is None: names = [getattr(v, "name", None) for v in var_list]
+    if isinstance(names, str): raise ArgumentTypeError(f"Argument `names` must be a list of str (one per variable), got the str {names!r}")
+    names = list(names)
+    if len(names) != len(var_list): raise ValueError(f"got {len(names)} names for {len(var_list)} variables")
+    given = [isinstance(n, str) for n in names]
+    return [n if isinstance(n, str) else f"variable_{i}" for i, n in enumerate(names)], given
+
 def _build(opt, var_list, names=None):
     "The collective `build`: agree, broadcast rank 0's variables, build locally (ZeRO-1: the slots of this rank's rows)."
     comm, err, items, same = opt.communicator, None, [], False
@@ -375,10 +384,12 @@ def _build(opt, var_list, names=None):
         var_list = list(var_list)
         xp = check_variables(var_list, writeable=True)
         am = _check_backend(var_list)
-        if not opt.built:     # the local build's own check, before the broadcast writes anything
+        if not opt.built:     # the local build's own checks, before the broadcast writes anything
+            local, given = _local_names(var_list, names)
+            if opt._exclude_pattern is not None and not any(given): raise ValueError(_unnamed_message(opt.name))
+            _check_disjoint(var_list, local, given)
             wide = opt._widened(xp, var_list)
-            opt._check_precision([(i, host_float(xp, wide.get(i, v.dtype))) for i, v in enumerate(var_list)],
-                                 names=[f"variable_{i}" if names is None else names[i] for i in range(len(var_list))])
+            opt._check_precision([(i, host_float(xp, wide.get(i, v.dtype))) for i, v in enumerate(var_list)], names=local)
         if opt.built:
             same = len(var_list) == len(opt._variables) and all(a is b for a, b in zip(var_list, opt._variables))
             if not same: raise ValueError(f"optimizer '{opt.name}' was built on {len(opt._variables)} variables and cannot be "
@@ -761,7 +772,9 @@ def _whole_state(opt):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")        # (the constructor's warnings were shown when `opt` was made)
         whole = type(opt).from_config(opt.get_config())
-    whole.build(opt._variables, list(opt._names))
+    whole.build(opt._variables, list(opt._names))     # (every name a str: the names rule cannot refuse it)
+    whole._names_given = list(opt._names_given)           # then `opt`'s own: which names were given, the exclusions
+    whole._exclude_ids, whole._exclude_pattern = set(opt._exclude_ids), opt._exclude_pattern   # (same variables: same ids)
     for s in opt._slots[len(whole._slots):]:          # slots added with `add_slot`: the shape of their variable
         whole._new_slot(s.index, s.name, dtype=s.array.dtype)
     return whole
@@ -823,7 +836,7 @@ def _content_digest(meta, arrays: dict) -> str:
         h.update(a.reshape(-1).view(np.uint8))
     return h.hexdigest()
 
-def _load(optimizer, path, match: str = "auto", restore_variables: bool = False):
+def _load(optimizer, path, match: str = "auto", restore_variables: bool | None = None):
     "`adam_lit.checkpoint.load` for a distributed optimizer: every rank reads the file (ZeRO-1: keeps its rows)."
     from adam_lit import checkpoint
     comm, err, writes, iterations, diff = optimizer.communicator, None, None, None, []
@@ -835,6 +848,7 @@ def _load(optimizer, path, match: str = "auto", restore_variables: bool = False)
         target = _whole_state(optimizer) if optimizer._dist.sharded else optimizer
         writes, iterations = checkpoint._plan_load(target, meta, arrays, path, match, restore_variables)
         diff = checkpoint._differing_config(optimizer, meta)     # (not `target`: its float learning rate went through float32)
+        diff += ["exclude_from_weight_decay"] if writes.state["exclusions_differ"] else []
         items = [f"a checkpoint at step {iterations} with contents {_content_digest(meta, arrays)[:16]} (SHA-256)"]
     except Exception as e: err, items = e, []
     _agree(comm, err, ["load"] + items, f"checkpoint.load into optimizer '{optimizer.name}'",
@@ -849,6 +863,7 @@ def _load(optimizer, path, match: str = "auto", restore_variables: bool = False)
             if eng.variables[s.index].ndim == 0: assign(s.array, t.array)
             else: assign(s.array, t.array[slice(*eng.bounds(s.index))])
     optimizer._iterations = iterations
+    checkpoint._restore_state(optimizer, writes.state)    # skipped steps, names, exclusions (ZeRO-1: indices of the whole variables)
     if diff:
         warnings.warn(f"the checkpoint was saved with other hyperparameters ({', '.join(diff)}); optimizer "
                       f"'{optimizer.name}' keeps its own", stacklevel=3)

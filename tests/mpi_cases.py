@@ -258,6 +258,141 @@ def case_checkpoint():
                     check(f"{tag}: finalize_variable_values gathers the averages", same(fin, rfin))
                 comm.barrier()
 
+NAMES = ["table", "bias", "scale", "row"]
+
+def _excluding(opt, xs, how):
+    "Exclude variables 1 and 2 (the bias and the scalar) from weight decay: by identity, or by the names given at build."
+    if how == "var_list": opt.exclude_from_weight_decay(var_list=[xs[1], xs[2]])
+    else: opt.exclude_from_weight_decay(var_names=["^bias$", "^scale$"])
+    opt.build(xs, NAMES if how == "var_names" else None)
+    return opt
+
+def _nan_at(step, gs):
+    "Step 1's gradients hold a NaN (rank 0's, hence the average's): policy 'skip' skips it, on every rank and in one process."
+    if step == 1 and RANK == 0: gs[0][0, 0] = np.nan
+    return gs
+
+def _avg_nan(step):
+    gs = averaged(step)
+    if step == 1: gs[0][0, 0] = np.nan
+    return gs
+
+def _state_of(opt) -> tuple:
+    "What a load must restore besides the arrays: which variables decay, the names, which names were given, skipped steps."
+    return ([opt._use_weight_decay(i) for i in range(len(opt._variables))], list(opt._names), list(opt._names_given),
+            opt.skipped_steps)
+
+def case_exclusions():
+    """Weight-decay exclusions (by variable, by given name), data parallel and ZeRO-1: saved after 3 steps (one of them
+    skipped), loaded into a fresh distributed optimizer and into one process; resumed == uninterrupted, bit for bit,
+    with the exclusions, the names and the skipped steps restored."""
+    kw = dict(learning_rate=0.01, weight_decay=0.2, gradient_nan_policy="skip")
+    with tempfile.TemporaryDirectory() as d, warnings.catch_warnings():
+        warnings.simplefilter("ignore")       # (the skipped step's warning)
+        d = comm.comm.bcast(d, root=0)
+        for how in ("var_list", "var_names"):
+            for shard in (False, True):
+                tag = f"exclude by {how}, shard_state={shard}"
+                xs, ref_xs = init(RANK), init(0)
+                opt = _excluding(AdamW(communicator=comm, shard_state=shard, **kw), xs, how)
+                ref = _excluding(AdamW(**kw), ref_xs, how)
+                for step in range(3):
+                    opt.apply(_nan_at(step, grads(RANK, step)), xs)
+                    ref.apply(_avg_nan(step), ref_xs)
+                want = _state_of(ref)
+                check(f"{tag}: the run itself: one process's bits, [decays], names, given, skipped = {want}",
+                      same(xs, ref_xs) and _state_of(opt) == want and want[0] == [True, False, False, True] and want[3] == 1,
+                      _state_of(opt))
+                path = checkpoint.save(opt, os.path.join(d, f"{how}_{shard}"))
+                single_xs = [x.copy() for x in xs]
+                single = checkpoint.load_optimizer(path, single_xs, restore_variables=True)
+                check(f"{tag}: loaded into one process: the state, exclusions, names, skipped steps",
+                      same(single.get_weights(), ref.get_weights()) and _state_of(single) == want, _state_of(single))
+                ys = init(RANK)                              # other weights: the saved ones are restored
+                back = AdamW(communicator=comm, shard_state=shard, **kw)
+                back.build(ys)
+                checkpoint.load(back, path, restore_variables=True)
+                check(f"{tag}: loaded into a fresh distributed optimizer: exclusions, names, skipped steps",
+                      same(ys, xs) and back.iterations == opt.iterations and _state_of(back) == want,
+                      (back.iterations, opt.iterations, _state_of(back)))
+                for step in range(3, 6):
+                    opt.apply(grads(RANK, step), xs)
+                    back.apply(grads(RANK, step), ys)
+                    ref.apply(averaged(step), ref_xs)
+                    single.apply(averaged(step), single_xs)
+                check(f"{tag}: resumed (distributed, one process) == uninterrupted == one process",
+                      same(ys, xs) and same(single_xs, xs) and same(xs, ref_xs))
+                own_xs = init(RANK)                          # an optimizer with its own exclusions keeps them, and says so
+                own = AdamW(communicator=comm, shard_state=shard, **kw)
+                own.exclude_from_weight_decay(var_list=[own_xs[0]])
+                own.build(own_xs)
+                with warnings.catch_warnings(record=True) as seen:
+                    warnings.simplefilter("always")
+                    checkpoint.load(own, path, restore_variables=True)
+                said = [str(w.message) for w in seen if "exclude_from_weight_decay" in str(w.message)]
+                check(f"{tag}: loaded into an optimizer with its own exclusions: kept, with a warning",
+                      len(said) == 1 and [own._use_weight_decay(i) for i in range(4)] == [False, True, True, True], said)
+                comm.barrier()
+
+def case_load_refuses():
+    """`checkpoint.load` with `restore_variables` not said onto weights other than the saved ones: refused on every rank,
+    nothing changed (variables, slots, step count, names, skipped steps); onto the saved weights it loads."""
+    from adam_lit.distributed import _load
+    kw = dict(learning_rate=0.01, weight_decay=0.2, gradient_nan_policy="skip")
+    with tempfile.TemporaryDirectory() as d, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        d = comm.comm.bcast(d, root=0)
+        for shard in (False, True):
+            tag = f"shard_state={shard}"
+            xs = init(RANK)
+            opt = _excluding(AdamW(communicator=comm, shard_state=shard, **kw), xs, "var_names")
+            for step in range(3): opt.apply(_nan_at(step, grads(RANK, step)), xs)
+            path = checkpoint.save(opt, os.path.join(d, f"refuse_{shard}"))
+            zs = init(RANK)
+            fresh = AdamW(communicator=comm, shard_state=shard, **kw)
+            fresh.build(zs)                                 # rank 0's initial weights, not the saved ones
+            before, state = snapshot(fresh, zs), _state_of(fresh)
+            for label, call in (("checkpoint.load(optimizer, path)", lambda: checkpoint.load(fresh, path)),
+                                ("its default", lambda: _load(fresh, path))):
+                msg = expect_error(f"{label} onto other weights, {tag}", call, checkpoint.CheckpointError,
+                                   f"failed on rank 0 of {SIZE}", "variable 0", "differs from the value saved",
+                                   "restore_variables=True")
+                msgs = comm.comm.allgather(msg)
+                check(f"... the same message on every rank, {tag}", len(set(msgs)) == 1 and msgs[0] is not None, msgs)
+                check(f"... nothing changed, {tag}", same(snapshot(fresh, zs), before) and _state_of(fresh) == state,
+                      _state_of(fresh))
+            for z, x in zip(zs, xs): z[...] = x              # the saved weights: nothing to say
+            checkpoint.load(fresh, path)
+            check(f"restore_variables not said onto the saved weights loads, {tag}",
+                  same(fresh.get_weights(), opt.get_weights()) and _state_of(fresh) == _state_of(opt), _state_of(fresh))
+            comm.barrier()
+
+def case_build_refusals():
+    """The local build's refusals (overlapping variables; a `var_names` exclusion when no name was given) come before
+    rank 0's values are broadcast: every rank raises the same error and no variable changes, on any rank."""
+    last = SIZE - 1
+    for shard in (False, True):
+        tag = f"shard_state={shard}"
+        for who in ("every rank", f"rank {last} only"):
+            base = init(RANK, shapes=[(10, 2)])[0]
+            lap = who == "every rank" or RANK == last
+            xs = [base[0:6], base[4:10] if lap else base[4:10].copy()]     # the same shapes on every rank
+            mine = [base.copy()] + [x.copy() for x in xs]
+            expect_error(f"overlapping variables on {who} at build, {tag}",
+                         lambda: AdamW(communicator=comm, shard_state=shard).build(xs), ValueError,
+                         f"failed on rank {0 if who == 'every rank' else last} of {SIZE}", "variable 0 of shape (6, 2) "
+                         "and variable 1 of shape (6, 2) share memory")
+            check(f"... no variable changed on any rank (nothing broadcast), overlap on {who}, {tag}",
+                  same([base] + xs, mine))
+        ys = init(RANK); mine = [y.copy() for y in ys]
+        o = AdamW(communicator=comm, shard_state=shard, weight_decay=0.1)
+        o.exclude_from_weight_decay(var_names=["bias"])
+        expect_error(f"a var_names exclusion with no name given at build, {tag}", lambda: o.build(ys), ValueError,
+                     f"failed on rank 0 of {SIZE}", "have no names")
+        check(f"... no variable changed on any rank, {tag}", same(ys, mine))
+        o.build(ys, NAMES)                                  # named: it builds, every rank on rank 0's values
+        check(f"... then with names it builds, on rank 0's values, {tag}", o.built and same(ys, init(0)))
+
 class Counting:
     "A communicator that counts the collectives on arrays it is asked for (the metadata ones: `*_host`) and passes them on."
     def __init__(self, inner):
@@ -548,7 +683,8 @@ FAULTS = {"user_raise": fault_user_raise, "stopped": fault_stopped, "exited": la
           "caught": lambda: fault_stopped("stop", reraise=False)}
 
 CASES = {"robust": case_robust, "counts": case_counts, "sparse_counts": case_sparse_counts, "exact": case_exact, "dtypes": case_dtypes, "modes": case_modes, "errors": case_errors, "checkpoint": case_checkpoint,
-         "nan_agree": case_nan_agree, "load_digest": case_load_digest, "timed": case_timed}
+         "nan_agree": case_nan_agree, "load_digest": case_load_digest, "timed": case_timed, "exclusions": case_exclusions,
+         "load_refuses": case_load_refuses, "build_refusals": case_build_refusals}
 
 if __name__ == "__main__":
     if sys.argv[1:2] and sys.argv[1] in FAULTS:      # a case that ends the job (uncaught errors included): run bare

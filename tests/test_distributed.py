@@ -38,14 +38,16 @@ def run_ranks(case: str, n: int = 2, timeout: int = 300) -> list:
 
 @needs_mpi
 @pytest.mark.parametrize("case", ["exact", "dtypes", "modes", "errors", "robust", "checkpoint", "counts", "sparse_counts",
-                                  "nan_agree", "load_digest", "timed"])
+                                  "nan_agree", "load_digest", "timed", "exclusions", "load_refuses",
+                                  "build_refusals"])
 def test_two_ranks(case):
     rows = run_ranks(case)
     bad = [r for r in rows if r["ok"] != [True, True]]
     assert not bad, "\n".join(f"{r['check']}: {r['ok']} {r.get('detail', '')[:2000]}" for r in bad)
 
 @needs_mpi
-@pytest.mark.parametrize("case", ["exact", "dtypes", "modes", "sparse_counts", "robust", "timed"])
+@pytest.mark.parametrize("case", ["exact", "dtypes", "modes", "sparse_counts", "robust", "timed", "exclusions",
+                                  "build_refusals"])
 def test_three_ranks(case):
     "3 ranks: unequal shards (5 rows as 1+2+2, 1 row on one rank only), sums in rank order ((g0 + g1) + g2)."
     rows = run_ranks(case, n=3)
