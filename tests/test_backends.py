@@ -6,6 +6,8 @@ options are compared within a few ulps instead.
 """
 import numpy as np
 import pytest
+from conftest import need
+from adam_lit._optional import required
 
 import adam_lit
 from adam_lit import Adam
@@ -61,6 +63,7 @@ def _backends():
         import torch
         out.append(pytest.param(Backend("torch", torch.from_numpy, lambda t: t.detach().numpy()), id="torch"))
     except ImportError:
+        if required(): raise ModuleNotFoundError("ADAM_LIT_REQUIRE_ORACLES=1, but PyTorch is not installed") from None
         out.append(pytest.param(None, id="torch", marks=pytest.mark.skip(reason="PyTorch not installed")))
     try:
         import jax
@@ -69,6 +72,7 @@ def _backends():
         cpu = jax.devices("cpu")[0]
         out.append(pytest.param(Backend("jax", lambda a: jax.device_put(a, cpu), np.asarray, inplace=False), id="jax"))
     except ImportError:
+        if required(): raise ModuleNotFoundError("ADAM_LIT_REQUIRE_ORACLES=1, but JAX is not installed") from None
         out.append(pytest.param(None, id="jax", marks=pytest.mark.skip(reason="JAX not installed")))
     try:
         import cupy
@@ -110,14 +114,14 @@ def test_norm_clipping_within_ulps(backend, opts):
 
 
 def test_jax_rejects_in_place():
-    jnp = pytest.importorskip("jax.numpy")
+    jnp = need("jax.numpy")
     x = jnp.ones(3)
     with pytest.raises(ValueError, match="immutable: use stateless_apply"):
         Adam().apply([jnp.ones(3)], [x])
 
 
 def test_torch_parameters_with_autograd():
-    torch = pytest.importorskip("torch")
+    torch = need("torch")
     w = torch.nn.Parameter(torch.tensor([10.0]))
     opt = Adam(learning_rate=0.1)
 
@@ -133,7 +137,7 @@ def test_torch_parameters_with_autograd():
 
 
 def test_mixed_libraries_rejected_and_nothing_changes():
-    torch = pytest.importorskip("torch")
+    torch = need("torch")
     x = np.ones(3, np.float32)
     opt = Adam()
     opt.apply([np.ones(3, np.float32)], [x])
