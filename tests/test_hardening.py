@@ -429,6 +429,7 @@ def test_stateless_negative_counter():
 
 
 def test_torch_nan_step():
+    need("torch")
     rejected("adam", lambda o, xs: interop.from_torch_state_dict(o, torch_sd(step=float("nan"), amsgrad=True)), ValueError, "invalid step count")
 
 
