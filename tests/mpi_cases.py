@@ -86,7 +86,9 @@ def case_dtypes():
     try:
         from ml_dtypes import bfloat16
         cases.append((bfloat16, dict(moment_dtype="float32", master_weights=True)))
-    except ImportError: pass
+    except ImportError:                     # (ml_dtypes comes with JAX; CI, ADAM_LIT_REQUIRE_ORACLES=1, requires it)
+        from adam_lit._optional import required
+        if required(): raise
     for dtype, kw in cases:
         for shard in (False, True):
             xs, ref_xs = init(RANK, dtype), init(0, dtype)

@@ -10,6 +10,8 @@ ulps instead.
 """
 import numpy as np
 import pytest
+from conftest import need
+from adam_lit._optional import required
 
 import adam_lit
 from adam_lit import Adam
@@ -66,6 +68,7 @@ def _backends(with_torch=True):
             import torch
             out.append(pytest.param(Backend("torch", torch.from_numpy, lambda t: t.detach().numpy()), id="torch"))
         except ImportError:
+            if required(): raise ModuleNotFoundError("ADAM_LIT_REQUIRE_ORACLES=1, but PyTorch is not installed") from None
             out.append(pytest.param(None, id="torch", marks=pytest.mark.skip(reason="PyTorch not installed")))
     try:
         import jax
@@ -74,6 +77,7 @@ def _backends(with_torch=True):
         cpu = jax.devices("cpu")[0]
         out.append(pytest.param(Backend("jax", lambda a: jax.device_put(a, cpu), np.asarray, inplace=False), id="jax"))
     except ImportError:
+        if required(): raise ModuleNotFoundError("ADAM_LIT_REQUIRE_ORACLES=1, but JAX is not installed") from None
         out.append(pytest.param(None, id="jax", marks=pytest.mark.skip(reason="JAX not installed")))
     try:
         import cupy
@@ -120,7 +124,7 @@ def test_torch_within_one_ulp_per_sqrt(opts, dtype):
     ulp of x), and weight decay `x - (x * wd) * lr` once more. So |x_torch - x_numpy| <= sum over steps of
     3 eps |u_k| + 2 ulp(x_k), with |u_k| <= |x_k - x_{k-1}| + wd lr |x_{k-1}| measured on the NumPy run. (With
     `use_ema` the EMA slot depends on x too: it gets the same bound, and the overwrite copies it into x.)"""
-    torch = pytest.importorskip("torch")
+    torch = need("torch")
     D = np.dtype(dtype).type
     eps, wd = float(np.finfo(D).eps), opts.get("weight_decay", 0.0)
     differ = total = 0
@@ -159,14 +163,14 @@ def test_norm_clipping_within_ulps(backend, opts):
 
 
 def test_jax_rejects_in_place():
-    jnp = pytest.importorskip("jax.numpy")
+    jnp = need("jax.numpy")
     x = jnp.ones(3)
     with pytest.raises(ValueError, match="immutable: use stateless_apply"):
         Adam().apply([jnp.ones(3)], [x])
 
 
 def test_torch_parameters_with_autograd():
-    torch = pytest.importorskip("torch")
+    torch = need("torch")
     w = torch.nn.Parameter(torch.tensor([10.0]))
     opt = Adam(learning_rate=0.1)
 
@@ -182,7 +186,7 @@ def test_torch_parameters_with_autograd():
 
 
 def test_mixed_libraries_rejected_and_nothing_changes():
-    torch = pytest.importorskip("torch")
+    torch = need("torch")
     x = np.ones(3, np.float32)
     opt = Adam()
     opt.apply([np.ones(3, np.float32)], [x])

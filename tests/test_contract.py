@@ -21,8 +21,8 @@ from adam_lit.schedules import ExponentialDecay
 
 def _need(name):
     "An optional library: skipped with a reason when absent, unless ADAM_LIT_REQUIRE_ORACLES=1 (then a failure)."
-    if os.environ.get("ADAM_LIT_REQUIRE_ORACLES") == "1": return importlib.import_module(name)
-    return pytest.importorskip(name, reason=f"{name} is not installed")
+    from conftest import need
+    return need(name)
 
 
 def _f32(*a): return np.array(a, np.float32)

@@ -10,6 +10,8 @@ import time
 
 import pytest
 
+from adam_lit._optional import required
+
 CASES = os.path.join(os.path.dirname(__file__), "mpi_cases.py")
 
 def _mpirun():
@@ -22,8 +24,9 @@ def _mpirun():
     return [exe, *flags], None
 
 MPIRUN, WHY = _mpirun()
-if MPIRUN is None and os.environ.get("ADAM_LIT_REQUIRE_MPI"):      # CI: a missing MPI is a failure, not a skip
-    raise RuntimeError(f"ADAM_LIT_REQUIRE_MPI is set but {WHY}")
+# CI (ADAM_LIT_REQUIRE_ORACLES=1, or the older ADAM_LIT_REQUIRE_MPI=1): a missing MPI is a failure, not a skip
+if MPIRUN is None and (os.environ.get("ADAM_LIT_REQUIRE_MPI") or required()):
+    raise RuntimeError(f"ADAM_LIT_REQUIRE_ORACLES / ADAM_LIT_REQUIRE_MPI is set but {WHY}")
 needs_mpi = pytest.mark.skipif(MPIRUN is None, reason=WHY or "")
 
 def run_ranks(case: str, n: int = 2, timeout: int = 300) -> list:

@@ -13,7 +13,8 @@ import pytest
 from adam_lit import Adam, AdamW
 from adam_lit.interop import from_torch_state_dict, to_torch_state_dict
 
-torch = pytest.importorskip("torch", reason="PyTorch is not installed: the interop contract needs the real torch.optim")
+from conftest import need
+torch = need("torch", "the interop contract needs the real torch.optim")
 
 SHAPES = [(3, 2), (4,), (2,)]
 

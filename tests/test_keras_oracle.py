@@ -23,12 +23,13 @@ import warnings
 
 import numpy as np
 import pytest
+from conftest import need
 
-keras = pytest.importorskip("keras")
+keras = need("keras")
 if keras.backend.backend() != "jax":
     pytest.skip(f"the Keras oracle tests need Keras's JAX backend (KERAS_BACKEND={keras.backend.backend()!r})",
                 allow_module_level=True)
-jax = pytest.importorskip("jax")
+jax = need("jax")
 
 from adam_lit import schedules as al_schedules  # noqa: E402
 from adam_lit.adam import Adam, AdamW  # noqa: E402
@@ -482,6 +483,7 @@ def _tensorflow_python():
     "The interpreter, if it can import TensorFlow; a skip with the install line otherwise."
     import importlib.util
     if importlib.util.find_spec("tensorflow") is None:
+        need("tensorflow", "pip install -e .[oracle-tf]")       # fails under ADAM_LIT_REQUIRE_ORACLES=1
         pytest.skip("TensorFlow not installed (pip install -e .[oracle-tf]): Keras's TensorFlow backend not compared")
     import sys
     return sys.executable
@@ -773,7 +775,7 @@ def test_adamw_matches_keras(float32_mode):
                                   dict(beta_1=0.8, beta_2=0.98, weight_decay=0.1)], ids=["adam", "amsgrad", "decay"])
 def test_bfloat16_matches_keras(opts, float32_mode):
     "bfloat16 variables with betas that bfloat16 can hold: Keras's rule in bfloat16 arithmetic, bit for bit."
-    bfloat16 = pytest.importorskip("ml_dtypes").bfloat16
+    bfloat16 = need("ml_dtypes").bfloat16
     rng = np.random.default_rng(0)
     x0 = rng.normal(size=(4, 4)).astype(bfloat16)
     kv = keras.Variable(jax.numpy.asarray(x0), dtype="bfloat16")
@@ -787,7 +789,7 @@ def test_bfloat16_matches_keras(opts, float32_mode):
 
 def test_bfloat16_default_beta_2_freezes_keras(float32_mode):
     "Why adam_lit refuses beta_2=0.999 on bfloat16 variables: it rounds to 1, and Keras's variables then never move."
-    bfloat16 = pytest.importorskip("ml_dtypes").bfloat16
+    bfloat16 = need("ml_dtypes").bfloat16
     rng = np.random.default_rng(1)
     x0 = rng.normal(size=8).astype(bfloat16)
     kv = keras.Variable(jax.numpy.asarray(x0), dtype="bfloat16")

@@ -4,6 +4,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from conftest import need
 from hypothesis import given, settings, strategies as st
 
 from adam_lit import Adam, IndexedSlices, LazyAdam
@@ -222,7 +223,7 @@ def test_row_bias_correction_counts_each_row():
 
 
 def test_lazy_on_jax_stateless_matches_numpy():
-    jnp = pytest.importorskip("jax.numpy")
+    jnp = need("jax.numpy")
     rng = np.random.default_rng(3)
     x0 = rng.standard_normal((6, 3)).astype(np.float32)
     grads = [_slices(rng, 6, 3, 4) for _ in range(4)]
@@ -248,13 +249,13 @@ def _in_place_matches_numpy(make_opt, asarray, to_numpy, seed, rows, dim, k, ste
 
 
 def test_lazy_on_torch_matches_numpy():
-    torch = pytest.importorskip("torch")
+    torch = need("torch")
     _in_place_matches_numpy(lambda: LazyAdam(row_bias_correction=True, weight_decay=0.01), torch.from_numpy,
                             lambda t: t.numpy(), seed=4, rows=6, dim=3, k=4, steps=4)
 
 
 def test_sparse_adam_on_array_api_strict_matches_numpy():
-    xps = pytest.importorskip("array_api_strict")
+    xps = need("array_api_strict")
     _in_place_matches_numpy(lambda: Adam(amsgrad=True, clipnorm=0.5), xps.asarray,
                             lambda a: np.asarray(a._array), seed=5, rows=5, dim=2, k=3, steps=3)
 

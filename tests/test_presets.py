@@ -27,6 +27,7 @@ import contextlib
 
 import numpy as np
 import pytest
+from conftest import need
 
 from adam_lit import Adam
 from adam_lit.rules import adam_step, amsgrad_step
@@ -99,7 +100,7 @@ def lit_step(x, g, m, v, vmax, cfg, t, numerics):
 @pytest.mark.parametrize("amsgrad", [False, True], ids=["adam", "amsgrad"])
 @pytest.mark.parametrize("D", DTYPES, ids=["float32", "float64"])
 def test_torch_bit_exact_on_torch_tensors(D, amsgrad, cfg):
-    torch = pytest.importorskip("torch")
+    torch = need("torch")
     for t, g, before, after in torch_trajectory(torch, D, cfg, amsgrad, seed=1):
         args = [None if a is None else torch.from_numpy(a.copy()) for a in before]
         out = lit_step(args[0], torch.from_numpy(g), args[1], args[2], args[3], cfg, t, "torch")
@@ -111,7 +112,7 @@ def test_torch_bit_exact_on_torch_tensors(D, amsgrad, cfg):
 @pytest.mark.parametrize("amsgrad", [False, True], ids=["adam", "amsgrad"])
 @pytest.mark.parametrize("D", DTYPES, ids=["float32", "float64"])
 def test_torch_on_numpy(D, amsgrad, cfg):
-    torch = pytest.importorskip("torch")
+    torch = need("torch")
     differ = total = 0
     for t, g, before, after in torch_trajectory(torch, D, cfg, amsgrad, seed=2):
         x, m, v, vmax = lit_step(*before[:1], g, *before[1:], cfg, t, "torch")
@@ -127,7 +128,7 @@ def test_torch_on_numpy(D, amsgrad, cfg):
 
 def test_torch_sqrt_is_not_ieee():
     "The premise of `test_torch_on_numpy`: PyTorch's CPU sqrt is sometimes 1 ulp off the IEEE square root."
-    torch = pytest.importorskip("torch")
+    torch = need("torch")
     a = np.abs(np.random.default_rng(0).normal(size=100_000)).astype(np.float32) * 7
     ts, ns = torch.from_numpy(a).sqrt().numpy(), np.sqrt(a)
     d = ulp_distance32(ts, ns)
@@ -139,7 +140,7 @@ def test_torch_sqrt_is_not_ieee():
 @pytest.mark.parametrize("amsgrad", [False, True], ids=["adam", "amsgrad"])
 def test_torch_optimizer_trajectory_and_adamw(D, amsgrad):
     "The `Adam` optimizer class on torch tensors, left to run freely: AdamW's trajectory, bit for bit."
-    torch = pytest.importorskip("torch")
+    torch = need("torch")
     cfg, wd = (3e-3, 0.9, 0.99, 1e-8), 0.05
     rng = np.random.default_rng(3)
     x0 = rng.normal(size=N).astype(D)
@@ -160,7 +161,7 @@ def test_torch_optimizer_trajectory_and_adamw(D, amsgrad):
 
 def test_torch_l2_weight_decay_through_the_gradient():
     "torch.optim.Adam's weight_decay is L2: the same as adam_lit fed g + wd * x (torch adds it with one FMA)."
-    torch = pytest.importorskip("torch")
+    torch = need("torch")
     from adam_lit.rules import _fma
     D, cfg, wd = np.float64, (1e-2, 0.9, 0.999, 1e-8), 0.1
     for t, g, before, after in torch_trajectory(torch, D, cfg, False, seed=4, weight_decay=wd):
@@ -203,7 +204,7 @@ def optax_trajectory(D, cfg, amsgrad, seed):
 @pytest.mark.parametrize("amsgrad", [False, True], ids=["adam", "amsgrad"])
 @pytest.mark.parametrize("D", DTYPES, ids=["float32", "float64"])
 def test_optax_bit_exact_on_jax_arrays(D, amsgrad, cfg):
-    pytest.importorskip("optax")
+    need("optax")
     with jax_x64(D == np.float64):
         for t, g, before, after in optax_trajectory(D, cfg, amsgrad, seed=5):
             out = lit_step(before[0], g, *before[1:], cfg, t, "optax")
@@ -248,7 +249,7 @@ def check_optax_on_numpy(D, amsgrad, cfg, exact):
 @pytest.mark.parametrize("D", DTYPES, ids=["float32", "float64"])
 def test_optax_on_numpy_with_xla_pow(D, amsgrad, cfg, monkeypatch):
     "With XLA's `pow` substituted for NumPy's in `1 - b**t`, NumPy must give optax's bits (FTZ cases aside)."
-    pytest.importorskip("optax")
+    need("optax")
     import jax.numpy as jnp
     from adam_lit import rules
     def xla_bias_correction(xp, beta, t, like):
@@ -262,5 +263,5 @@ def test_optax_on_numpy_with_xla_pow(D, amsgrad, cfg, monkeypatch):
 @pytest.mark.parametrize("D", DTYPES, ids=["float32", "float64"])
 def test_optax_on_numpy(D, amsgrad, cfg):
     "With NumPy's own `pow`: `m`, `v` exact, `x` within what one ulp of `b**t` explains."
-    pytest.importorskip("optax")
+    need("optax")
     check_optax_on_numpy(D, amsgrad, cfg, exact=False)

@@ -18,12 +18,13 @@ import os
 
 import numpy as np
 import pytest
+from conftest import need
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
-keras = pytest.importorskip("keras")
+keras = need("keras")
 if keras.backend.backend() != "jax":
     pytest.skip("these oracle tests drive Keras's JAX backend", allow_module_level=True)
-jax = pytest.importorskip("jax")
+jax = need("jax")
 import jax.numpy as jnp                                   # noqa: E402
 import keras.src.backend.jax.numpy as keras_jax_numpy     # noqa: E402
 from keras.src.backend.jax.core import convert_to_tensor  # noqa: E402

@@ -16,7 +16,8 @@ import pytest
 from adam_lit import Adam, IndexedSlices, LazyAdam
 from adam_lit.backend import ArgumentTypeError
 
-torch = pytest.importorskip("torch", reason="PyTorch is not installed: its sparse gradients cannot be tested")
+from conftest import need
+torch = need("torch", "its sparse gradients cannot be tested")
 
 CASES = [(cls, kw) for cls in (Adam, LazyAdam)
          for kw in ({}, {"amsgrad": True}, {"weight_decay": 0.01}, {"amsgrad": True, "weight_decay": 0.004})]

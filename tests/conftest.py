@@ -1,0 +1,18 @@
+"""Shared by the tests: `need(name)`, pytest's `importorskip` for the optional libraries (the oracles: Keras, JAX,
+Optax, PyTorch, ml_dtypes, mpi4py), except that with `ADAM_LIT_REQUIRE_ORACLES=1` (CI sets it) a missing one fails
+the test instead of skipping it. The switch itself is `adam_lit._optional.required` (nbs/15_hardening.ipynb)."""
+import importlib
+
+import pytest
+
+from adam_lit._optional import REQUIRE_ORACLES, required
+
+
+def need(name: str, reason: str = ""):
+    "The module `name`, imported; if it is not installed: skip (at module level too), or fail where the switch is set."
+    try:
+        return importlib.import_module(name)
+    except ImportError as e:
+        why = f"{reason + ': ' if reason else ''}{name} not installed ({type(e).__name__}: {e})"
+        if required(): pytest.fail(f"{REQUIRE_ORACLES}=1, but {why}", pytrace=False)
+        pytest.skip(why, allow_module_level=True)
