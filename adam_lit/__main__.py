@@ -12,6 +12,7 @@ import importlib.util
 import math
 import sys
 import time
+from typing import TextIO
 
 import numpy as np
 from array_api_compat import array_namespace
@@ -62,7 +63,11 @@ def backend(name: str):
         return lambda a: torch.from_numpy(np.array(a, copy=True))
     raise ValueError(f"unknown backend {name!r}; use one of {', '.join(BACKENDS)}")
 
-def progress(n: int, desc: str, enabled: bool | None = None):
+def progress(
+    n: int,
+    desc: str,
+    enabled: bool | None = None,
+):
     """`range(n)`, with a tqdm progress bar on stderr when tqdm is installed and `enabled`.
 
     Parameters
@@ -81,7 +86,11 @@ def progress(n: int, desc: str, enabled: bool | None = None):
     return range(n)
 
 # %% ../nbs/05_cli.ipynb #c99e616e
-def make_classification(n: int = 512, d: int = 20, seed: int = 0):
+def make_classification(
+    n: int = 512,
+    d: int = 20,
+    seed: int = 0,
+):
     """Features, labels in {-1, +1} drawn from a logistic model, and the true weights.
 
     Parameters
@@ -105,7 +114,12 @@ def make_classification(n: int = 512, d: int = 20, seed: int = 0):
     y = np.where(rng.random(n) < p, 1.0, -1.0)
     return X, y, w_true
 
-def logistic_loss_and_grads(X, y, w, c):
+def logistic_loss_and_grads(
+    X,
+    y,
+    w,
+    c,
+):
     """Average logistic loss and its gradients, for arrays of any Array API library.
 
     Parameters
@@ -131,15 +145,23 @@ def logistic_loss_and_grads(X, y, w, c):
     return loss, [X.T @ s, xp.asarray(xp.sum(s))]
 
 # %% ../nbs/05_cli.ipynb #7c060e62
-def train(opt, X, y, steps: int = 200, show_progress: bool | None = None):
+def train(
+    opt,
+    X,
+    y,
+    steps: int = 200,
+    show_progress: bool | None = None,
+):
     """Fit the logistic regression with optimizer `opt`, full batch.
 
     Parameters
     ----------
     opt : Optimizer
         An adam_lit optimizer (its `minimize` is called once per step).
-    X, y : array
-        Features and labels (see `make_classification`).
+    X : array
+        Features, (n, d) (see `make_classification`).
+    y : array
+        Labels in {-1, +1}, (n,).
     steps : int
         Number of optimizer steps.
     show_progress : bool or None
@@ -159,27 +181,44 @@ def train(opt, X, y, steps: int = 200, show_progress: bool | None = None):
     history.append(logistic_loss_and_grads(X, y, w, c)[0])
     return w, c, history
 
-def accuracy(X, y, w, c) -> float:
+def accuracy(
+    X,
+    y,
+    w,
+    c,
+) -> float:
     """Fraction of the examples whose label has the sign of `X @ w + c`.
 
     Parameters
     ----------
-    X, y : array
-        Features and labels.
-    w, c : array
-        Weights and bias.
+    X : array
+        Features, (n, d).
+    y : array
+        Labels in {-1, +1}, (n,).
+    w : array
+        Weights, (d,).
+    c : array
+        Bias, 0-d.
     """
     xp = array_namespace(X)
     return float(xp.mean(xp.astype(xp.sign(X @ w + c) == y, X.dtype)))
 
 # %% ../nbs/05_cli.ipynb #d60a4c17
-def make_ratings(n_users: int = 500, n_items: int = 300, rank: int = 4, n_obs: int = 20_000, seed: int = 0):
+def make_ratings(
+    n_users: int = 500,
+    n_items: int = 300,
+    rank: int = 4,
+    n_obs: int = 20_000,
+    seed: int = 0,
+):
     """Observed entries of a random rank-`rank` ratings matrix plus noise.
 
     Parameters
     ----------
-    n_users, n_items : int
-        Size of the matrix.
+    n_users : int
+        Number of users (rows).
+    n_items : int
+        Number of items (columns).
     rank : int
         Its rank.
     n_obs : int
@@ -198,15 +237,25 @@ def make_ratings(n_users: int = 500, n_items: int = 300, rank: int = 4, n_obs: i
     r = np.sum(U[users] * V[items], axis=1) / math.sqrt(rank) + 0.1 * rng.standard_normal(n_obs)
     return users, items, r
 
-def mf_loss_and_grads(U, V, users, items, r):
+def mf_loss_and_grads(
+    U,
+    V,
+    users,
+    items,
+    r,
+):
     """Mean squared error of the entries `(users, items)` and its gradients in `U` and `V`.
 
     Parameters
     ----------
-    U, V : array
-        User and item embeddings, (n_users, rank) and (n_items, rank).
-    users, items : array
-        Integer row numbers of the entries.
+    U : array
+        User embeddings, (n_users, rank).
+    V : array
+        Item embeddings, (n_items, rank).
+    users : array
+        The entries' rows of `U` (integers).
+    items : array
+        The entries' rows of `V` (integers).
     r : array
         Their ratings.
 
@@ -222,8 +271,18 @@ def mf_loss_and_grads(U, V, users, items, r):
     return float(xp.mean(err * err)), [IndexedSlices(coef * qi, users, tuple(U.shape)), IndexedSlices(coef * pu, items, tuple(V.shape))]
 
 # %% ../nbs/05_cli.ipynb #3eb3ed99
-def train_embeddings(opt, data, to=np.asarray, n_users: int = 500, n_items: int = 300, rank: int = 4,
-                     steps: int = 200, batch: int = 256, seed: int = 0, show_progress: bool | None = None):
+def train_embeddings(
+    opt,
+    data,
+    to=np.asarray,
+    n_users: int = 500,
+    n_items: int = 300,
+    rank: int = 4,
+    steps: int = 200,
+    batch: int = 256,
+    seed: int = 0,
+    show_progress: bool | None = None,
+):
     """Fit embeddings `U`, `V` to the ratings `data` by minibatch steps of `opt` (sparse gradients).
 
     Parameters
@@ -234,8 +293,12 @@ def train_embeddings(opt, data, to=np.asarray, n_users: int = 500, n_items: int 
         `(users, items, ratings)` from `make_ratings`.
     to : callable
         Moves a NumPy array to the array library to run on (see `backend`).
-    n_users, n_items, rank : int
-        Shape of the embeddings.
+    n_users : int
+        Rows of `U`.
+    n_items : int
+        Rows of `V`.
+    rank : int
+        Columns of `U` and `V`.
     steps : int
         Number of optimizer steps.
     batch : int
@@ -276,7 +339,10 @@ def seed_example() -> float:
     opt.minimize(lambda: (float(var1) ** 2 / 2.0, [var1.copy()]), [var1])
     return float(var1)
 
-def plot_demo(results: dict, path):
+def plot_demo(
+    results: dict,
+    path,
+):
     """Write the demo's loss curves as a PNG (needs matplotlib).
 
     Parameters
@@ -303,8 +369,15 @@ def plot_demo(results: dict, path):
     return path
 
 # %% ../nbs/05_cli.ipynb #5e7010c4
-def demo(steps: int = 200, seed: int = 0, learning_rate: float = 0.05, backend_name: str = "numpy",
-         plot: str | None = "adam_lit_demo.png", show_progress: bool | None = None, out=None) -> dict:
+def demo(
+    steps: int = 200,
+    seed: int = 0,
+    learning_rate: float = 0.05,
+    backend_name: str = "numpy",
+    plot: str | None = "adam_lit_demo.png",
+    show_progress: bool | None = None,
+    out: TextIO | None = None,
+) -> dict:
     """Run the three parts of the demo, print a report with a results table, write the plot.
 
     Parameters
@@ -374,7 +447,13 @@ def demo(steps: int = 200, seed: int = 0, learning_rate: float = 0.05, backend_n
     return results
 
 # %% ../nbs/05_cli.ipynb #192229dc
-def bench(quick: bool = False, reps: int | None = None, out: str = "adam_lit_bench.png", file=None, gpu: bool = False):
+def bench(
+    quick: bool = False,
+    reps: int | None = None,
+    out: str = "adam_lit_bench.png",
+    file: TextIO | None = None,
+    gpu: bool = False,
+):
     """Run `adam_lit.bench`, print its tables and targets, write the plot.
 
     Parameters
@@ -410,20 +489,9 @@ def bench(quick: bool = False, reps: int | None = None, out: str = "adam_lit_ben
     except ImportError as e: print(f"\nno plot: {e}", file=file)
     return res
 
-# %% ../nbs/05_cli.ipynb #f89b55bd
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `adam-lit` command.
-
-    Parameters
-    ----------
-    argv : list of str or None
-        The arguments after the program name (None: `sys.argv[1:]`).
-
-    Returns
-    -------
-    int
-        The exit status; bad options exit with status 2 and a message (argparse).
-    """
+# %% ../nbs/05_cli.ipynb #4cbb713a
+def _parser() -> argparse.ArgumentParser:
+    "The `adam-lit` command's parser: the `demo` and `bench` subcommands and their options."
     parser = argparse.ArgumentParser(prog="adam-lit", description="adam_lit: Adam, AMSGrad and LazyAdam for array programmers.")
     sub = parser.add_subparsers(dest="command")
     d = sub.add_parser("demo", help="the seed example; Adam and AMSGrad on a logistic regression; LazyAdam and Adam on an embedding factorisation")
@@ -439,6 +507,25 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--out", default="adam_lit_bench.png", help="path of the PNG plot (default adam_lit_bench.png)")
     b.add_argument("--reps", type=int, default=None, help="timed repetitions per case, the median is kept (default 7, 3 with --quick)")
     b.add_argument("--gpu", action="store_true", help="time the CuPy kernels on the GPU against naive CuPy, PyTorch and Optax there")
+    return parser
+
+# %% ../nbs/05_cli.ipynb #f89b55bd
+def main(
+    argv: list[str] | None = None,
+) -> int:
+    """Entry point of the `adam-lit` command.
+
+    Parameters
+    ----------
+    argv : list of str or None
+        The arguments after the program name (None: `sys.argv[1:]`).
+
+    Returns
+    -------
+    int
+        The exit status; bad options exit with status 2 and a message (argparse).
+    """
+    parser = _parser()
     args = parser.parse_args(argv)
     if args.command == "bench":
         if args.reps is not None and args.reps < 1: parser.error("--reps must be at least 1")

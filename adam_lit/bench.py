@@ -14,6 +14,8 @@ import platform
 import statistics
 import time
 import tracemalloc
+from collections.abc import Callable
+from typing import TextIO
 
 import numpy as np
 
@@ -33,7 +35,12 @@ QUICK_SIZES, QUICK_SHAPES = (1_000, 10_000), ((10, 1000),)
 IMPLS = ("adam_lit", "adam_lit flat", "adam_lit fused", "adam_lit NumPy", "naive NumPy", "torch foreach", "torch fused", "optax jit")
 
 # %% ../nbs/10_bench.ipynb #f6060f43
-def time_step(step, reps: int = 7, min_time: float = 5e-3, warmup: int = 3) -> float:
+def time_step(
+    step: Callable[[], object],
+    reps: int = 7,
+    min_time: float = 5e-3,
+    warmup: int = 3,
+) -> float:
     """Median seconds per call of `step`, over `reps` repetitions of a batch of calls, after `warmup` calls.
 
     Parameters
@@ -62,7 +69,13 @@ def time_step(step, reps: int = 7, min_time: float = 5e-3, warmup: int = 3) -> f
     return statistics.median(ts)
 
 # %% ../nbs/10_bench.ipynb #fd42fc55
-def time_interleaved(steps: dict, reps: int = 7, min_time: float = 5e-3, warmup: int = 3, between=None) -> dict:
+def time_interleaved(
+    steps: dict,
+    reps: int = 7,
+    min_time: float = 5e-3,
+    warmup: int = 3,
+    between: Callable[[], object] | None = None,
+) -> dict:
     """Median seconds per call of each step, timed in interleaved rounds of batches.
 
     Parameters
@@ -105,7 +118,10 @@ def time_interleaved(steps: dict, reps: int = 7, min_time: float = 5e-3, warmup:
     return {k: statistics.median(v) for k, v in ts.items()}
 
 # %% ../nbs/10_bench.ipynb #7c23af30
-def make_naive(pairs: list, xp=np):
+def make_naive(
+    pairs: list,
+    xp=np,
+):
     """Adam in textbook NumPy (or CuPy) expressions: every operation allocates a new array.
 
     Parameters
@@ -269,7 +285,8 @@ class StreamProbe:
     n : int
         Float32 elements per array (the default, 2**25, is 128 MiB).
     """
-    def __init__(self, n: int = 1 << 25):
+    def __init__(self,
+                 n: int = 1 << 25):   # float32 elements per array (the default is 128 MiB)
         self.n = n
         a, b, c, d = (np.full(n, x, np.float32) for x in (1.0, 1e-6, 0.0, 0.0))    # touched: no page faults later
         k = {"NumPy copy": (lambda: np.copyto(a, b), 8), "NumPy a += b": (lambda: np.add(a, b, out=a), 12)}
@@ -302,7 +319,10 @@ class StreamProbe:
                 "median": statistics.median(per_sample), "lowest": min(per_sample)}
 
 # %% ../nbs/10_bench.ipynb #4285dd77
-def bandwidth(n: int = 1 << 25, reps: int = 10) -> dict:
+def bandwidth(
+    n: int = 1 << 25,
+    reps: int = 10,
+) -> dict:
     """The best streaming bandwidth (bytes/s) of a copy, in-place adds and two-thread loops over `n` float32 elements.
 
     Parameters
@@ -315,8 +335,7 @@ def bandwidth(n: int = 1 << 25, reps: int = 10) -> dict:
     Returns
     -------
     dict
-        `bytes_per_s` (the best), `method` (its kernel), `all` (each kernel's best), `median` and `lowest` of the
-        samples' best, `samples`, `n`.
+        `bytes_per_s` (the best), `method` (its kernel), `all` (each kernel's best), `median` and `lowest` of the samples' best, `samples`, `n`.
     """
     probe = StreamProbe(n); probe.sample(reps)
     return probe.result()
@@ -328,8 +347,7 @@ def machine() -> dict:
     Returns
     -------
     dict
-        `cpu` (model name), `cores`, `python`, `numpy`, `platform`, and the versions and threads of numba, PyTorch,
-        JAX and Optax where installed.
+        `cpu` (model name), `cores`, `python`, `numpy`, `platform`, and the versions and threads of numba, PyTorch, JAX and Optax where installed.
     """
     model = platform.processor() or platform.machine()
     try:
@@ -375,8 +393,16 @@ def _available_memory():
 # %% ../nbs/10_bench.ipynb #8b69e58d
 NUMPY_IMPLS = ("adam_lit", "adam_lit flat", "adam_lit fused", "adam_lit NumPy", "naive NumPy")     # whose allocations tracemalloc sees
 
-def run(sizes=None, reps: int = 7, quick: bool = False, shapes=None, impls=None, min_time: float | None = None,
-        interleave: bool = True, log=None) -> dict:
+def run(
+    sizes: tuple[int, ...] | None = None,
+    reps: int = 7,
+    quick: bool = False,
+    shapes: tuple[tuple[int, int], ...] | None = None,
+    impls: list[str] | None = None,
+    min_time: float | None = None,
+    interleave: bool = True,
+    log: Callable[[str], object] | None = None,
+) -> dict:
     """Time one fp32 Adam step of every implementation on every case, side by side in this process.
 
     Parameters
@@ -401,8 +427,7 @@ def run(sizes=None, reps: int = 7, quick: bool = False, shapes=None, impls=None,
     Returns
     -------
     dict
-        `date`, `machine`, `reps`, `impls`, `cases` (each with its `times`, `alloc` and `floor`), `bandwidth`,
-        `seconds` and `other_load` (cores other processes kept busy, on Linux).
+        `date`, `machine`, `reps`, `impls`, `cases` (each with its `times`, `alloc` and `floor`), `bandwidth`, `seconds` and `other_load` (cores other processes kept busy, on Linux).
     """
     sizes = (QUICK_SIZES if quick else SIZES) if sizes is None else tuple(sizes)
     shapes = (QUICK_SHAPES if quick else SHAPES) if shapes is None else tuple(shapes)
@@ -495,7 +520,10 @@ def _alloc_table(results) -> str:
     rows = [[c["label"], f"{c['params']:,}".replace(",", " ")] + [_fmt_bytes(c["alloc"].get(k)) for k in names] for c in cases]
     return f"\n\n**Peak allocation of one step** (tracemalloc; NumPy's allocations)\n\n{_md(['case', 'params'] + names, rows)}"
 
-def print_table(results: dict, file=None):
+def print_table(
+    results: dict,
+    file: TextIO | None = None,
+):
     """Print the run's tables and the machine they were measured on.
 
     Parameters
@@ -568,7 +596,10 @@ def targets(results: dict) -> list:
     rows.append(("GPU: ≥ 85 % of HBM bandwidth at 1e8", "—", "not measured (CPU benchmark)"))
     return rows
 
-def print_targets(results: dict, file=None):
+def print_targets(
+    results: dict,
+    file: TextIO | None = None,
+):
     """Print `targets(results)` as a markdown table.
 
     Parameters
@@ -581,7 +612,10 @@ def print_targets(results: dict, file=None):
     print(_md(["target", "measured", "met?"], [list(r) for r in targets(results)]).replace("|-", "|:-", 0), file=file)
 
 # %% ../nbs/10_bench.ipynb #a3baf100
-def plot(results: dict, path="adam_lit_bench.png"):
+def plot(
+    results: dict,
+    path="adam_lit_bench.png",
+):
     """Write the run as a PNG: ns per parameter against N (log-log), and the many-tensor cases as bars.
 
     Parameters
@@ -692,7 +726,12 @@ def _gpu_factories() -> dict:
     return f
 
 # %% ../nbs/10_bench.ipynb #7b5948f5
-def time_gpu(steps: dict, reps: int = 7, min_time: float = 0.02, warmup: int = 3) -> dict:
+def time_gpu(
+    steps: dict,
+    reps: int = 7,
+    min_time: float = 0.02,
+    warmup: int = 3,
+) -> dict:
     """Median seconds per step of each GPU step: batches of steps timed on the host clock, the device synchronized at
     the end of each batch (so the time includes the launches' cost when the host is the bottleneck).
 
@@ -727,7 +766,10 @@ def time_gpu(steps: dict, reps: int = 7, min_time: float = 0.02, warmup: int = 3
             ts[k].append((time.perf_counter() - t0) / n)
     return {k: statistics.median(v) for k, v in ts.items()}
 
-def gpu_bandwidth(n: int = 1 << 28, reps: int = 20) -> dict:
+def gpu_bandwidth(
+    n: int = 1 << 28,
+    reps: int = 20,
+) -> dict:
     """The device's memory bandwidth: the best of `reps` CuPy copies and in-place adds, and its reported peak.
 
     Parameters
@@ -769,7 +811,14 @@ def gpu_machine() -> dict:
         if _installed(mod): info[mod] = __import__(mod).__version__
     return info
 
-def run_gpu(sizes=None, shapes=None, reps: int = 7, impls=None, min_time: float = 0.02, log=None) -> dict:
+def run_gpu(
+    sizes: tuple[int, ...] | None = None,
+    shapes: tuple[tuple[int, int], ...] | None = None,
+    reps: int = 7,
+    impls: list[str] | None = None,
+    min_time: float = 0.02,
+    log: Callable[[str], object] | None = None,
+) -> dict:
     """`run` on the GPU: one fp32 Adam step of every GPU implementation on every case, side by side in this process.
 
     Parameters
@@ -848,7 +897,10 @@ def gpu_targets(results: dict) -> list:
                      f"({ref / 1e9:.0f} GB/s), {100 * got / bw['bytes_per_s']:.0f} % of the best copy", "yes" if got >= 0.85 * ref else "no"))
     return rows
 
-def print_gpu_table(results: dict, file=None):
+def print_gpu_table(
+    results: dict,
+    file: TextIO | None = None,
+):
     """Print a GPU run's tables, the device they were measured on, and the GPU target.
 
     Parameters

@@ -13,16 +13,19 @@ import glob
 import os
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 # %% auto #0
-__all__ = ['OPTIONS', 'DTYPES', 'PREAMBLE', 'VARIANTS', 'CUPY_EXTRA_OPTIONS', 'KernelSource', 'kernel_sources',
+__all__ = ['OPTIONS', 'CupyArray', 'DTYPES', 'PREAMBLE', 'VARIANTS', 'CUPY_EXTRA_OPTIONS', 'KernelSource', 'kernel_sources',
            'adam_inplace_cupy', 'lazy_adam_rows_inplace_cupy', 'NVRTCError', 'nvrtc_version', 'compile_to_ptx',
            'compile_to_cubin', 'check_ptx']
 
 # %% ../nbs/09_cuda.ipynb #cdbecbe2
 OPTIONS = ("--fmad=false", "--ftz=false", "--prec-div=true", "--prec-sqrt=true")   # NVRTC options of every kernel
+
+CupyArray = Any   # annotations: a `cupy.ndarray` (CuPy is imported only when a kernel is built, never for a signature)
 
 DTYPES = ("float32", "float64")
 _CTYPE = {"float32": "float", "float64": "double"}
@@ -187,21 +190,39 @@ def _decay_args(weight_decay, lr, S):
     return S(weight_decay), S(lr)
 
 # %% ../nbs/09_cuda.ipynb #49270e2a
-def adam_inplace_cupy(x, g, m, v, vhat=None, *, alpha: float, c1: float, c2: float, epsilon: float,
-                      weight_decay: float | None = None, lr: float | None = None):
+def adam_inplace_cupy(
+    x: CupyArray,
+    g: CupyArray,
+    m: CupyArray,
+    v: CupyArray,
+    vhat: CupyArray | None = None,
+    *, alpha: float,
+    c1: float,
+    c2: float,
+    epsilon: float,
+    weight_decay: float | None = None,
+    lr: float | None = None,
+):
     """Keras 3's Adam step (AMSGrad with `vhat`) written into `x`, `m`, `v` (and `vhat`) by one fused CUDA kernel.
 
     Parameters
     ----------
-    x, g, m, v : cupy.ndarray
-        Variable, gradient, first and second moments, of one shape and dtype (float32 or float64); `x`, `m`, `v`
-        are written.
+    x : cupy.ndarray
+        The variable, written (all five arrays: one shape, float32 or float64).
+    g : cupy.ndarray
+        The gradient, only read.
+    m : cupy.ndarray
+        The first moment, written.
+    v : cupy.ndarray
+        The second moment, written.
     vhat : cupy.ndarray or None
         AMSGrad's running maximum of `v` (written), or None for Adam.
     alpha : float
         The bias-corrected step size (`rules.bias_corrected_step_size`).
-    c1, c2 : float
-        `1 - beta_1` and `1 - beta_2` as the numerics round them (`rules.moment_constants`).
+    c1 : float
+        `1 - beta_1` as the numerics round it (`rules.moment_constants`).
+    c2 : float
+        `1 - beta_2` as the numerics round it.
     epsilon : float
         Epsilon hat.
     weight_decay : float or None
@@ -224,29 +245,48 @@ def adam_inplace_cupy(x, g, m, v, vhat=None, *, alpha: float, c1: float, c2: flo
     return x
 
 # %% ../nbs/09_cuda.ipynb #98af7e8f
-def lazy_adam_rows_inplace_cupy(x, g_rows, m, v, vhat=None, *, indices=None, alpha, beta_1: float, beta_2: float,
-                                c1: float, c2: float, epsilon: float,
-                                weight_decay: float | None = None, lr: float | None = None):
+def lazy_adam_rows_inplace_cupy(
+    x: CupyArray,
+    g_rows: CupyArray,
+    m: CupyArray,
+    v: CupyArray,
+    vhat: CupyArray | None = None,
+    *, indices: CupyArray | None = None,
+    alpha: float | CupyArray,
+    beta_1: float,
+    beta_2: float,
+    c1: float,
+    c2: float,
+    epsilon: float,
+    weight_decay: float | None = None,
+    lr: float | None = None,
+):
     """TF Addons LazyAdam's row update (lazy AMSGrad with `vhat`) in place, by one fused CUDA kernel.
 
     Parameters
     ----------
-    x, m, v : cupy.ndarray
-        Without `indices`: the gathered rows (the shape of `g_rows`); with `indices`: the full C-contiguous tables.
-        Written.
+    x : cupy.ndarray
+        The variable, written: without `indices` its gathered rows (the shape of `g_rows`), with `indices` the full C-contiguous table.
+    m : cupy.ndarray
+        The first moment, written, like `x`.
+    v : cupy.ndarray
+        The second moment, written, like `x`.
     g_rows : cupy.ndarray
         The gradient's rows, with a leading row axis.
     vhat : cupy.ndarray or None
         AMSGrad's running maximum, like `v` (written), or None.
     indices : cupy.ndarray or None
-        None, or unique row numbers in `[0, rows)` (int32 or int64), one per row of `g_rows`; not checked on the
-        device: out-of-range or repeated indices are undefined behaviour.
+        None, or unique row numbers in `[0, rows)` (int32 or int64), one per row of `g_rows`; not checked on the device: out-of-range or repeated indices are undefined behaviour.
     alpha : float or cupy.ndarray
         The step size, or one value per row of `g_rows` (`LazyAdam(row_bias_correction=True)`).
-    beta_1, beta_2 : float
-        As the dtype rounds them.
-    c1, c2 : float
-        `1 - beta_1`, `1 - beta_2` (`rules.moment_constants`).
+    beta_1 : float
+        `beta_1` as the dtype rounds it.
+    beta_2 : float
+        `beta_2` as the dtype rounds it.
+    c1 : float
+        `1 - beta_1` (`rules.moment_constants`).
+    c2 : float
+        `1 - beta_2`.
     epsilon : float
         Epsilon hat.
     weight_decay : float or None
@@ -356,7 +396,11 @@ def _compile(source: str, options, name: str, what: str) -> bytes:
         lib.nvrtcDestroyProgram(ctypes.byref(prog))
 
 # %% ../nbs/09_cuda.ipynb #00c95b39
-def compile_to_ptx(source: str, options: tuple = OPTIONS, name: str = "adam_lit.cu") -> str:
+def compile_to_ptx(
+    source: str,
+    options: tuple = OPTIONS,
+    name: str = "adam_lit.cu",
+) -> str:
     """Compile `source` to PTX with the NVRTC of the `nvidia-cuda-nvrtc-cu12` wheel (no GPU needed).
 
     Parameters
@@ -380,7 +424,12 @@ def compile_to_ptx(source: str, options: tuple = OPTIONS, name: str = "adam_lit.
     """
     return _compile(source, options, name, "PTX").rstrip(b"\0").decode()
 
-def compile_to_cubin(source: str, options: tuple = OPTIONS, arch: str = "sm_90", name: str = "adam_lit.cu") -> bytes:
+def compile_to_cubin(
+    source: str,
+    options: tuple = OPTIONS,
+    arch: str = "sm_90",
+    name: str = "adam_lit.cu",
+) -> bytes:
     """Compile `source` to a cubin for `arch`: NVRTC runs ptxas, so the PTX, inline assembly included, is assembled too.
 
     Parameters
@@ -409,7 +458,10 @@ def compile_to_cubin(source: str, options: tuple = OPTIONS, arch: str = "sm_90",
 # %% ../nbs/09_cuda.ipynb #1f57a3df
 _PTX_OPS = {"ADD": "add", "SUB": "sub", "MUL": "mul", "DIV": "div", "SQRT": "sqrt"}
 
-def check_ptx(ptx: str, src: KernelSource) -> dict:
+def check_ptx(
+    ptx: str,
+    src: KernelSource,
+) -> dict:
     """Assert that the PTX of `src` rounds once per operation of its update: no fma, no approx, no ftz.
 
     Parameters

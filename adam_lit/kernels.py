@@ -23,20 +23,40 @@ def _flat(a):
     "A 1-d view of a C-contiguous array (no copy), or None."
     return a.reshape(-1) if a.flags.c_contiguous else None
 
-def adam_inplace(x, g, m, v, vhat=None, *, alpha: float, c1: float, c2: float, epsilon: float,
-                 weight_decay: float | None = None, lr: float = 0.0, block: int | None = None):
+def adam_inplace(
+    x: np.ndarray,
+    g: np.ndarray,
+    m: np.ndarray,
+    v: np.ndarray,
+    vhat: np.ndarray | None = None,
+    *, alpha: float,
+    c1: float,
+    c2: float,
+    epsilon: float,
+    weight_decay: float | None = None,
+    lr: float = 0.0,
+    block: int | None = None,
+):
     """Keras 3's Adam step (AMSGrad with `vhat`) written into `x`, `m`, `v` (and `vhat`), blockwise.
 
     Parameters
     ----------
-    x, g, m, v : numpy.ndarray
-        Variable, gradient, first and second moments: one shape, one float dtype; `x`, `m`, `v` are written.
+    x : numpy.ndarray
+        The variable, written (all five arrays: one shape, one float dtype).
+    g : numpy.ndarray
+        The gradient, only read.
+    m : numpy.ndarray
+        The first moment, written.
+    v : numpy.ndarray
+        The second moment, written.
     vhat : numpy.ndarray or None
         AMSGrad's running maximum of `v` (written), or None for Adam.
     alpha : float
         The bias-corrected step size (`rules.bias_corrected_step_size`).
-    c1, c2 : float
-        `1 - beta_1` and `1 - beta_2` as the numerics round them (`rules.moment_constants`).
+    c1 : float
+        `1 - beta_1` as the numerics round it (`rules.moment_constants`).
+    c2 : float
+        `1 - beta_2` as the numerics round it.
     epsilon : float
         Epsilon hat, added to the square root of `v` (or `vhat`).
     weight_decay : float or None
@@ -128,22 +148,41 @@ _FUSED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 def _ok(a, dt) -> bool: return a.dtype == dt and a.flags.c_contiguous
 
-def adam_inplace_fast(x, g, m, v, vhat=None, *, alpha: float, c1: float, c2: float, epsilon: float,
-                      weight_decay: float | None = None, lr: float = 0.0):
+def adam_inplace_fast(
+    x: np.ndarray,
+    g: np.ndarray,
+    m: np.ndarray,
+    v: np.ndarray,
+    vhat: np.ndarray | None = None,
+    *, alpha: float,
+    c1: float,
+    c2: float,
+    epsilon: float,
+    weight_decay: float | None = None,
+    lr: float = 0.0,
+):
     """`adam_inplace`'s step in one fused pass when numba is installed and the arrays are C-contiguous float32/float64.
 
     Falls back to `adam_inplace` otherwise; the bits are the same either way.
 
     Parameters
     ----------
-    x, g, m, v : numpy.ndarray
-        Variable, gradient, first and second moments; `x`, `m`, `v` are written.
+    x : numpy.ndarray
+        The variable, written.
+    g : numpy.ndarray
+        The gradient, only read.
+    m : numpy.ndarray
+        The first moment, written.
+    v : numpy.ndarray
+        The second moment, written.
     vhat : numpy.ndarray or None
         AMSGrad's running maximum of `v` (written), or None for Adam.
     alpha : float
         The bias-corrected step size.
-    c1, c2 : float
-        `1 - beta_1` and `1 - beta_2` as the numerics round them.
+    c1 : float
+        `1 - beta_1` as the numerics round it.
+    c2 : float
+        `1 - beta_2` as the numerics round it.
     epsilon : float
         Epsilon hat.
     weight_decay : float or None
@@ -172,21 +211,32 @@ def adam_inplace_fast(x, g, m, v, vhat=None, *, alpha: float, c1: float, c2: flo
     return x
 
 # %% ../nbs/08_kernels.ipynb #c5c94939
-def fused_loop(x, g, m, v, vhat=None):
+def fused_loop(
+    x: np.ndarray,
+    g: np.ndarray,
+    m: np.ndarray,
+    v: np.ndarray,
+    vhat: np.ndarray | None = None,
+):
     """The compiled loops of `adam_inplace_fast` bound to these 1-d arrays, checked once (for an optimizer's cached plan).
 
     Parameters
     ----------
-    x, g, m, v : numpy.ndarray
-        1-d C-contiguous arrays of one size and dtype (float32 or float64), the same at every step.
+    x : numpy.ndarray
+        The variable: a 1-d C-contiguous float32 or float64 array, the same at every step (so are the others).
+    g : numpy.ndarray
+        The gradient buffer, of the size and dtype of `x`.
+    m : numpy.ndarray
+        The first moment, likewise.
+    v : numpy.ndarray
+        The second moment, likewise.
     vhat : numpy.ndarray or None
         AMSGrad's running maximum, or None for Adam.
 
     Returns
     -------
     tuple or None
-        `(step, decay)`, with `step(alpha, c1, c2, epsilon)` and `decay(weight_decay, lr)` taking scalars of the
-        arrays' dtype; None without numba or for arrays the loops do not take.
+        `(step, decay)`, with `step(alpha, c1, c2, epsilon)` and `decay(weight_decay, lr)` taking scalars of the arrays' dtype; None without numba or for arrays the loops do not take.
     """
     k = _NUMBA.get("k", False)
     if k is False: k = _numba_kernels()
@@ -230,7 +280,10 @@ def _views(buf, shapes):
     return views
 
 # %% ../nbs/08_kernels.ipynb #e41ebcac
-def flatten(arrays, dtype=None):
+def flatten(
+    arrays,
+    dtype: np.dtype | None = None,
+):
     """Copy `arrays` into one contiguous 1-d buffer and return it with views of the original shapes, back to back.
 
     Parameters
