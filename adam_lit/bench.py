@@ -283,7 +283,7 @@ class StreamProbe:
     Parameters
     ----------
     n : int
-        Float32 elements per array (the default, 2**25, is 128 MiB).
+        Float32 elements per array (the default, `2**25`, is 128 MiB).
     """
     def __init__(self,
                  n: int = 1 << 25):   # float32 elements per array (the default is 128 MiB)
