@@ -12,6 +12,7 @@ import importlib.util
 import math
 import sys
 import time
+from typing import TextIO
 
 import numpy as np
 from array_api_compat import array_namespace
@@ -20,10 +21,34 @@ from .adam import Adam
 from .backend import IndexedSlices
 from .lazyadam import LazyAdam
 
+# %% auto #0
+__all__ = ['BACKENDS', 'backend', 'progress', 'make_classification', 'logistic_loss_and_grads', 'train', 'accuracy',
+           'make_ratings', 'mf_loss_and_grads', 'train_embeddings', 'seed_example', 'plot_demo', 'demo', 'bench',
+           'main']
+
+# %% ../nbs/05_cli.ipynb #a1d8bc59
 BACKENDS = ("numpy", "cupy", "torch")
 
 def backend(name: str):
-    "A function moving a NumPy array to backend `name` (numpy, cupy, torch); a clear error when it is not usable here."
+    """A function that moves a NumPy array to the array library `name`.
+
+    Parameters
+    ----------
+    name : str
+        "numpy", "cupy" or "torch".
+
+    Returns
+    -------
+    callable
+        NumPy array -> array of that library (`torch.from_numpy` of a copy for PyTorch).
+
+    Raises
+    ------
+    RuntimeError
+        When the library (or, for CuPy, a CUDA GPU) is not usable here; the message says what to install.
+    ValueError
+        For any other name.
+    """
     if name == "numpy": return np.asarray
     if name == "cupy":
         try:
@@ -38,25 +63,50 @@ def backend(name: str):
         return lambda a: torch.from_numpy(np.array(a, copy=True))
     raise ValueError(f"unknown backend {name!r}; use one of {', '.join(BACKENDS)}")
 
-def progress(n: int, desc: str, enabled=None):
-    "range(n), with a tqdm progress bar on stderr when tqdm is installed and `enabled` (default: stderr is a terminal)."
+def progress(
+    n: int,
+    desc: str,
+    enabled: bool | None = None,
+):
+    """`range(n)`, with a tqdm progress bar on stderr when tqdm is installed and `enabled`.
+
+    Parameters
+    ----------
+    n : int
+        Number of iterations.
+    desc : str
+        Label of the progress bar.
+    enabled : bool or None
+        Show the bar; None: when stderr is a terminal.
+    """
     if enabled is None: enabled = sys.stderr.isatty()
     if enabled and importlib.util.find_spec("tqdm") is not None:
         from tqdm.auto import tqdm
         return tqdm(range(n), desc=desc, file=sys.stderr, leave=False)
     return range(n)
 
-# %% auto #0
-__all__ = ['BACKENDS', 'backend', 'progress', 'make_classification', 'logistic_loss_and_grads', 'train', 'accuracy',
-           'make_ratings', 'mf_loss_and_grads', 'train_embeddings', 'seed_example', 'plot_demo', 'demo', 'bench',
-           'main']
-
 # %% ../nbs/05_cli.ipynb #c99e616e
-def make_classification(n: int = 512,   # number of examples
-                        d: int = 20,    # number of features
-                        seed: int = 0   # seed of NumPy's generator
-                       ):
-    "Features `X` (n, d), labels `y` in {-1, +1} drawn from a logistic model, and the true weights."
+def make_classification(
+    n: int = 512,
+    d: int = 20,
+    seed: int = 0,
+):
+    """Features, labels in {-1, +1} drawn from a logistic model, and the true weights.
+
+    Parameters
+    ----------
+    n : int
+        Number of examples.
+    d : int
+        Number of features.
+    seed : int
+        Seed of NumPy's generator.
+
+    Returns
+    -------
+    tuple
+        `X` (n, d), `y` (n,) and `w_true` (d,), NumPy float64 arrays.
+    """
     rng = np.random.default_rng(seed)
     X = rng.standard_normal((n, d))
     w_true = rng.standard_normal(d) * (rng.random(d) < 0.3) * 3.0
@@ -64,8 +114,30 @@ def make_classification(n: int = 512,   # number of examples
     y = np.where(rng.random(n) < p, 1.0, -1.0)
     return X, y, w_true
 
-def logistic_loss_and_grads(X, y, w, c):
-    "Average logistic loss and its gradients in `w` and `c` (a 0-d array), for arrays of any Array API library."
+def logistic_loss_and_grads(
+    X,
+    y,
+    w,
+    c,
+):
+    """Average logistic loss and its gradients, for arrays of any Array API library.
+
+    Parameters
+    ----------
+    X : array
+        Features, (n, d).
+    y : array
+        Labels in {-1, +1}, (n,).
+    w : array
+        Weights, (d,).
+    c : array
+        Bias, 0-d.
+
+    Returns
+    -------
+    tuple
+        The loss (a float) and `[grad_w, grad_c]` (the second a 0-d array).
+    """
     xp = array_namespace(X, w)
     z = y * (X @ w + c)
     loss = float(xp.mean(xp.logaddexp(xp.zeros_like(z), -z)))
@@ -73,8 +145,33 @@ def logistic_loss_and_grads(X, y, w, c):
     return loss, [X.T @ s, xp.asarray(xp.sum(s))]
 
 # %% ../nbs/05_cli.ipynb #7c060e62
-def train(opt, X, y, steps: int = 200, show_progress=None):
-    "Fit the logistic regression with optimizer `opt`; return the weights, bias and loss history."
+def train(
+    opt,
+    X,
+    y,
+    steps: int = 200,
+    show_progress: bool | None = None,
+):
+    """Fit the logistic regression with optimizer `opt`, full batch.
+
+    Parameters
+    ----------
+    opt : Optimizer
+        An adam_lit optimizer (its `minimize` is called once per step).
+    X : array
+        Features, (n, d) (see `make_classification`).
+    y : array
+        Labels in {-1, +1}, (n,).
+    steps : int
+        Number of optimizer steps.
+    show_progress : bool or None
+        Progress bar (see `progress`).
+
+    Returns
+    -------
+    tuple
+        Weights `w`, bias `c`, and the loss before each step and after the last (`steps + 1` floats).
+    """
     xp = array_namespace(X)
     w, c = xp.zeros(X.shape[1], dtype=X.dtype), xp.zeros((), dtype=X.dtype)
     history = []
@@ -84,31 +181,138 @@ def train(opt, X, y, steps: int = 200, show_progress=None):
     history.append(logistic_loss_and_grads(X, y, w, c)[0])
     return w, c, history
 
-def accuracy(X, y, w, c) -> float:
-    "Fraction of examples whose sign is predicted right."
+def accuracy(
+    X,
+    y,
+    w,
+    c,
+) -> float:
+    """Fraction of the examples whose label has the sign of `X @ w + c`.
+
+    Parameters
+    ----------
+    X : array
+        Features, (n, d).
+    y : array
+        Labels in {-1, +1}, (n,).
+    w : array
+        Weights, (d,).
+    c : array
+        Bias, 0-d.
+    """
     xp = array_namespace(X)
     return float(xp.mean(xp.astype(xp.sign(X @ w + c) == y, X.dtype)))
 
 # %% ../nbs/05_cli.ipynb #d60a4c17
-def make_ratings(n_users: int = 500, n_items: int = 300, rank: int = 4, n_obs: int = 20_000, seed: int = 0):
-    "Observed entries `(users, items, ratings)` of a random rank-`rank` matrix plus noise (NumPy arrays)."
+def make_ratings(
+    n_users: int = 500,
+    n_items: int = 300,
+    rank: int = 4,
+    n_obs: int = 20_000,
+    seed: int = 0,
+):
+    """Observed entries of a random rank-`rank` ratings matrix plus noise.
+
+    Parameters
+    ----------
+    n_users : int
+        Number of users (rows).
+    n_items : int
+        Number of items (columns).
+    rank : int
+        Its rank.
+    n_obs : int
+        Number of observed entries (drawn with replacement).
+    seed : int
+        Seed of NumPy's generator.
+
+    Returns
+    -------
+    tuple
+        `(users, items, ratings)`, NumPy arrays of `n_obs` entries.
+    """
     rng = np.random.default_rng(seed)
     U, V = rng.standard_normal((n_users, rank)), rng.standard_normal((n_items, rank))
     users, items = rng.integers(0, n_users, n_obs), rng.integers(0, n_items, n_obs)
     r = np.sum(U[users] * V[items], axis=1) / math.sqrt(rank) + 0.1 * rng.standard_normal(n_obs)
     return users, items, r
 
-def mf_loss_and_grads(U, V, users, items, r):
-    "Mean squared error of the entries `(users, items)` and its gradients in `U` and `V`, as `IndexedSlices`."
+def mf_loss_and_grads(
+    U,
+    V,
+    users,
+    items,
+    r,
+):
+    """Mean squared error of the entries `(users, items)` and its gradients in `U` and `V`.
+
+    Parameters
+    ----------
+    U : array
+        User embeddings, (n_users, rank).
+    V : array
+        Item embeddings, (n_items, rank).
+    users : array
+        The entries' rows of `U` (integers).
+    items : array
+        The entries' rows of `V` (integers).
+    r : array
+        Their ratings.
+
+    Returns
+    -------
+    tuple
+        The loss (a float) and the gradients as `IndexedSlices` (one row per entry).
+    """
     xp = array_namespace(U, V)
     pu, qi = xp.take(U, users, axis=0), xp.take(V, items, axis=0)
     err = xp.sum(pu * qi, axis=1) - r
     coef = xp.expand_dims(err * (2.0 / r.shape[0]), axis=1)
     return float(xp.mean(err * err)), [IndexedSlices(coef * qi, users, tuple(U.shape)), IndexedSlices(coef * pu, items, tuple(V.shape))]
 
-def train_embeddings(opt, data, to=np.asarray, n_users=500, n_items=300, rank=4, steps=200, batch=256, seed=0,
-                     show_progress=None):
-    "Fit `U`, `V` to the ratings `data` by minibatch steps of `opt`; the full-data loss history and `(U, V)`."
+# %% ../nbs/05_cli.ipynb #3eb3ed99
+def train_embeddings(
+    opt,
+    data,
+    to=np.asarray,
+    n_users: int = 500,
+    n_items: int = 300,
+    rank: int = 4,
+    steps: int = 200,
+    batch: int = 256,
+    seed: int = 0,
+    show_progress: bool | None = None,
+):
+    """Fit embeddings `U`, `V` to the ratings `data` by minibatch steps of `opt` (sparse gradients).
+
+    Parameters
+    ----------
+    opt : Optimizer
+        An adam_lit optimizer (its `apply` is called once per step).
+    data : tuple
+        `(users, items, ratings)` from `make_ratings`.
+    to : callable
+        Moves a NumPy array to the array library to run on (see `backend`).
+    n_users : int
+        Rows of `U`.
+    n_items : int
+        Rows of `V`.
+    rank : int
+        Columns of `U` and `V`.
+    steps : int
+        Number of optimizer steps.
+    batch : int
+        Observed entries per step (drawn with replacement).
+    seed : int
+        Seed of the initial embeddings and the batches.
+    show_progress : bool or None
+        Progress bar (see `progress`).
+
+    Returns
+    -------
+    tuple
+        The full-data loss before each step and after the last, and `(U, V)`.
+    """
     users, items, r = data
     rng = np.random.default_rng(seed + 1)
     U, V = to(0.3 * rng.standard_normal((n_users, rank))), to(0.3 * rng.standard_normal((n_items, rank)))
@@ -123,14 +327,36 @@ def train_embeddings(opt, data, to=np.asarray, n_users=500, n_items=300, rank=4,
 
 # %% ../nbs/05_cli.ipynb #8b96f4c0
 def seed_example() -> float:
-    "The Keras documentation's example: one Adam step on var**2/2 from 10.0 with learning_rate=0.1."
+    """The Keras documentation's example: one `Adam(learning_rate=0.1)` step on `var ** 2 / 2` from `var = 10.0`.
+
+    Returns
+    -------
+    float
+        The float32 variable after the step (Keras 3 gives 9.90000057220459).
+    """
     opt = Adam(learning_rate=0.1)
     var1 = np.array(10.0, dtype=np.float32)
     opt.minimize(lambda: (float(var1) ** 2 / 2.0, [var1.copy()]), [var1])
     return float(var1)
 
-def plot_demo(results: dict, path):
-    "The demo's loss curves as a PNG at `path` (needs matplotlib); returns `path`."
+def plot_demo(
+    results: dict,
+    path,
+):
+    """Write the demo's loss curves as a PNG (needs matplotlib).
+
+    Parameters
+    ----------
+    results : dict
+        What `demo` returns.
+    path : str or path-like
+        Where to write the PNG.
+
+    Returns
+    -------
+    str or path-like
+        `path`.
+    """
     from matplotlib.figure import Figure
     fig = Figure(figsize=(11, 4), layout="constrained")
     ax, bx = fig.subplots(1, 2)
@@ -142,14 +368,40 @@ def plot_demo(results: dict, path):
     fig.savefig(path, dpi=100)
     return path
 
-def demo(steps: int = 200,                 # optimizer steps per run
-         seed: int = 0,                    # seed of the generated data
-         learning_rate: float = 0.05,      # learning rate of every optimizer
-         backend_name: str = "numpy",      # "numpy", "cupy" or "torch": the arrays the problems run on
-         plot="adam_lit_demo.png",         # where to write the plot (None: no plot)
-         show_progress=None,               # progress bars (default: when stderr is a terminal and tqdm is installed)
-         out=None) -> dict:                # where the report goes (default stdout)
-    "Run the three parts of the demo, print a report with a results table, write the plot; return the results."
+# %% ../nbs/05_cli.ipynb #5e7010c4
+def demo(
+    steps: int = 200,
+    seed: int = 0,
+    learning_rate: float = 0.05,
+    backend_name: str = "numpy",
+    plot: str | None = "adam_lit_demo.png",
+    show_progress: bool | None = None,
+    out: TextIO | None = None,
+) -> dict:
+    """Run the three parts of the demo, print a report with a results table, write the plot.
+
+    Parameters
+    ----------
+    steps : int
+        Optimizer steps per run.
+    seed : int
+        Seed of the generated data.
+    learning_rate : float
+        Learning rate of every optimizer.
+    backend_name : str
+        "numpy", "cupy" or "torch": the arrays the problems run on.
+    plot : str, path-like or None
+        Where to write the plot (None: no plot); the report prints it as given.
+    show_progress : bool or None
+        Progress bars (None: when stderr is a terminal and tqdm is installed).
+    out : file-like or None
+        Where the report goes (None: stdout).
+
+    Returns
+    -------
+    dict
+        `seed_example`, `logistic` and `embeddings` (per optimizer: loss history, accuracy, seconds) and `plot`.
+    """
     out = out or sys.stdout
     p = lambda *a: print(*a, file=out)
     to = backend(backend_name)
@@ -195,12 +447,33 @@ def demo(steps: int = 200,                 # optimizer steps per run
     return results
 
 # %% ../nbs/05_cli.ipynb #192229dc
-def bench(quick: bool = False,                # small sizes only
-          reps: int | None = None,            # timed repetitions per case (default 7, 3 with `quick`)
-          out: str = "adam_lit_bench.png",    # path of the PNG plot
-          file=None,                          # where the tables go (default stdout)
-          gpu: bool = False):                 # time the CuPy kernels on the GPU instead (`bench.run_gpu`)
-    "Run `adam_lit.bench`, print its tables and targets, write the plot; return the results."
+def bench(
+    quick: bool = False,
+    reps: int | None = None,
+    out: str = "adam_lit_bench.png",
+    file: TextIO | None = None,
+    gpu: bool = False,
+):
+    """Run `adam_lit.bench`, print its tables and targets, write the plot.
+
+    Parameters
+    ----------
+    quick : bool
+        Small sizes only (seconds).
+    reps : int or None
+        Timed repetitions per case, the median is kept (None: 7, 3 with `quick`).
+    out : str
+        Path of the PNG plot.
+    file : file-like or None
+        Where the tables go (None: stdout).
+    gpu : bool
+        Time the CuPy kernels on the GPU instead (`bench.run_gpu`).
+
+    Returns
+    -------
+    dict
+        The results of `bench.run` (or `bench.run_gpu`).
+    """
     from adam_lit import bench as B
     file = file or sys.stdout
     log = lambda s: print(s, file=sys.stderr, flush=True)
@@ -216,8 +489,9 @@ def bench(quick: bool = False,                # small sizes only
     except ImportError as e: print(f"\nno plot: {e}", file=file)
     return res
 
-def main(argv=None) -> int:
-    "Entry point of the `adam-lit` command."
+# %% ../nbs/05_cli.ipynb #4cbb713a
+def _parser() -> argparse.ArgumentParser:
+    "The `adam-lit` command's parser: the `demo` and `bench` subcommands and their options."
     parser = argparse.ArgumentParser(prog="adam-lit", description="adam_lit: Adam, AMSGrad and LazyAdam for array programmers.")
     sub = parser.add_subparsers(dest="command")
     d = sub.add_parser("demo", help="the seed example; Adam and AMSGrad on a logistic regression; LazyAdam and Adam on an embedding factorisation")
@@ -233,6 +507,25 @@ def main(argv=None) -> int:
     b.add_argument("--out", default="adam_lit_bench.png", help="path of the PNG plot (default adam_lit_bench.png)")
     b.add_argument("--reps", type=int, default=None, help="timed repetitions per case, the median is kept (default 7, 3 with --quick)")
     b.add_argument("--gpu", action="store_true", help="time the CuPy kernels on the GPU against naive CuPy, PyTorch and Optax there")
+    return parser
+
+# %% ../nbs/05_cli.ipynb #f89b55bd
+def main(
+    argv: list[str] | None = None,
+) -> int:
+    """Entry point of the `adam-lit` command.
+
+    Parameters
+    ----------
+    argv : list of str or None
+        The arguments after the program name (None: `sys.argv[1:]`).
+
+    Returns
+    -------
+    int
+        The exit status; bad options exit with status 2 and a message (argparse).
+    """
+    parser = _parser()
     args = parser.parse_args(argv)
     if args.command == "bench":
         if args.reps is not None and args.reps < 1: parser.error("--reps must be at least 1")

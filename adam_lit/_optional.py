@@ -1,4 +1,4 @@
-"""Differential tests of every fast path against the rules (hypothesis), a catalogue of bad inputs and what each gets, and a million steps without drifting one bit.
+"""A development page: how adam_lit is tested beyond the examples of the API pages. Differential tests of every fast path against the rules (hypothesis), the catalogue of bad inputs and the error each gets, and a million steps without drifting one bit.
 
 Docs: https://adam-lit.github.io/adam_lit/hardening.html.md"""
 
@@ -8,8 +8,10 @@ Docs: https://adam-lit.github.io/adam_lit/hardening.html.md"""
 __all__ = ['REQUIRE_ORACLES', 'required', 'missing', 'have']
 
 # %% ../nbs/15_hardening.ipynb #e2b4c7d0
-import importlib.util, os
+import importlib.util
+import os
 
+# %% ../nbs/15_hardening.ipynb #a54a37be
 REQUIRE_ORACLES = "ADAM_LIT_REQUIRE_ORACLES"
 
 def required() -> bool:

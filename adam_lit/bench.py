@@ -14,15 +14,10 @@ import platform
 import statistics
 import time
 import tracemalloc
+from collections.abc import Callable
+from typing import TextIO
 
 import numpy as np
-
-LR, B1, B2, EPS = 1e-3, 0.9, 0.999, 1e-7
-BYTES_PER_PARAM = 28        # fp32 Adam: reads p, g, m, v; writes p, m, v
-SIZES = (1_000, 10_000, 100_000, 1_000_000, 10_000_000, 30_000_000)
-SHAPES = ((1000, 1000), (100, 100_000))         # (tensors, elements per tensor)
-QUICK_SIZES, QUICK_SHAPES = (1_000, 10_000), ((10, 1000),)
-IMPLS = ("adam_lit", "adam_lit flat", "adam_lit fused", "adam_lit NumPy", "naive NumPy", "torch foreach", "torch fused", "optax jit")
 
 # %% auto #0
 __all__ = ['LR', 'B1', 'B2', 'EPS', 'BYTES_PER_PARAM', 'SIZES', 'SHAPES', 'QUICK_SIZES', 'QUICK_SHAPES', 'IMPLS', 'make_fused',
@@ -31,12 +26,34 @@ __all__ = ['LR', 'B1', 'B2', 'EPS', 'BYTES_PER_PARAM', 'SIZES', 'SHAPES', 'QUICK
            'machine', 'run', 'tables', 'print_table', 'targets', 'print_targets', 'plot', 'time_gpu', 'gpu_bandwidth',
            'gpu_machine', 'run_gpu', 'gpu_targets', 'print_gpu_table']
 
+# %% ../nbs/10_bench.ipynb #beeeca7a
+LR, B1, B2, EPS = 1e-3, 0.9, 0.999, 1e-7
+BYTES_PER_PARAM = 28        # fp32 Adam: reads p, g, m, v; writes p, m, v
+SIZES = (1_000, 10_000, 100_000, 1_000_000, 10_000_000, 30_000_000)
+SHAPES = ((1000, 1000), (100, 100_000))         # (tensors, elements per tensor)
+QUICK_SIZES, QUICK_SHAPES = (1_000, 10_000), ((10, 1000),)
+IMPLS = ("adam_lit", "adam_lit flat", "adam_lit fused", "adam_lit NumPy", "naive NumPy", "torch foreach", "torch fused", "optax jit")
+
 # %% ../nbs/10_bench.ipynb #f6060f43
-def time_step(step,                 # zero-argument callable: one optimizer step
-              reps: int = 7,        # repetitions; the result is their median
-              min_time: float = 5e-3, # seconds one repetition lasts at least (a batch of steps)
-              warmup: int = 3):     # untimed steps first
-    "Median seconds per call of `step` over `reps` repetitions of a batch of calls, after `warmup` calls."
+def time_step(
+    step: Callable[[], object],
+    reps: int = 7,
+    min_time: float = 5e-3,
+    warmup: int = 3,
+) -> float:
+    """Median seconds per call of `step`, over `reps` repetitions of a batch of calls, after `warmup` calls.
+
+    Parameters
+    ----------
+    step : callable
+        Zero-argument callable: one optimizer step.
+    reps : int
+        Repetitions; the result is their median.
+    min_time : float
+        Seconds one repetition lasts at least (its batch size is chosen from one timed call).
+    warmup : int
+        Untimed calls first.
+    """
     for _ in range(warmup): step()
     enabled = gc.isenabled(); gc.disable()
     try:
@@ -52,12 +69,33 @@ def time_step(step,                 # zero-argument callable: one optimizer step
     return statistics.median(ts)
 
 # %% ../nbs/10_bench.ipynb #fd42fc55
-def time_interleaved(steps: dict,         # name -> zero-argument callable
-                     reps: int = 7,       # rounds; the result is each step's median over them
-                     min_time: float = 5e-3, # seconds of one timed batch at least
-                     warmup: int = 3,     # untimed calls of each step first
-                     between=None):       # zero-argument callable run after every round
-    "Median seconds per call of each step, timed in interleaved rounds of batches; returns name -> seconds."
+def time_interleaved(
+    steps: dict,
+    reps: int = 7,
+    min_time: float = 5e-3,
+    warmup: int = 3,
+    between: Callable[[], object] | None = None,
+) -> dict:
+    """Median seconds per call of each step, timed in interleaved rounds of batches.
+
+    Parameters
+    ----------
+    steps : dict
+        Name -> zero-argument callable.
+    reps : int
+        Rounds; the result is each step's median over them.
+    min_time : float
+        Seconds of one timed batch at least.
+    warmup : int
+        Untimed calls of each step first.
+    between : callable or None
+        Zero-argument callable run after every round (the bandwidth sample).
+
+    Returns
+    -------
+    dict
+        Name -> seconds per call.
+    """
     for f in steps.values():
         for _ in range(warmup): f()
     enabled = gc.isenabled(); gc.disable()
@@ -80,8 +118,24 @@ def time_interleaved(steps: dict,         # name -> zero-argument callable
     return {k: statistics.median(v) for k, v in ts.items()}
 
 # %% ../nbs/10_bench.ipynb #7c23af30
-def make_naive(pairs, xp=np):
-    "Adam in textbook NumPy (or `xp`: CuPy) expressions: every operation allocates a new array."
+def make_naive(
+    pairs: list,
+    xp=np,
+):
+    """Adam in textbook NumPy (or CuPy) expressions: every operation allocates a new array.
+
+    Parameters
+    ----------
+    pairs : list
+        `(p, g)` pairs of float32 arrays: the step's own copies of the parameters, and the gradients (only read).
+    xp : module
+        `numpy`, or `cupy` for the GPU benchmark.
+
+    Returns
+    -------
+    callable
+        One step per call; its `params()` returns the current parameters.
+    """
     ps, gs = [p for p, _ in pairs], [g for _, g in pairs]
     ms, vs = [xp.zeros_like(p) for p in ps], [xp.zeros_like(p) for p in ps]
     t = [0]
@@ -96,8 +150,14 @@ def make_naive(pairs, xp=np):
     return step
 
 # %% ../nbs/10_bench.ipynb #e9da59a2
-def make_adam_lit(pairs):
-    "adam_lit's default path: `Adam().apply(grads, params)` on NumPy arrays."
+def make_adam_lit(pairs: list):
+    """adam_lit's default path: `Adam().apply(grads, params)` on NumPy arrays.
+
+    Parameters
+    ----------
+    pairs : list
+        `(p, g)` pairs of float32 arrays (as `make_naive`'s).
+    """
     from adam_lit.adam import Adam
     opt = Adam(learning_rate=LR, beta_1=B1, beta_2=B2, epsilon=EPS)
     ps, gs = [p for p, _ in pairs], [g for _, g in pairs]
@@ -105,8 +165,14 @@ def make_adam_lit(pairs):
     step.params = lambda: ps
     return step
 
-def make_adam_lit_flat(pairs):
-    "adam_lit's default path on parameters and gradients that tile one flat buffer each: one kernel call per step."
+def make_adam_lit_flat(pairs: list):
+    """adam_lit's default path on parameters and gradients that tile one flat buffer each: one kernel call per step.
+
+    Parameters
+    ----------
+    pairs : list
+        `(p, g)` pairs of float32 arrays, copied into the flat buffers.
+    """
     from adam_lit.adam import Adam
     from adam_lit.kernels import flatten
     _, ps = flatten([p for p, _ in pairs]); _, gs = flatten([g for _, g in pairs])
@@ -145,8 +211,14 @@ def _make_torch(mode):
     make.__doc__ = f"`torch.optim.Adam({mode}=True)` on CPU tensors."
     return make
 
-def make_optax(pairs):
-    "`optax.adam` under `jax.jit` on the CPU, parameters and state donated."
+def make_optax(pairs: list):
+    """`optax.adam` under `jax.jit` on the CPU, parameters and state donated.
+
+    Parameters
+    ----------
+    pairs : list
+        `(p, g)` pairs of float32 arrays, copied onto JAX's CPU device.
+    """
     import jax, optax
     cpu = jax.devices("cpu")[0]
     opt = optax.adam(LR, b1=B1, b2=B2, eps=EPS)
@@ -163,12 +235,19 @@ def make_optax(pairs):
     step.params = lambda: [np.asarray(p) for p in box[0]]
     return step
 
+# %% ../nbs/10_bench.ipynb #6e04e95e
 def _installed(name):
     import importlib.util
     return importlib.util.find_spec(name) is not None
 
 def factories() -> dict:
-    "The implementations available here: name -> factory."
+    """The implementations installed here.
+
+    Returns
+    -------
+    dict
+        Name -> factory (`make_adam_lit`, ...): each takes a list of `(p, g)` pairs and returns a step callable.
+    """
     f = {"adam_lit": make_adam_lit}
     from adam_lit import kernels
     if hasattr(kernels, "flatten"): f["adam_lit flat"] = make_adam_lit_flat
@@ -199,8 +278,15 @@ def _numba_streams():
     return _STREAM["f"]
 
 class StreamProbe:
-    "Streaming kernels over `n` float32 elements per array, sampled during a run: the roofline's bandwidth."
-    def __init__(self, n: int = 1 << 25):   # 128 MiB per array
+    """Streaming kernels over `n` float32 elements per array, sampled during a run: the roofline's bandwidth.
+
+    Parameters
+    ----------
+    n : int
+        Float32 elements per array (the default, `2**25`, is 128 MiB).
+    """
+    def __init__(self,
+                 n: int = 1 << 25):   # float32 elements per array (the default is 128 MiB)
         self.n = n
         a, b, c, d = (np.full(n, x, np.float32) for x in (1.0, 1e-6, 0.0, 0.0))    # touched: no page faults later
         k = {"NumPy copy": (lambda: np.copyto(a, b), 8), "NumPy a += b": (lambda: np.add(a, b, out=a), 12)}
@@ -232,16 +318,37 @@ class StreamProbe:
         return {"bytes_per_s": best[method], "method": method, "all": best, "n": self.n, "samples": len(per_sample),
                 "median": statistics.median(per_sample), "lowest": min(per_sample)}
 
-def bandwidth(n: int = 1 << 25,   # float32 elements per array (128 MiB)
-              reps: int = 10      # samples of each kernel
-             ) -> dict:
-    "The best streaming bandwidth (bytes/s) of a copy, in-place adds and two-thread loops over `n` float32 elements."
+# %% ../nbs/10_bench.ipynb #4285dd77
+def bandwidth(
+    n: int = 1 << 25,
+    reps: int = 10,
+) -> dict:
+    """The best streaming bandwidth (bytes/s) of a copy, in-place adds and two-thread loops over `n` float32 elements.
+
+    Parameters
+    ----------
+    n : int
+        Float32 elements per array (the default is 128 MiB).
+    reps : int
+        Samples of each kernel.
+
+    Returns
+    -------
+    dict
+        `bytes_per_s` (the best), `method` (its kernel), `all` (each kernel's best), `median` and `lowest` of the samples' best, `samples`, `n`.
+    """
     probe = StreamProbe(n); probe.sample(reps)
     return probe.result()
 
 # %% ../nbs/10_bench.ipynb #75695b6b
 def machine() -> dict:
-    "The machine and the libraries, for the record."
+    """The machine and the libraries, for the record.
+
+    Returns
+    -------
+    dict
+        `cpu` (model name), `cores`, `python`, `numpy`, `platform`, and the versions and threads of numba, PyTorch, JAX and Optax where installed.
+    """
     model = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -283,18 +390,45 @@ def _available_memory():
     except (OSError, ValueError): pass
     return None
 
+# %% ../nbs/10_bench.ipynb #8b69e58d
 NUMPY_IMPLS = ("adam_lit", "adam_lit flat", "adam_lit fused", "adam_lit NumPy", "naive NumPy")     # whose allocations tracemalloc sees
 
-def run(sizes=None,            # single-tensor sizes (default `SIZES`, or `QUICK_SIZES` with `quick`)
-        reps: int = 7,         # timed rounds per case (each implementation's median is kept)
-        quick: bool = False,   # small sizes only, short repetitions (for tests)
-        shapes=None,           # (tensors, elements) cases (default `SHAPES`, or `QUICK_SHAPES` with `quick`)
-        impls=None,            # names of implementations to run (default: all installed)
-        min_time: float = None,# seconds of one timed batch (default 0.02, 0.002 with `quick`)
-        interleave: bool = True, # time the implementations of a case in interleaved rounds (else one after the other)
-        log=None               # callable receiving progress lines
-       ) -> dict:
-    "Time one fp32 Adam step of every implementation on every case, side by side in this process."
+def run(
+    sizes: tuple[int, ...] | None = None,
+    reps: int = 7,
+    quick: bool = False,
+    shapes: tuple[tuple[int, int], ...] | None = None,
+    impls: list[str] | None = None,
+    min_time: float | None = None,
+    interleave: bool = True,
+    log: Callable[[str], object] | None = None,
+) -> dict:
+    """Time one fp32 Adam step of every implementation on every case, side by side in this process.
+
+    Parameters
+    ----------
+    sizes : tuple of int or None
+        Single-tensor sizes (None: `SIZES`, or `QUICK_SIZES` with `quick`).
+    reps : int
+        Timed rounds per case (each implementation's median is kept).
+    quick : bool
+        Small sizes only, short repetitions (for tests).
+    shapes : tuple or None
+        `(tensors, elements)` cases (None: `SHAPES`, or `QUICK_SHAPES` with `quick`).
+    impls : list of str or None
+        Names of the implementations to run (None: all installed).
+    min_time : float or None
+        Seconds of one timed batch (None: 0.02, 0.002 with `quick`).
+    interleave : bool
+        Time the implementations of a case in interleaved rounds (else one after the other).
+    log : callable or None
+        Receives progress lines.
+
+    Returns
+    -------
+    dict
+        `date`, `machine`, `reps`, `impls`, `cases` (each with its `times`, `alloc` and `floor`), `bandwidth`, `seconds` and `other_load` (cores other processes kept busy, on Linux).
+    """
     sizes = (QUICK_SIZES if quick else SIZES) if sizes is None else tuple(sizes)
     shapes = (QUICK_SHAPES if quick else SHAPES) if shapes is None else tuple(shapes)
     min_time = (2e-3 if quick else 2e-2) if min_time is None else min_time
@@ -351,8 +485,14 @@ def _md(header, rows) -> str:
     return "\n".join([line(header), "|" + "|".join("-" * (x + 1) + ":" if i else ":" + "-" * (x + 1) for i, x in enumerate(w)) + "|"]
                      + [line(r) for r in rows])
 
-def tables(results) -> str:
-    "The run's three tables (time, relative to torch fused, share of the roofline) as markdown."
+def tables(results: dict) -> str:
+    """The run's tables as markdown: time, time relative to torch fused, share of the roofline, peak allocation.
+
+    Parameters
+    ----------
+    results : dict
+        What `run` (or `run_gpu`) returns.
+    """
     names, cases = results["impls"], results["cases"]
     ref = "torch fused" if "torch fused" in names else None
     head = ["case", "params"] + names
@@ -380,8 +520,19 @@ def _alloc_table(results) -> str:
     rows = [[c["label"], f"{c['params']:,}".replace(",", " ")] + [_fmt_bytes(c["alloc"].get(k)) for k in names] for c in cases]
     return f"\n\n**Peak allocation of one step** (tracemalloc; NumPy's allocations)\n\n{_md(['case', 'params'] + names, rows)}"
 
-def print_table(results, file=None):
-    "Print the run's tables and the machine they were measured on."
+def print_table(
+    results: dict,
+    file: TextIO | None = None,
+):
+    """Print the run's tables and the machine they were measured on.
+
+    Parameters
+    ----------
+    results : dict
+        What `run` returns.
+    file : file-like or None
+        Where to print (None: stdout).
+    """
     m = results["machine"]
     other = results.get("other_load")
     print(f"{m['cpu']}, {m['cores']} cores, {results['date']}; median of {results['reps']} repetitions; "
@@ -398,9 +549,17 @@ def _case(results, k, n):
 
 def _speed(r) -> str: return f"{r:.2f} × faster" if r >= 1 else f"{1 / r:.2f} × slower"
 
-def targets(results) -> list:
-    """Rows `(target, measured, met)` for issue 8's CPU targets; `met` is 'yes', 'no' or 'not measured'. The optimizer's
-    targets are read on the faster of its two paths in the run (`adam_lit`, `adam_lit flat`), named in the row."""
+def targets(results: dict) -> list:
+    """Rows `(target, measured, met)` for adam_lit's CPU targets; `met` is 'yes', 'no' or 'not measured'.
+
+    The optimizer's targets are read on the faster of its two paths in the run (`adam_lit`, `adam_lit flat`),
+    named in the row.
+
+    Parameters
+    ----------
+    results : dict
+        What `run` returns.
+    """
     rows = []
     def add(target, case, impls, measure):
         if case is None or any(i not in case["times"] for i in impls) or not any(i in case["times"] for i in LIT):
@@ -437,13 +596,40 @@ def targets(results) -> list:
     rows.append(("GPU: ≥ 85 % of HBM bandwidth at 1e8", "—", "not measured (CPU benchmark)"))
     return rows
 
-def print_targets(results, file=None):
-    "Print `targets(results)` as a markdown table."
+def print_targets(
+    results: dict,
+    file: TextIO | None = None,
+):
+    """Print `targets(results)` as a markdown table.
+
+    Parameters
+    ----------
+    results : dict
+        What `run` returns.
+    file : file-like or None
+        Where to print (None: stdout).
+    """
     print(_md(["target", "measured", "met?"], [list(r) for r in targets(results)]).replace("|-", "|:-", 0), file=file)
 
 # %% ../nbs/10_bench.ipynb #a3baf100
-def plot(results, path="adam_lit_bench.png"):
-    "Write the run as a PNG: ns per parameter against N (log-log), and the many-tensor cases; returns `path`."
+def plot(
+    results: dict,
+    path="adam_lit_bench.png",
+):
+    """Write the run as a PNG: ns per parameter against N (log-log), and the many-tensor cases as bars.
+
+    Parameters
+    ----------
+    results : dict
+        What `run` or `run_gpu` returns.
+    path : str or path-like
+        Where to write the PNG.
+
+    Returns
+    -------
+    str or path-like
+        `path`.
+    """
     try:
         from matplotlib.figure import Figure
     except ImportError as e:
@@ -451,7 +637,7 @@ def plot(results, path="adam_lit_bench.png"):
     names, cases = results["impls"], results["cases"]
     single = [c for c in cases if c["tensors"] == 1]
     many = [c for c in cases if c["tensors"] > 1]
-    fig = Figure(figsize=(12, 5), layout="constrained")
+    fig = Figure(figsize=(10, 5.2), layout="constrained")
     ax, bx = fig.subplots(1, 2, width_ratios=[3, 2]) if many else (fig.subplots(), None)
     colors = {k: f"C{i}" for i, k in enumerate(names)}
     ns = lambda c, s: 1e9 * s / c["params"]
@@ -461,7 +647,8 @@ def plot(results, path="adam_lit_bench.png"):
             ax.plot(xs, [ns(c, c["times"][k]) for c in single], "o-", color=colors[k], label=k, lw=2 if k == "adam_lit" else 1.2)
         ax.plot(xs, [ns(c, c["floor"]) for c in single], "k--", label="roofline (28 B/param)")
         ax.set(xscale="log", yscale="log", xlabel="parameters N (one tensor)", ylabel="ns per parameter per step")
-        ax.grid(True, which="both", alpha=0.3); ax.legend(fontsize=8)
+        ax.grid(True, which="both", alpha=0.3)
+        fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncols=5, fontsize=10)  # below both panels: the colours are the bars' too
     if many:
         w = 0.8 / len(names)
         for i, k in enumerate(names):
@@ -472,7 +659,7 @@ def plot(results, path="adam_lit_bench.png"):
         bx.set(yscale="log", ylabel="ns per parameter per step"); bx.grid(True, axis="y", which="both", alpha=0.3)
     m = results["machine"]
     who = f"{m['gpu']} (GPU)" if results.get("gpu") else f"{m['cpu']}, {m['cores']} cores"
-    fig.suptitle(f"One fp32 Adam step: {who}, {results['date']}; roofline {results['bandwidth']['bytes_per_s'] / 1e9:.1f} GB/s")
+    fig.suptitle(f"One fp32 Adam step: {who}, {results['date']}; roofline {results['bandwidth']['bytes_per_s'] / 1e9:.1f} GB/s", fontsize=11)
     fig.savefig(path, dpi=110)
     return path
 
@@ -538,12 +725,27 @@ def _gpu_factories() -> dict:
         f["optax jit"] = optax_
     return f
 
-def time_gpu(steps: dict,            # name -> zero-argument callable (with an optional `.sync`)
-             reps: int = 7,          # interleaved rounds; the result is each step's median
-             min_time: float = 0.02, # seconds of one timed batch at least
-             warmup: int = 3):
+# %% ../nbs/10_bench.ipynb #7b5948f5
+def time_gpu(
+    steps: dict,
+    reps: int = 7,
+    min_time: float = 0.02,
+    warmup: int = 3,
+) -> dict:
     """Median seconds per step of each GPU step: batches of steps timed on the host clock, the device synchronized at
-    the end of each batch (so the time includes the launches' cost when the host is the bottleneck)."""
+    the end of each batch (so the time includes the launches' cost when the host is the bottleneck).
+
+    Parameters
+    ----------
+    steps : dict
+        Name -> zero-argument callable (with an optional `.sync`, the library's own synchronization).
+    reps : int
+        Interleaved rounds; the result is each step's median.
+    min_time : float
+        Seconds of one timed batch at least.
+    warmup : int
+        Untimed calls of each step first.
+    """
     import cupy as cp
     dev_sync = cp.cuda.runtime.deviceSynchronize
     syncs = {k: getattr(f, "sync", dev_sync) for k, f in steps.items()}
@@ -564,8 +766,19 @@ def time_gpu(steps: dict,            # name -> zero-argument callable (with an o
             ts[k].append((time.perf_counter() - t0) / n)
     return {k: statistics.median(v) for k, v in ts.items()}
 
-def gpu_bandwidth(n: int = 1 << 28, reps: int = 20) -> dict:
-    "The device's memory bandwidth: the best of `reps` CuPy copies and in-place adds over `n` float32 elements, and its reported peak."
+def gpu_bandwidth(
+    n: int = 1 << 28,
+    reps: int = 20,
+) -> dict:
+    """The device's memory bandwidth: the best of `reps` CuPy copies and in-place adds, and its reported peak.
+
+    Parameters
+    ----------
+    n : int
+        Float32 elements per array (the default is 1 GiB).
+    reps : int
+        Samples of each kernel, timed with CUDA events.
+    """
     import cupy as cp
     a, b = cp.ones(n, cp.float32), cp.full(n, 1e-6, cp.float32)
     start, end = cp.cuda.Event(), cp.cuda.Event()
@@ -585,6 +798,7 @@ def gpu_bandwidth(n: int = 1 << 28, reps: int = 20) -> dict:
     return {"bytes_per_s": best[method], "method": method, "all": best, "n": n, "samples": len(per),
             "median": statistics.median(per), "lowest": min(per), "peak": peak}
 
+# %% ../nbs/10_bench.ipynb #01648db7
 def gpu_machine() -> dict:
     "The GPU and the libraries, for the record."
     import cupy as cp
@@ -597,8 +811,36 @@ def gpu_machine() -> dict:
         if _installed(mod): info[mod] = __import__(mod).__version__
     return info
 
-def run_gpu(sizes=None, shapes=None, reps: int = 7, impls=None, min_time: float = 0.02, log=None) -> dict:
-    "`run`'s table on the GPU: one fp32 Adam step of every GPU implementation on every case, side by side in this process."
+def run_gpu(
+    sizes: tuple[int, ...] | None = None,
+    shapes: tuple[tuple[int, int], ...] | None = None,
+    reps: int = 7,
+    impls: list[str] | None = None,
+    min_time: float = 0.02,
+    log: Callable[[str], object] | None = None,
+) -> dict:
+    """`run` on the GPU: one fp32 Adam step of every GPU implementation on every case, side by side in this process.
+
+    Parameters
+    ----------
+    sizes : tuple of int or None
+        Single-tensor sizes (None: `GPU_SIZES`).
+    shapes : tuple or None
+        `(tensors, elements)` cases (None: `GPU_SHAPES`).
+    reps : int
+        Interleaved rounds per case.
+    impls : list of str or None
+        Names of the implementations to run (None: all installed).
+    min_time : float
+        Seconds of one timed batch at least.
+    log : callable or None
+        Receives progress lines.
+
+    Raises
+    ------
+    RuntimeError
+        Without CuPy or a CUDA GPU.
+    """
     try:
         import cupy as cp
         ok = cp.cuda.is_available()
@@ -632,8 +874,15 @@ def run_gpu(sizes=None, shapes=None, reps: int = 7, impls=None, min_time: float 
     res["seconds"] = time.perf_counter() - wall0
     return res
 
-def gpu_targets(results) -> list:
-    "Rows `(target, measured, met)` for issue 8's GPU target: ≥ 85 % of HBM bandwidth at 1e8 parameters, in one launch."
+# %% ../nbs/10_bench.ipynb #cfe6b845
+def gpu_targets(results: dict) -> list:
+    """Rows `(target, measured, met)` for adam_lit's GPU target: ≥ 85 % of HBM bandwidth at 1e8 parameters.
+
+    Parameters
+    ----------
+    results : dict
+        What `run_gpu` returns.
+    """
     bw, rows = results["bandwidth"], []
     for k, n in ((1, 10**8), (100, 10**6)):
         c = _case(results, k, n)
@@ -648,8 +897,19 @@ def gpu_targets(results) -> list:
                      f"({ref / 1e9:.0f} GB/s), {100 * got / bw['bytes_per_s']:.0f} % of the best copy", "yes" if got >= 0.85 * ref else "no"))
     return rows
 
-def print_gpu_table(results, file=None):
-    "Print a GPU run's tables, the device they were measured on, and the GPU target."
+def print_gpu_table(
+    results: dict,
+    file: TextIO | None = None,
+):
+    """Print a GPU run's tables, the device they were measured on, and the GPU target.
+
+    Parameters
+    ----------
+    results : dict
+        What `run_gpu` returns.
+    file : file-like or None
+        Where to print (None: stdout).
+    """
     m, bw = results["machine"], results["bandwidth"]
     print(f"{m['gpu']} ({m['sms']} SMs, {m['memory_gib']:.0f} GiB), CuPy {m['cupy']}, {results['date']}; median of "
           f"{results['reps']} repetitions; run of {results['seconds']:.0f} s; reported HBM peak "
@@ -657,4 +917,3 @@ def print_gpu_table(results, file=None):
     print(tables(results), file=file)
     print(file=file)
     for target, measured, met in gpu_targets(results): print(f"- {target}: {measured} — met: {met}", file=file)
-

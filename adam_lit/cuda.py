@@ -13,16 +13,19 @@ import glob
 import os
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 # %% auto #0
-__all__ = ['OPTIONS', 'DTYPES', 'PREAMBLE', 'VARIANTS', 'CUPY_EXTRA_OPTIONS', 'KernelSource', 'kernel_sources',
+__all__ = ['OPTIONS', 'CupyArray', 'DTYPES', 'PREAMBLE', 'VARIANTS', 'CUPY_EXTRA_OPTIONS', 'KernelSource', 'kernel_sources',
            'adam_inplace_cupy', 'lazy_adam_rows_inplace_cupy', 'NVRTCError', 'nvrtc_version', 'compile_to_ptx',
            'compile_to_cubin', 'check_ptx']
 
 # %% ../nbs/09_cuda.ipynb #cdbecbe2
 OPTIONS = ("--fmad=false", "--ftz=false", "--prec-div=true", "--prec-sqrt=true")   # NVRTC options of every kernel
+
+CupyArray = Any   # annotations: a `cupy.ndarray` (CuPy is imported only when a kernel is built, never for a signature)
 
 DTYPES = ("float32", "float64")
 _CTYPE = {"float32": "float", "float64": "double"}
@@ -105,6 +108,7 @@ class KernelSource:
                 f"  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;\n"
                 f"       i += (long long)blockDim.x * gridDim.x) {{\n{body}\n  }}\n}}\n")
 
+# %% ../nbs/09_cuda.ipynb #bb0014f9
 def _kernel_source(variant: str, dtype: str) -> KernelSource:
     lazy, ams, wd = variant.startswith("lazy_"), "amsgrad" in variant, variant.endswith("_wd")
     indexed = "_indexed" in variant
@@ -136,12 +140,19 @@ def _kernel_source(variant: str, dtype: str) -> KernelSource:
     return KernelSource(name=f"adam_lit_{variant}_{dtype}", variant=variant, dtype=dtype, params=tuple(ins + outs),
                         n_in=len(ins), preamble=PREAMBLE, operation="\n".join(lines), update=update)
 
+# %% ../nbs/09_cuda.ipynb #96f68186
 @functools.lru_cache(maxsize=None)
 def _all_sources():
     return {(v, d): _kernel_source(v, d) for v in VARIANTS for d in DTYPES}
 
 def kernel_sources() -> dict:
-    "The CUDA sources of every kernel, `{(variant, dtype): KernelSource}` (pure strings: no CuPy, no GPU)."
+    """The CUDA sources of every kernel: pure strings, no CuPy, no GPU.
+
+    Returns
+    -------
+    dict
+        `{(variant, dtype): KernelSource}` for every variant of `VARIANTS` and dtype of `DTYPES`.
+    """
     return dict(_all_sources())
 
 # %% ../nbs/09_cuda.ipynb #2f9cc443
@@ -179,13 +190,51 @@ def _decay_args(weight_decay, lr, S):
     return S(weight_decay), S(lr)
 
 # %% ../nbs/09_cuda.ipynb #49270e2a
-def adam_inplace_cupy(x, g, m, v, vhat=None, *,  # CuPy arrays of one shape and dtype; x, m, v (and vhat) are written
-                      alpha: float,               # the bias-corrected step size (`rules.bias_corrected_step_size`)
-                      c1: float, c2: float,       # 1 - beta_1 and 1 - beta_2 as the numerics round them (`rules.moment_constants`)
-                      epsilon: float,             # epsilon hat
-                      weight_decay: float | None = None,  # decoupled weight decay, applied first: x - (x * wd) * lr
-                      lr: float | None = None):   # the learning rate of that decay (needed with `weight_decay`)
-    "Keras 3's Adam (AMSGrad with `vhat`) step written into `x`, `m`, `v` (and `vhat`) by one fused CUDA kernel; returns `x`."
+def adam_inplace_cupy(
+    x: CupyArray,
+    g: CupyArray,
+    m: CupyArray,
+    v: CupyArray,
+    vhat: CupyArray | None = None,
+    *, alpha: float,
+    c1: float,
+    c2: float,
+    epsilon: float,
+    weight_decay: float | None = None,
+    lr: float | None = None,
+):
+    """Keras 3's Adam step (AMSGrad with `vhat`) written into `x`, `m`, `v` (and `vhat`) by one fused CUDA kernel.
+
+    Parameters
+    ----------
+    x : cupy.ndarray
+        The variable, written (all five arrays: one shape, float32 or float64).
+    g : cupy.ndarray
+        The gradient, only read.
+    m : cupy.ndarray
+        The first moment, written.
+    v : cupy.ndarray
+        The second moment, written.
+    vhat : cupy.ndarray or None
+        AMSGrad's running maximum of `v` (written), or None for Adam.
+    alpha : float
+        The bias-corrected step size (`rules.bias_corrected_step_size`).
+    c1 : float
+        `1 - beta_1` as the numerics round it (`rules.moment_constants`).
+    c2 : float
+        `1 - beta_2` as the numerics round it.
+    epsilon : float
+        Epsilon hat.
+    weight_decay : float or None
+        Decoupled weight decay, applied first: `x - (x * weight_decay) * lr`; None: no decay.
+    lr : float or None
+        The learning rate of that decay (needed with `weight_decay`).
+
+    Returns
+    -------
+    cupy.ndarray
+        `x`, updated in place.
+    """
     dtype = _dtype_name(x)
     arrays, names = (x, g, m, v) + (() if vhat is None else (vhat,)), ("x", "g", "m", "v", "vhat")
     _check_same(arrays, names, x.shape, dtype)
@@ -196,14 +245,60 @@ def adam_inplace_cupy(x, g, m, v, vhat=None, *,  # CuPy arrays of one shape and 
     return x
 
 # %% ../nbs/09_cuda.ipynb #98af7e8f
-def lazy_adam_rows_inplace_cupy(x, g_rows, m, v, vhat=None, *,  # CuPy arrays; x, m, v (and vhat) are written
-                                indices=None,        # None: x, m, v are gathered rows; else unique rows of the tables
-                                alpha,               # float, or an array of one value per row of g_rows
-                                beta_1: float, beta_2: float,   # as the dtype rounds them
-                                c1: float, c2: float,           # 1 - beta_1, 1 - beta_2 (`rules.moment_constants`)
-                                epsilon: float,
-                                weight_decay: float | None = None, lr: float | None = None):  # row decay, applied first
-    "TF Addons LazyAdam's row update (lazy AMSGrad with `vhat`) in place, one fused CUDA kernel; returns `x`."
+def lazy_adam_rows_inplace_cupy(
+    x: CupyArray,
+    g_rows: CupyArray,
+    m: CupyArray,
+    v: CupyArray,
+    vhat: CupyArray | None = None,
+    *, indices: CupyArray | None = None,
+    alpha: float | CupyArray,
+    beta_1: float,
+    beta_2: float,
+    c1: float,
+    c2: float,
+    epsilon: float,
+    weight_decay: float | None = None,
+    lr: float | None = None,
+):
+    """TF Addons LazyAdam's row update (lazy AMSGrad with `vhat`) in place, by one fused CUDA kernel.
+
+    Parameters
+    ----------
+    x : cupy.ndarray
+        The variable, written: without `indices` its gathered rows (the shape of `g_rows`), with `indices` the full C-contiguous table.
+    m : cupy.ndarray
+        The first moment, written, like `x`.
+    v : cupy.ndarray
+        The second moment, written, like `x`.
+    g_rows : cupy.ndarray
+        The gradient's rows, with a leading row axis.
+    vhat : cupy.ndarray or None
+        AMSGrad's running maximum, like `v` (written), or None.
+    indices : cupy.ndarray or None
+        None, or unique row numbers in `[0, rows)` (int32 or int64), one per row of `g_rows`; not checked on the device: out-of-range or repeated indices are undefined behaviour.
+    alpha : float or cupy.ndarray
+        The step size, or one value per row of `g_rows` (`LazyAdam(row_bias_correction=True)`).
+    beta_1 : float
+        `beta_1` as the dtype rounds it.
+    beta_2 : float
+        `beta_2` as the dtype rounds it.
+    c1 : float
+        `1 - beta_1` (`rules.moment_constants`).
+    c2 : float
+        `1 - beta_2`.
+    epsilon : float
+        Epsilon hat.
+    weight_decay : float or None
+        The rows' decoupled decay, applied first; None: no decay.
+    lr : float or None
+        The learning rate of that decay (needed with `weight_decay`).
+
+    Returns
+    -------
+    cupy.ndarray
+        `x`, updated in place.
+    """
     dtype = _dtype_name(g_rows)
     if g_rows.ndim == 0: raise ValueError("`g_rows` must have a leading row axis")
     k = g_rows.shape[0]
@@ -263,11 +358,18 @@ def _nvrtc():
     return lib
 
 def nvrtc_version() -> tuple:
-    "(major, minor) of the loaded NVRTC."
+    """The version of the NVRTC library loaded from the `nvidia-cuda-nvrtc-cu12` wheel.
+
+    Returns
+    -------
+    tuple
+        `(major, minor)`.
+    """
     a, b = ctypes.c_int(), ctypes.c_int()
     _nvrtc().nvrtcVersion(ctypes.byref(a), ctypes.byref(b))
     return a.value, b.value
 
+# %% ../nbs/09_cuda.ipynb #9183d758
 def _compile(source: str, options, name: str, what: str) -> bytes:
     "Compile with NVRTC and return its PTX (`what='PTX'`) or cubin (`what='CUBIN'`); `NVRTCError` with the log."
     lib = _nvrtc()
@@ -293,21 +395,92 @@ def _compile(source: str, options, name: str, what: str) -> bytes:
     finally:
         lib.nvrtcDestroyProgram(ctypes.byref(prog))
 
-def compile_to_ptx(source: str,                # a complete CUDA C++ program
-                   options=OPTIONS,            # NVRTC options (a `-arch=compute_XX` picks the virtual architecture)
-                   name: str = "adam_lit.cu") -> str:
-    "Compile `source` to PTX with the NVRTC of the `nvidia-cuda-nvrtc-cu12` wheel; `NVRTCError` with the log on failure."
+# %% ../nbs/09_cuda.ipynb #00c95b39
+def compile_to_ptx(
+    source: str,
+    options: tuple = OPTIONS,
+    name: str = "adam_lit.cu",
+) -> str:
+    """Compile `source` to PTX with the NVRTC of the `nvidia-cuda-nvrtc-cu12` wheel (no GPU needed).
+
+    Parameters
+    ----------
+    source : str
+        A complete CUDA C++ program.
+    options : tuple of str
+        NVRTC options (a `-arch=compute_XX` picks the virtual architecture).
+    name : str
+        The program's file name, for NVRTC's messages.
+
+    Returns
+    -------
+    str
+        The PTX.
+
+    Raises
+    ------
+    NVRTCError
+        When NVRTC refuses the source; the message carries its log.
+    """
     return _compile(source, options, name, "PTX").rstrip(b"\0").decode()
 
-def compile_to_cubin(source: str, options=OPTIONS, arch: str = "sm_90", name: str = "adam_lit.cu") -> bytes:
-    "Compile `source` to a cubin for `arch` (NVRTC runs ptxas, so the PTX, inline assembly included, is assembled too)."
+def compile_to_cubin(
+    source: str,
+    options: tuple = OPTIONS,
+    arch: str = "sm_90",
+    name: str = "adam_lit.cu",
+) -> bytes:
+    """Compile `source` to a cubin for `arch`: NVRTC runs ptxas, so the PTX, inline assembly included, is assembled too.
+
+    Parameters
+    ----------
+    source : str
+        A complete CUDA C++ program.
+    options : tuple of str
+        NVRTC options; `-arch=arch` is appended.
+    arch : str
+        The real architecture, e.g. "sm_90" (H100).
+    name : str
+        The program's file name, for NVRTC's messages.
+
+    Returns
+    -------
+    bytes
+        The cubin.
+
+    Raises
+    ------
+    NVRTCError
+        When NVRTC or ptxas refuses the source.
+    """
     return _compile(source, tuple(options) + (f"-arch={arch}",), name, "CUBIN")
 
 # %% ../nbs/09_cuda.ipynb #1f57a3df
 _PTX_OPS = {"ADD": "add", "SUB": "sub", "MUL": "mul", "DIV": "div", "SQRT": "sqrt"}
 
-def check_ptx(ptx: str, src: KernelSource) -> dict:
-    "Assert that the PTX of `src` rounds once per operation of its update (no fma, approx or ftz); returns the counts."
+def check_ptx(
+    ptx: str,
+    src: KernelSource,
+) -> dict:
+    """Assert that the PTX of `src` rounds once per operation of its update: no fma, no approx, no ftz.
+
+    Parameters
+    ----------
+    ptx : str
+        The PTX compiled from `src.program()`.
+    src : KernelSource
+        The kernel it was compiled from.
+
+    Returns
+    -------
+    dict
+        The count of each instruction (`"add.rn.f32"`, ...) and `copies`, the number of copies of the loop.
+
+    Raises
+    ------
+    AssertionError
+        Naming the kernel and what is wrong.
+    """
     if re.search(r"\bfma\.", ptx): raise AssertionError(f"{src.name}: the PTX has a fused multiply-add")
     bad = re.findall(r"\b\w+(?:\.\w+)*\.(?:approx|ftz)\b[\w.]*", ptx)
     if bad: raise AssertionError(f"{src.name}: approximate or flushing operations {sorted(set(bad))}")

@@ -11,6 +11,11 @@ import math
 
 import numpy as np
 
+# %% auto #0
+__all__ = ['BLOCK_BYTES', 'BLOCK', 'PARALLEL_MIN', 'adam_inplace', 'adam_inplace_fast', 'fused_loop', 'array_module', 'flatten',
+           'flat_like', 'tiled_base']
+
+# %% ../nbs/08_kernels.ipynb #ddd0594b
 BLOCK_BYTES = 3 << 17   # 384 KiB per scratch block (96K float32 elements): two of them are 768 KiB
 BLOCK = BLOCK_BYTES // 4  # elements per float32 block
 
@@ -18,14 +23,54 @@ def _flat(a):
     "A 1-d view of a C-contiguous array (no copy), or None."
     return a.reshape(-1) if a.flags.c_contiguous else None
 
-def adam_inplace(x, g, m, v, vhat=None, *,   # NumPy arrays of one shape and float dtype; x, m, v (vhat) are written
-                 alpha: float,               # the bias-corrected step size (`rules.bias_corrected_step_size`)
-                 c1: float, c2: float,       # 1 - beta_1 and 1 - beta_2 as the numerics round them (`rules.moment_constants`)
-                 epsilon: float,             # epsilon hat
-                 weight_decay=None,          # decoupled decay factor, applied first as `x - (x * wd) * lr`
-                 lr: float = 0.0,            # the learning rate that multiplies the decay
-                 block=None):                # elements per block (default: 384 KiB of the dtype)
-    "Keras 3's Adam (AMSGrad with `vhat`) step written into `x`, `m`, `v` (and `vhat`), blockwise; returns `x`."
+def adam_inplace(
+    x: np.ndarray,
+    g: np.ndarray,
+    m: np.ndarray,
+    v: np.ndarray,
+    vhat: np.ndarray | None = None,
+    *, alpha: float,
+    c1: float,
+    c2: float,
+    epsilon: float,
+    weight_decay: float | None = None,
+    lr: float = 0.0,
+    block: int | None = None,
+):
+    """Keras 3's Adam step (AMSGrad with `vhat`) written into `x`, `m`, `v` (and `vhat`), blockwise.
+
+    Parameters
+    ----------
+    x : numpy.ndarray
+        The variable, written (all five arrays: one shape, one float dtype).
+    g : numpy.ndarray
+        The gradient, only read.
+    m : numpy.ndarray
+        The first moment, written.
+    v : numpy.ndarray
+        The second moment, written.
+    vhat : numpy.ndarray or None
+        AMSGrad's running maximum of `v` (written), or None for Adam.
+    alpha : float
+        The bias-corrected step size (`rules.bias_corrected_step_size`).
+    c1 : float
+        `1 - beta_1` as the numerics round it (`rules.moment_constants`).
+    c2 : float
+        `1 - beta_2` as the numerics round it.
+    epsilon : float
+        Epsilon hat, added to the square root of `v` (or `vhat`).
+    weight_decay : float or None
+        Decoupled decay factor, applied first as `x - (x * weight_decay) * lr`; None: no decay.
+    lr : float
+        The learning rate that multiplies the decay.
+    block : int or None
+        Elements per block (None: 384 KiB of the dtype).
+
+    Returns
+    -------
+    numpy.ndarray
+        `x`, updated in place.
+    """
     arrays = (x, g, m, v) + (() if vhat is None else (vhat,))
     if block is None: block = max(1, BLOCK_BYTES // x.dtype.itemsize)
     flats = [_flat(a) for a in arrays]
@@ -52,10 +97,6 @@ def adam_inplace(x, g, m, v, vhat=None, *,   # NumPy arrays of one shape and flo
         np.sqrt(vu, out=t2); np.add(t2, epsilon, out=t2)                                                  # sqrt(v) + eps
         np.multiply(ms, alpha, out=t1); np.divide(t1, t2, out=t1); np.subtract(xs, t1, out=xs)            # x -= (m alpha) / (...)
     return x
-
-# %% auto #0
-__all__ = ['BLOCK_BYTES', 'BLOCK', 'PARALLEL_MIN', 'adam_inplace', 'adam_inplace_fast', 'fused_loop', 'array_module', 'flatten',
-           'flat_like', 'tiled_base']
 
 # %% ../nbs/08_kernels.ipynb #be65e771
 _NUMBA = {}
@@ -102,12 +143,58 @@ def _numba_kernels():
                    "decay": decay, "threads": numba.get_num_threads()}
     return _NUMBA["k"]
 
+# %% ../nbs/08_kernels.ipynb #6bcb16ca
 _FUSED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 def _ok(a, dt) -> bool: return a.dtype == dt and a.flags.c_contiguous
 
-def adam_inplace_fast(x, g, m, v, vhat=None, *, alpha, c1, c2, epsilon, weight_decay=None, lr=0.0):
-    "`adam_inplace`'s step in one fused pass when numba is installed and the arrays are C-contiguous float32/float64; else `adam_inplace`."
+def adam_inplace_fast(
+    x: np.ndarray,
+    g: np.ndarray,
+    m: np.ndarray,
+    v: np.ndarray,
+    vhat: np.ndarray | None = None,
+    *, alpha: float,
+    c1: float,
+    c2: float,
+    epsilon: float,
+    weight_decay: float | None = None,
+    lr: float = 0.0,
+):
+    """`adam_inplace`'s step in one fused pass when numba is installed and the arrays are C-contiguous float32/float64.
+
+    Falls back to `adam_inplace` otherwise; the bits are the same either way.
+
+    Parameters
+    ----------
+    x : numpy.ndarray
+        The variable, written.
+    g : numpy.ndarray
+        The gradient, only read.
+    m : numpy.ndarray
+        The first moment, written.
+    v : numpy.ndarray
+        The second moment, written.
+    vhat : numpy.ndarray or None
+        AMSGrad's running maximum of `v` (written), or None for Adam.
+    alpha : float
+        The bias-corrected step size.
+    c1 : float
+        `1 - beta_1` as the numerics round it.
+    c2 : float
+        `1 - beta_2` as the numerics round it.
+    epsilon : float
+        Epsilon hat.
+    weight_decay : float or None
+        Decoupled decay factor, applied first as `x - (x * weight_decay) * lr`; None: no decay.
+    lr : float
+        The learning rate that multiplies the decay.
+
+    Returns
+    -------
+    numpy.ndarray
+        `x`, updated in place.
+    """
     k = _NUMBA.get("k", False)
     if k is False: k = _numba_kernels()
     dt = x.dtype
@@ -123,10 +210,34 @@ def adam_inplace_fast(x, g, m, v, vhat=None, *, alpha, c1, c2, epsilon, weight_d
     k[(vhat is not None, parallel)](fx, fg, fm, fv, fh, S(alpha), S(c1), S(c2), S(epsilon))
     return x
 
-def fused_loop(x, g, m, v, vhat=None):
-    """`adam_inplace_fast`'s compiled loops bound to these 1-d arrays, checked once: `(step, decay)`, with
-    `step(alpha, c1, c2, epsilon)` and `decay(weight_decay, lr)` taking scalars of the arrays' dtype; None without numba
-    or for arrays the loops do not take (for an optimizer's cached plan, where the arrays stay the same)."""
+# %% ../nbs/08_kernels.ipynb #c5c94939
+def fused_loop(
+    x: np.ndarray,
+    g: np.ndarray,
+    m: np.ndarray,
+    v: np.ndarray,
+    vhat: np.ndarray | None = None,
+):
+    """The compiled loops of `adam_inplace_fast` bound to these 1-d arrays, checked once (for an optimizer's cached plan).
+
+    Parameters
+    ----------
+    x : numpy.ndarray
+        The variable: a 1-d C-contiguous float32 or float64 array, the same at every step (so are the others).
+    g : numpy.ndarray
+        The gradient buffer, of the size and dtype of `x`.
+    m : numpy.ndarray
+        The first moment, likewise.
+    v : numpy.ndarray
+        The second moment, likewise.
+    vhat : numpy.ndarray or None
+        AMSGrad's running maximum, or None for Adam.
+
+    Returns
+    -------
+    tuple or None
+        `(step, decay)`, with `step(alpha, c1, c2, epsilon)` and `decay(weight_decay, lr)` taking scalars of the arrays' dtype; None without numba or for arrays the loops do not take.
+    """
     k = _NUMBA.get("k", False)
     if k is False: k = _numba_kernels()
     arrays = (x, g, m, v) + (() if vhat is None else (vhat,))
@@ -138,10 +249,15 @@ def fused_loop(x, g, m, v, vhat=None):
     run, dec = k[(vhat is not None, x.size >= PARALLEL_MIN and k["threads"] > 1)], k["decay"]
     return (lambda alpha, c1, c2, epsilon: run(x, g, m, v, fh, alpha, c1, c2, epsilon)), (lambda weight_decay, lr: dec(x, weight_decay, lr))
 
-
 # %% ../nbs/08_kernels.ipynb #2a515934
 def array_module(a):
-    "`numpy` for a NumPy array, `cupy` for a CuPy array (imported only then), None for anything else."
+    """The array module of `a`: `numpy` for a NumPy array, `cupy` for a CuPy array (imported only then), else None.
+
+    Parameters
+    ----------
+    a : object
+        Any object.
+    """
     if type(a) is np.ndarray: return np
     if type(a).__module__.split(".")[0] == "cupy" and type(a).__name__ == "ndarray":
         import cupy
@@ -163,9 +279,25 @@ def _views(buf, shapes):
         n = math.prod(s); views.append(buf[o:o + n].reshape(s)); o += n
     return views
 
-def flatten(arrays, dtype=None):
-    """Copy `arrays` into one contiguous 1-d buffer; return `(buffer, views)` with the original shapes, back to back.
-    The buffer is a CuPy array (on the current device) when any input is one, else a NumPy array."""
+# %% ../nbs/08_kernels.ipynb #e41ebcac
+def flatten(
+    arrays,
+    dtype: np.dtype | None = None,
+):
+    """Copy `arrays` into one contiguous 1-d buffer and return it with views of the original shapes, back to back.
+
+    Parameters
+    ----------
+    arrays : iterable of arrays
+        NumPy or CuPy arrays (or anything `numpy.asarray` takes).
+    dtype : dtype or None
+        The buffer's dtype (None: the arrays' result type).
+
+    Returns
+    -------
+    tuple
+        `(buffer, views)`: the buffer is a CuPy array (on the current device) when any input is one, else NumPy.
+    """
     arrays = list(arrays)
     xp = next((array_module(a) for a in arrays if array_module(a) not in (None, np)), np)
     arrays = [xp.asarray(a) for a in arrays]
@@ -176,15 +308,38 @@ def flatten(arrays, dtype=None):
     return buf, views
 
 def flat_like(views):
-    "A zeroed buffer with the layout of `views` (from `flatten`; NumPy or CuPy as they are), and its views: for gradients and slots."
+    """A zeroed buffer with the layout of `views`, and its views: for gradients and slots.
+
+    Parameters
+    ----------
+    views : list of arrays
+        Views from `flatten` (NumPy or CuPy, as they are).
+
+    Returns
+    -------
+    tuple
+        `(buffer, views)` of the same shapes, back to back.
+    """
     views = list(views)
     xp = (array_module(views[0]) or np) if views else np
     dtype = np.result_type(*[v.dtype for v in views]) if views else np.float64
     buf = xp.zeros(sum(v.size for v in views), dtype)
     return buf, _views(buf, [tuple(v.shape) for v in views])
 
+# %% ../nbs/08_kernels.ipynb #0e7b3c38
 def tiled_base(arrays):
-    "The 1-d buffer that `arrays` (all NumPy or all CuPy) exactly tile (C-contiguous views of it, in order, back to back), or None."
+    """The 1-d buffer that `arrays` exactly tile, or None.
+
+    Parameters
+    ----------
+    arrays : list of arrays
+        All NumPy or all CuPy arrays.
+
+    Returns
+    -------
+    array or None
+        The buffer when the arrays are C-contiguous views of it, in order, back to back, covering all of it.
+    """
     if not arrays: return None
     kind = type(arrays[0])
     if array_module(arrays[0]) is None or any(type(a) is not kind for a in arrays): return None
@@ -196,4 +351,3 @@ def tiled_base(arrays):
         if a.size and _address(a) != ptr: return None
         ptr += a.nbytes
     return root if ptr == start + root.nbytes else None
-
