@@ -52,12 +52,25 @@ def doc_exec_policy(cell):
 _installed = _install()
 
 # %% ../nbs/14_site.ipynb #3a7c1e02
-import inspect, re
+import importlib, inspect, re
 from pathlib import Path
+
+def _exported(sym):
+    "The object of the package that `sym` is (the docs build runs export cells, so `sym` may be a notebook's copy)."
+    try: from adam_lit._modidx import d
+    except ImportError: return None
+    qn = getattr(sym, "__qualname__", None)
+    for mod, syms in d["syms"].items():
+        if qn and f"{mod}.{qn}" in syms:
+            obj = importlib.import_module(mod)
+            for part in qn.split("."): obj = getattr(obj, part, None)
+            if obj is not None: return obj
+    return None
 
 def source_links(sym, git_url: str, branch: str = "main", root: Path | None = None) -> str:
     "HTML links to the notebook a symbol is written in and to the exported module's line (empty when unknown)."
     obj = inspect.unwrap(getattr(sym, "fget", None) or sym)
+    if getattr(obj, "__module__", None) in (None, "__main__"): obj = _exported(obj)
     try:
         fn = Path(inspect.getsourcefile(obj)).resolve()
         lines, start = inspect.getsourcelines(obj)
