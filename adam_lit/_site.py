@@ -76,7 +76,7 @@ def source_links(sym, git_url: str, branch: str = "main", root: Path | None = No
         lines, start = inspect.getsourcelines(obj)
         mod_lines = fn.read_text().splitlines()
     except (TypeError, OSError): return ""
-    root = Path(root or Path(__file__).resolve().parent.parent)
+    root = Path(root or Path(importlib.import_module("adam_lit").__file__).resolve().parent.parent)
     try: mod = fn.relative_to(root).as_posix()
     except ValueError: return ""
     nb = next((m.group(1) for l in reversed(mod_lines[:start]) if (m := re.match(r"# %% (\S+\.ipynb)", l))), None)
