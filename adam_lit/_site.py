@@ -52,30 +52,36 @@ def doc_exec_policy(cell):
 _installed = _install()
 
 # %% ../nbs/14_site.ipynb #3a7c1e02
-import importlib, inspect, re
+import ast, functools, importlib, inspect, re
 from pathlib import Path
 
-def _exported(sym):
-    "The object of the package that `sym` is (the docs build runs export cells, so `sym` may be a notebook's copy)."
-    try: from adam_lit._modidx import d
-    except ImportError: return None
-    qn = getattr(sym, "__qualname__", None)
-    for mod, syms in d["syms"].items():
-        if qn and f"{mod}.{qn}" in syms:
-            obj = importlib.import_module(mod)
-            for part in qn.split("."): obj = getattr(obj, part, None)
-            if obj is not None: return obj
-    return None
+@functools.lru_cache(maxsize=None)
+def _definitions(pkg: str) -> dict:
+    "{qualified name: (module file, first line)} of the classes and functions defined in the package's modules."
+    found = {}
+    def walk(nodes, prefix, f):
+        for n in nodes:
+            if isinstance(n, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                found.setdefault(prefix + n.name, (f, min([n.lineno] + [d.lineno for d in n.decorator_list])))
+                if isinstance(n, ast.ClassDef): walk(n.body, prefix + n.name + ".", f)
+    for f in sorted(Path(importlib.import_module(pkg).__file__).parent.glob("*.py")):
+        try: walk(ast.parse(f.read_text()).body, "", f.resolve())
+        except SyntaxError: pass
+    return found
+
+def _location(obj):
+    "(module file, first line) of `obj`; for a copy run from a notebook's export cell, the package's definition."
+    if getattr(obj, "__module__", None) not in (None, "__main__"):
+        try: return Path(inspect.getsourcefile(obj)).resolve(), inspect.getsourcelines(obj)[1]
+        except (TypeError, OSError): pass
+    return _definitions("adam_lit").get(getattr(obj, "__qualname__", None), (None, None))
 
 def source_links(sym, git_url: str, branch: str = "main", root: Path | None = None) -> str:
     "HTML links to the notebook a symbol is written in and to the exported module's line (empty when unknown)."
-    obj = inspect.unwrap(getattr(sym, "fget", None) or sym)
-    if getattr(obj, "__module__", None) in (None, "__main__"): obj = _exported(obj)
-    try:
-        fn = Path(inspect.getsourcefile(obj)).resolve()
-        lines, start = inspect.getsourcelines(obj)
-        mod_lines = fn.read_text().splitlines()
-    except (TypeError, OSError): return ""
+    obj = inspect.unwrap(getattr(sym, "fget", None) or getattr(sym, "__func__", None) or sym)
+    fn, start = _location(obj)
+    if fn is None: return ""
+    mod_lines = fn.read_text().splitlines()
     root = Path(root or Path(importlib.import_module("adam_lit").__file__).resolve().parent.parent)
     try: mod = fn.relative_to(root).as_posix()
     except ValueError: return ""
