@@ -158,7 +158,7 @@ def outputs_md(outputs, asis: bool, page: str, files: Path, counter: list) -> st
                 counter[0] += 1
                 name = f"{page}_fig{counter[0]}.png"
                 (files / name).write_bytes(base64.b64decode("".join(data["image/png"])))
-                out.append(f"![](figures/{name})\n")
+                out.append(f"[![](figures/{name})](figures/{name})\n")       # a click shows it at full size
             elif "text/markdown" in data:
                 out.append("".join(data["text/markdown"]) + "\n")
             elif "text/html" in data:
