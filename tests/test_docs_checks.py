@@ -43,6 +43,8 @@ def code(s): return f'<div class="sourceCode"><pre class="sourceCode python"><co
     ("<p>fixed in #12 last week</p>", "an issue number"),
     (code("test_eq(1, 1)\nfor i in range(2): test_close(i, i)\nassert True"), "visible test-only code cell"),
     ("<h2>AdamW</h2><p>text</p><h3>AdamW</h3>", "duplicated heading 'AdamW'"),
+    ("<p>*The Keras example: one step on var**2/2 from\n10.0.*</p>", "literal asterisks"),
+    ("<p>a **bold** claim</p>", "literal asterisks"),
 ])
 def test_each_defect_is_named(body, what):
     found = check.text_problems("p.html", page(body))
@@ -55,6 +57,7 @@ def test_each_defect_is_named(body, what):
     code("# colour #ff0000\nx = tmp_path"), "<p>see section 3, step #</p>",
     code("def Adam(\n    lr=0.1, # comment\n):"),               # a show_doc signature is not a cell
     "<h2>Adam</h2><h3>Adam.step</h3>",
+    "<p>a * b * c, x*y*z, and 2 ** 3</p>",
 ])
 def test_clean_pages_pass(body):
     assert check.text_problems("p.html", page(body)) == []

@@ -9,6 +9,7 @@ Fails on:
   (`/work/`, `/home/`, `/root/`, `/tmp/`, `site-packages`), a temporary name (`tmpab12cd34`), `<ipython-input-`,
   a NumPy scalar repr (`np.float64(0.5)`) in an output or in prose;
 - references a reader cannot follow: "SPEC" as a word, an issue number ("issue 8", "#8" in prose);
+- literal asterisks in prose (`*emphasis*` that did not render);
 - layout: a box whose content is cut (overflow hidden, content wider), a signature, table, code block or image
   wider than the text column or under the table of contents (at 1280 and 760 px), a text column under 600 px at
   760 px;
@@ -54,6 +55,8 @@ TEXT_CHECKS = [
     ("a 'SPEC' reference", r"\bSPEC\b", ("all",)),
     ("an issue number", r"\b[Ii]ssues? #?\d+\b", ("all",)),
     ("an issue number", r"(?<![\w&#/])#\d+\b", ("prose",)),
+    ("literal asterisks (emphasis that did not render)", r"(?<![\w*\\])\*{1,2}[^\s*][\s\S]{0,150}?[^\s*\\]\*{1,2}(?![\w*])",
+     ("prose",)),
 ]
 
 # Injected (into the served copy only) at the start of <head>: records failed scripts, stylesheets and errors, then

@@ -333,7 +333,7 @@ pre.output { background: #fff; border-left: 2px solid lightsalmon; border-radius
 table { border-collapse: collapse; margin: 1rem 0; font-size: 0.9rem; display: block; max-width: 100%; overflow-x: auto; }
 th, td { border: 1px solid var(--line); padding: 0.3rem 0.6rem; vertical-align: top; }
 th { background: #f1f3f5; }
-td:first-child { white-space: nowrap; }
+td:first-child, td[style*="right"] { white-space: nowrap; }
 img { max-width: 100%; height: auto; }
 math[display="block"] { display: block; overflow-x: auto; margin: 0.8rem 0; max-width: 100%; }
 a { color: var(--accent); }
