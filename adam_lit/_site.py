@@ -25,9 +25,11 @@ def doc_eval(directives: dict, source: str) -> bool:
     return all(isinstance(n, (ast.Import, ast.ImportFrom)) for n in body)
 
 # %% auto #0
-__all__ = ['doc_eval', 'doc_exec_policy']
+__all__ = ['doc_eval', 'doc_exec_policy', 'source_links', 'SiteRenderer']
 
 # %% ../nbs/14_site.ipynb #2ead099b
+import warnings
+
 def _install():
     "Make nbdev's docs build use `doc_eval` (done once, when nbdev imports this module through `doc_procs`)."
     try: import nbdev.processors as P
@@ -35,9 +37,11 @@ def _install():
     orig = getattr(P, "_do_eval", None)
     if orig is None or getattr(orig, "adam_lit", False): return orig is not None
     def _do_eval(cell):
-        if not orig(cell): return False            # nbdev's own rule first (language, eval: false, empty cells)
+        with warnings.catch_warnings():            # its "imports and other code" warning is about running such a
+            warnings.filterwarnings("ignore", "Found cells containing imports")   # cell: `doc_eval` does not
+            if not orig(cell): return False        # nbdev's own rule first (language, eval: false, empty cells)
         return doc_eval(getattr(cell, "directives_", {}) or {}, cell.source or "")
-    _do_eval.adam_lit = True
+    _do_eval.adam_lit, _do_eval.nbdev = True, orig
     P._do_eval = _do_eval
     return True
 
@@ -45,4 +49,74 @@ def doc_exec_policy(cell):
     "nbdev processor named in `doc_procs`: its import installs `doc_eval`; it leaves cells unchanged."
     return None
 
-_install()
+_installed = _install()
+
+# %% ../nbs/14_site.ipynb #3a7c1e02
+import ast, functools, importlib, inspect, re
+from pathlib import Path
+
+@functools.lru_cache(maxsize=None)
+def _definitions(pkg: str) -> dict:
+    "{qualified name: (module file, first line)} of the classes and functions defined in the package's modules."
+    found = {}
+    def walk(nodes, prefix, f):
+        for n in nodes:
+            if isinstance(n, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                found.setdefault(prefix + n.name, (f, min([n.lineno] + [d.lineno for d in n.decorator_list])))
+                if isinstance(n, ast.ClassDef): walk(n.body, prefix + n.name + ".", f)
+    for f in sorted(Path(importlib.import_module(pkg).__file__).parent.glob("*.py")):
+        try: walk(ast.parse(f.read_text()).body, "", f.resolve())
+        except SyntaxError: pass
+    return found
+
+def _location(obj):
+    "(module file, first line) of `obj`; for a copy run from a notebook's export cell, the package's definition."
+    if getattr(obj, "__module__", None) not in (None, "__main__"):
+        try: return Path(inspect.getsourcefile(obj)).resolve(), inspect.getsourcelines(obj)[1]
+        except (TypeError, OSError): pass
+    return _definitions("adam_lit").get(getattr(obj, "__qualname__", None), (None, None))
+
+def source_links(sym, git_url: str, branch: str = "main", root: Path | None = None) -> str:
+    "HTML links to the notebook a symbol is written in and to the exported module's line (empty when unknown)."
+    obj = inspect.unwrap(getattr(sym, "fget", None) or getattr(sym, "__func__", None) or sym)
+    fn, start = _location(obj)
+    if fn is None: return ""
+    mod_lines = fn.read_text().splitlines()
+    root = Path(root or Path(importlib.import_module("adam_lit").__file__).resolve().parent.parent)
+    try: mod = fn.relative_to(root).as_posix()
+    except ValueError: return ""
+    nb = next((m.group(1) for l in reversed(mod_lines[:start]) if (m := re.match(r"# %% (\S+\.ipynb)", l))), None)
+    base = f"{git_url.rstrip('/')}/blob/{branch}"
+    links = []
+    if nb: links.append(f'<a href="{base}/{(fn.parent / nb).resolve().relative_to(root).as_posix()}">notebook</a>')
+    links.append(f'<a href="{base}/{mod}#L{start}"><code>{mod}</code> line {start}</a>')
+    return '<p class="source-links">source: ' + " · ".join(links) + "</p>"
+
+def _plain_first_paragraph(doc: str) -> str:
+    "The docstring with its first paragraph in italics, its asterisks escaped so `var**2` cannot end the emphasis."
+    first, sep, rest = doc.strip().partition("\n\n")
+    first = " ".join(l.strip() for l in first.splitlines()).replace("*", r"\*")
+    return f"*{first}*" + (sep + rest if sep else "")
+
+try:
+    from fastcore.docments import DocmentText, empty
+    from nbdev.showdoc import BasicMarkdownRenderer
+except ImportError: BasicMarkdownRenderer = object        # nbdev is a dev dependency; the package runs without it
+
+class SiteRenderer(BasicMarkdownRenderer):
+    "`show_doc`'s renderer for this site: the signature as written, source links, no stray emphasis."
+    def __init__(self, sym, name=None, title_level=3, maxline=110):
+        super().__init__(sym, name=name, title_level=title_level, maxline=maxline)
+        if isinstance(self.dm, DocmentText) and self.sig is not None:
+            for nm, p in self.sig.parameters.items():       # no type nbdev guessed from a default (`x:NoneType=None`)
+                if p.annotation is inspect.Parameter.empty and nm in self.dm.dm: self.dm.dm[nm]["anno"] = empty
+
+    def _repr_markdown_(self):
+        from nbdev.config import get_config
+        cfg = get_config()
+        links = source_links(self.sym, cfg.get("git_url", ""), cfg.get("branch", "main"), cfg.config_path)
+        doc = f"---\n\n{'#' * self.title_level} {self.nm}\n\n" + (links + "\n\n" if links else "")
+        sig = str(self.dm)
+        if inspect.isclass(self.sym): sig = re.sub(r"^def ", "class ", sig)     # nbdev writes `def` for a class
+        doc += f"```python\n{sig}\n```"
+        return doc + (f"\n\n{_plain_first_paragraph(self.docs)}" if self.docs else "")

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Build the docs site offline into _docs/ (nbdev's processed notebooks -> pandoc, no Quarto), then open every page
-# in headless Chromium and check it (tools/check_docs.py). Installs Debian's pandoc and chromium when missing and
-# apt-get is usable; uses .venv (made with the dev extra when missing).
+# Build the docs site offline into _docs/ (nbdev's processed notebooks -> pandoc, no Quarto; Pagefind's search
+# index), then open every page in headless Chromium and check it (tools/check_docs.py). Installs Debian's pandoc and
+# chromium when missing and apt-get is usable; uses .venv (made with the dev extra when missing).
+# ADAM_LIT_DOCS_STRICT_IMPORTS=1 also fails on cells that mix imports and other code (see tools/docs.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
@@ -19,7 +20,11 @@ if [ ! -x .venv/bin/python ]; then
   ${PYTHON:-python3} -m venv .venv
   .venv/bin/python -m pip install -q -e ".[dev]"
 fi
-echo "== building _docs/ (nbdev-proc-nbs, then pandoc)"
+if ! .venv/bin/python -c "import pagefind" 2>/dev/null; then
+  echo "== installing pagefind[bin] (PyPI; the site's static search)"
+  .venv/bin/python -m pip install -q "pagefind[bin]"
+fi
+echo "== building _docs/ (nbdev-proc-nbs, then pandoc, then pagefind)"
 .venv/bin/python tools/docs.py --out _docs
 echo "== checking every page in headless Chromium"
 .venv/bin/python tools/check_docs.py _docs
