@@ -8,7 +8,7 @@ Docs: https://adam-lit.github.io/adam_lit/adam.html.md"""
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -19,7 +19,7 @@ from .rules import _hyper, adam_step, amsgrad_step, bias_corrected_step_size, mo
 from .schedules import LearningRateSchedule
 
 # %% auto #0
-__all__ = ['Adam', 'update_step', 'AdamW']
+__all__ = ['Adam', 'AdamW']
 
 # %% ../nbs/04_adam.ipynb #67e33fff
 _BETA = dict(low=0, high=1, high_open=True)
@@ -105,11 +105,14 @@ class Adam(Optimizer):
 
 
 # %% ../nbs/04_adam.ipynb #65e11a42
-def _patch_adam(f):
-    "Attach `f` to `Adam` as a method (keeps the class readable in small cells)."
-    f.__qualname__ = f"Adam.{f.__name__}"
-    setattr(Adam, f.__name__, f)
-    return f
+def _patch_adam(f_or_name):
+    "Attach a function to `Adam` as a method: `@_patch_adam` keeps its name, `@_patch_adam(\"name\")` gives it one."
+    def attach(f, name):
+        f.__name__, f.__qualname__ = name, f"Adam.{name}"
+        setattr(Adam, name, f)
+        return f
+    if isinstance(f_or_name, str): return lambda f: attach(f, f_or_name)
+    return attach(f_or_name, f_or_name.__name__)
 
 @_patch_adam
 def _check_precision(self: Adam, items, hyper=None, names=None):
@@ -139,16 +142,16 @@ def _check_precision(self: Adam, items, hyper=None, names=None):
 
 
 # %% ../nbs/04_adam.ipynb #bae491d4
-@_patch_adam
-def update_step(self: Adam, g, x, slots, lr, t, hyper):
+@_patch_adam("update_step")
+def _adam_update_step(self: Adam, g: Any, x: Any, slots: dict, lr: float, t: int, hyper: dict) -> tuple:
     """Keras 3's Adam step for one variable: new `x` and new `m`, `v` (and `vhat`); row-sparse gradients dense-equivalently.
 
     Parameters
     ----------
-    g : array or IndexedSlices
-        The gradient of `x` (after the pipeline's scaling, clipping and accumulation).
-    x : array
-        The variable.
+    g : Any
+        The gradient of `x`, an array or an `IndexedSlices` (after the pipeline's scaling, clipping and accumulation).
+    x : Any
+        The variable, an array of any Array API library.
     slots : dict
         Its slots by name: "m", "v" (and "vhat" with `amsgrad`).
     lr : float
