@@ -51,6 +51,8 @@ def _check_precision(precision):
                                 f"Received: precision={precision!r}")
     return t
 
+
+# %% ../nbs/02_schedules.ipynb #fe95f5ce
 def _real(name: str, value, *, optional: bool = False):
     "Check that argument `name` is a real number (or None when `optional`); return it unchanged."
     if optional and value is None: return value
@@ -74,6 +76,7 @@ def _name(value):
     "A schedule's `name`: a string (None is accepted, as legacy tf.keras configs carry it)."
     if value is None or isinstance(value, str): return value
     raise ArgumentTypeError(f"Argument `name` must be a string. Received: name={value!r}")
+
 
 # %% ../nbs/02_schedules.ipynb #a9c1d195
 class LearningRateSchedule:
