@@ -8,6 +8,7 @@ Docs: https://adam-lit.github.io/adam_lit/adam.html.md"""
 from __future__ import annotations
 
 import math
+from typing import Any, Callable
 
 import numpy as np
 
@@ -26,21 +27,59 @@ _ADAM_HYPERS = {"beta_1": _BETA, "beta_2": _BETA, "epsilon": dict(low=0)}   # ma
 
 class Adam(Optimizer):
     "Adam (and AMSGrad with `amsgrad=True`) with Keras 3's semantics; variables are arrays updated in place."
-    def __init__(self,
-                 learning_rate=0.001,   # float, `LearningRateSchedule`, or zero-argument callable
-                 beta_1=0.9,            # decay rate of the first moment (or a zero-argument callable)
-                 beta_2=0.999,          # decay rate of the second moment (or a zero-argument callable)
-                 epsilon=1e-7,          # "epsilon hat", added to sqrt(v) before bias correction (torch/optax/paper: after it)
-                 amsgrad=False,         # keep the maximum of the second moments (Reddi et al., 2018)
-                 weight_decay=None, clipnorm=None, clipvalue=None, global_clipnorm=None, use_ema=False,
-                 ema_momentum=0.99, ema_overwrite_frequency=None, loss_scale_factor=None,
-                 gradient_accumulation_steps=None,
-                 name=None,             # defaults to "adam", made unique per process as in Keras
-                 numerics="keras",      # "keras" (Keras 3), "legacy" (tf.keras OptimizerV2), "torch", "optax" or "paper"; `weight_decay` stays decoupled (AdamW's) in all, "torch" too: for torch.optim.Adam(weight_decay=wd)'s coupled L2 pass g + wd * x as the gradient
-                 gradient_nan_policy="propagate",  # non-finite gradients: "propagate" (Keras), "raise", or "skip"
-                 moment_dtype=None,     # e.g. "float32": moments (and the update) of float16 variables in float32
-                 master_weights=False,  # keep a `moment_dtype` master copy of each narrower variable
-                 **kwargs):             # legacy tf.keras: `lr`, `decay`
+    def __init__(self, learning_rate: float | LearningRateSchedule | Callable[[], float] = 0.001,
+                 beta_1: float | Callable[[], float] = 0.9, beta_2: float | Callable[[], float] = 0.999,
+                 epsilon: float | Callable[[], float] = 1e-7, amsgrad: bool = False,
+                 weight_decay: float | None = None, clipnorm: float | None = None, clipvalue: float | None = None,
+                 global_clipnorm: float | None = None, use_ema: bool = False, ema_momentum: float = 0.99,
+                 ema_overwrite_frequency: int | None = None, loss_scale_factor: float | None = None,
+                 gradient_accumulation_steps: int | None = None, name: str | None = None, numerics: str = "keras",
+                 gradient_nan_policy: str = "propagate", moment_dtype: str | None = None, master_weights: bool = False,
+                 **kwargs):
+        """Parameters
+        ----------
+        learning_rate : float, LearningRateSchedule or callable, default 0.001
+            Step size (Keras: `learning_rate`): a number, a schedule of the step count, or a zero-argument callable.
+        beta_1 : float or callable, default 0.9
+            Decay rate of the first moment `m` (Keras: `beta_1`), in [0, 1); or a zero-argument callable.
+        beta_2 : float or callable, default 0.999
+            Decay rate of the second moment `v` (Keras: `beta_2`), in [0, 1); or a zero-argument callable.
+        epsilon : float or callable, default 1e-7
+            Epsilon hat (Keras: `epsilon`), added to sqrt(v) before the bias correction; torch, optax, paper: after it.
+        amsgrad : bool, default False
+            Keep the running maximum of `v` and divide by it: AMSGrad (Keras: `amsgrad`).
+        weight_decay : float or None, default None
+            Decoupled weight decay: `x -= lr * weight_decay * x` before the update (Keras: `weight_decay`).
+        clipnorm : float or None, default None
+            Clip each gradient to this L2 norm (Keras: `clipnorm`).
+        clipvalue : float or None, default None
+            Clip each gradient element to [-clipvalue, clipvalue] (Keras: `clipvalue`).
+        global_clipnorm : float or None, default None
+            Clip all gradients together to this global L2 norm (Keras: `global_clipnorm`).
+        use_ema : bool, default False
+            Keep an exponential moving average of the variables (Keras: `use_ema`).
+        ema_momentum : float, default 0.99
+            Momentum of that average (Keras: `ema_momentum`).
+        ema_overwrite_frequency : int or None, default None
+            Copy the averages into the variables every this many steps (Keras: `ema_overwrite_frequency`).
+        loss_scale_factor : float or None, default None
+            Gradients are divided by it; `scale_loss` multiplies the loss (Keras: `loss_scale_factor`).
+        gradient_accumulation_steps : int or None, default None
+            Update every this many calls with the average gradient (Keras: `gradient_accumulation_steps`).
+        name : str or None, default None
+            Defaults to "adam", made unique per process as in Keras (Keras: `name`).
+        numerics : str, default "keras"
+            Rounding and order of the rule: "keras" (Keras 3), "legacy" (tf.keras 2.x, TF Addons), "torch", "optax"
+            or "paper" (no Keras equivalent). `weight_decay` stays decoupled in all of them.
+        gradient_nan_policy : str, default "propagate"
+            Non-finite gradients: "propagate" (as Keras), "raise" or "skip" the step (no Keras equivalent).
+        moment_dtype : str or None, default None
+            E.g. "float32": the moments and the update of narrower (float16, bfloat16) variables in it (no Keras equivalent).
+        master_weights : bool, default False
+            Keep a `moment_dtype` master copy of each narrower variable (no Keras equivalent).
+        **kwargs
+            Legacy tf.keras `lr` (an alias that wins) and `decay`; `communicator` and `shard_state` of `Optimizer`.
+        """
         super().__init__(learning_rate=learning_rate, weight_decay=weight_decay, clipnorm=clipnorm, clipvalue=clipvalue,
                          global_clipnorm=global_clipnorm, use_ema=use_ema, ema_momentum=ema_momentum,
                          ema_overwrite_frequency=ema_overwrite_frequency, loss_scale_factor=loss_scale_factor,
@@ -58,115 +97,182 @@ class Adam(Optimizer):
 
     def _hyper_specs(self): return _ADAM_HYPERS
 
-    def _check_precision(self, items, hyper=None, names=None):
-        "A positive `epsilon` that rounds to 0 in the dtype a variable is updated in: `sqrt(v) + epsilon` is then 0 where `v` is."
-        names = self._names if names is None else names
-        if self.numerics in ("keras", "legacy"):   # (they raise the betas to the power t in that dtype)
-            for b in ("beta_1", "beta_2"):
-                val = getattr(self, b) if hyper is None else hyper[b]
-                if callable(val) or val >= 1: continue
-                for i, S in items:
-                    if _hyper(val, S, self.numerics) == 1:
-                        below = float(np.nextafter(S(1), S(0)))
-                        raise ValueError(
-                            f"Argument `{b}`={val} rounds to 1 in {np.dtype(S).name}, the dtype variable {i} ({names[i]!r}) is "
-                            f"updated in: the bias correction 1 - {b}**t is then 0, so every step would be "
-                            + ("0 (the variable never moves)" if b == "beta_2" else "a division by 0")
-                            + f". Use moment_dtype='float32' (the update in float32, the variable in {np.dtype(S).name}), "
-                            f"or {b} <= {below!r}")
-        eps = self.epsilon if hyper is None else hyper["epsilon"]
-        if callable(eps) or eps == 0: return       # (a callable is checked on each step, with its value)
-        for i, S in items:
-            if S(eps) == 0:
-                raise ValueError(f"Argument `epsilon`={eps} rounds to 0 in {np.dtype(S).name}, the dtype variable {i} "
-                                 f"({names[i]!r}) is updated in: where v is 0 the step would be 0/0 = NaN. Use an epsilon of "
-                                 f"at least {float(np.finfo(S).smallest_subnormal):.3g} (the default 1e-7 is representable), "
-                                 "or moment_dtype='float32'")
-
-    def _fast_update(self, x, g) -> bool:
-        "NumPy and CuPy variables with dense gradients are updated in place by a fused kernel (same bits as the rules)."
-        if self.numerics not in ("keras", "legacy"): return False     # the kernels compute Keras's order only
-        if type(x) is np.ndarray: return type(g) is np.ndarray and not np.may_share_memory(g, x)
-        if type(x).__module__.startswith("cupy") and type(g) is type(x):
-            import cupy
-            return not cupy.may_share_memory(g, x)
-        return False
-
-    def update_step(self, g, x, slots, lr, t, hyper):
-        "Keras 3's Adam step for one variable: new `x` and new `m`, `v` (and `vhat`); row-sparse gradients dense-equivalently."
-        if hyper.get("_inplace"): return self._update_in_place(g, x, slots, lr, t, hyper)
-        kw = dict(learning_rate=lr, beta_1=hyper["beta_1"], beta_2=hyper["beta_2"], epsilon=hyper["epsilon"], t=t,
-                  numerics=self.numerics)
-        if isinstance(g, IndexedSlices):
-            x, m, v, vhat = sparse_adam_step(x, g, slots["m"], slots["v"], slots["vhat"] if self.amsgrad else None, **kw)
-            return x, ({"m": m, "v": v, "vhat": vhat} if self.amsgrad else {"m": m, "v": v})
-        if self.amsgrad:
-            x, m, v, vhat = amsgrad_step(x, g, slots["m"], slots["v"], slots["vhat"], **kw)
-            return x, {"m": m, "v": v, "vhat": vhat}
-        x, m, v = adam_step(x, g, slots["m"], slots["v"], **kw)
-        return x, {"m": m, "v": v}
-
-    def _flat_kernel_ok(self) -> bool: return self.numerics in ("keras", "legacy")
-
-    def _flat_plan(self, x, g, slots, S):
-        "`_update_in_place` on these flat buffers, its constants computed once: a callable of the raw iteration count (or None)."
-        if S not in (np.float32, np.float64) or self.gradient_accumulation_steps: return None
-        if self.numerics not in ("keras", "legacy"): return None
-        if any(callable(getattr(self, n)) for n in self._hyper_specs()): return None
-        lr_spec, num = self._learning_rate, self.numerics
-        schedule = isinstance(lr_spec, LearningRateSchedule)
-        if callable(lr_spec) and not schedule: return None
-        c1, c2 = (S(c) for c in moment_constants(self.beta_1, self.beta_2, S, num))
-        B1, B2, ONE, EPS = _hyper(self.beta_1, S, num), _hyper(self.beta_2, S, num), S(1), S(self.epsilon)
-        wd = None if self.weight_decay is None else S(self.weight_decay)
-        m, v, vh = slots["m"], slots["v"], (slots["vhat"] if self.amsgrad else None)
-        lr_const, lr_at = (None if schedule or self.decay else self._lr_at(S, 0, lr_spec)), self._lr_at
-        def alpha_lr(raw_it):     # bias_corrected_step_size's operations, in the same order
-            lr = lr_const if lr_const is not None else lr_at(S, raw_it, lr_spec)
-            if schedule and not (lr >= 0 and math.isfinite(lr)):        # checked before anything is written
-                raise ValueError(f"Argument `learning_rate`: the schedule {type(lr_spec).__name__} gives {lr!r} at step "
-                                 f"{raw_it}; a learning rate must be a finite number >= 0")
-            st = S(raw_it + 1)
-            return S(lr) * np.sqrt(ONE - B2 ** st) / (ONE - B1 ** st), lr
-        if type(x) is np.ndarray:
-            loops = fused_loop(x, g, m, v, vh)
-            if loops is None: return None
-            run, decay = loops
-            def step(raw_it):
-                alpha, lr = alpha_lr(raw_it)
-                if wd is not None: decay(wd, S(lr))
-                run(alpha, c1, c2, EPS)
-            return step
-        from adam_lit.cuda import adam_inplace_cupy
-        def step(raw_it):
-            alpha, lr = alpha_lr(raw_it)
-            adam_inplace_cupy(x, g, m, v, vh, alpha=alpha, c1=c1, c2=c2, epsilon=EPS, weight_decay=wd, lr=lr)
-        return step
-
-    def _update_in_place(self, g, x, slots, lr, t, hyper):
-        "The same step written into `x` and its slots by `kernels.adam_inplace_fast` or `cuda.adam_inplace_cupy` (weight decay included)."
-        S = host_float(np, x.dtype)
-        c1, c2 = moment_constants(hyper["beta_1"], hyper["beta_2"], S, self.numerics)
-        kernel = adam_inplace_fast
-        if type(x) is not np.ndarray:                     # CuPy: one fused CUDA kernel, built on first use
-            from adam_lit.cuda import adam_inplace_cupy as kernel
-        kernel(x, g, slots["m"], slots["v"], slots["vhat"] if self.amsgrad else None,
-                          alpha=bias_corrected_step_size(lr, hyper["beta_1"], hyper["beta_2"], t, S, self.numerics),
-                          c1=c1, c2=c2, epsilon=hyper["epsilon"], weight_decay=hyper.get("weight_decay"), lr=lr)
-        return x, {}
-
     def get_config(self) -> dict:
         "Keras 3's `Adam` config: the base keys, then `beta_1`, `beta_2`, `epsilon`, `amsgrad`."
         config = super().get_config()
         config.update(beta_1=self.beta_1, beta_2=self.beta_2, epsilon=self.epsilon, amsgrad=self.amsgrad)
         return config
 
+
+# %% ../nbs/04_adam.ipynb #65e11a42
+def _patch_adam(f_or_name):
+    "Attach a function to `Adam` as a method: `@_patch_adam` keeps its name, `@_patch_adam(\"name\")` gives it one."
+    def attach(f, name):
+        f.__name__, f.__qualname__ = name, f"Adam.{name}"
+        setattr(Adam, name, f)
+        return f
+    if isinstance(f_or_name, str): return lambda f: attach(f, f_or_name)
+    return attach(f_or_name, f_or_name.__name__)
+
+@_patch_adam
+def _check_precision(self: Adam, items, hyper=None, names=None):
+    "A positive `epsilon` that rounds to 0 in the dtype a variable is updated in: `sqrt(v) + epsilon` is then 0 where `v` is."
+    names = self._names if names is None else names
+    if self.numerics in ("keras", "legacy"):   # (they raise the betas to the power t in that dtype)
+        for b in ("beta_1", "beta_2"):
+            val = getattr(self, b) if hyper is None else hyper[b]
+            if callable(val) or val >= 1: continue
+            for i, S in items:
+                if _hyper(val, S, self.numerics) == 1:
+                    below = float(np.nextafter(S(1), S(0)))
+                    raise ValueError(
+                        f"Argument `{b}`={val} rounds to 1 in {np.dtype(S).name}, the dtype variable {i} ({names[i]!r}) is "
+                        f"updated in: the bias correction 1 - {b}**t is then 0, so every step would be "
+                        + ("0 (the variable never moves)" if b == "beta_2" else "a division by 0")
+                        + f". Use moment_dtype='float32' (the update in float32, the variable in {np.dtype(S).name}), "
+                        f"or {b} <= {below!r}")
+    eps = self.epsilon if hyper is None else hyper["epsilon"]
+    if callable(eps) or eps == 0: return       # (a callable is checked on each step, with its value)
+    for i, S in items:
+        if S(eps) == 0:
+            raise ValueError(f"Argument `epsilon`={eps} rounds to 0 in {np.dtype(S).name}, the dtype variable {i} "
+                             f"({names[i]!r}) is updated in: where v is 0 the step would be 0/0 = NaN. Use an epsilon of "
+                             f"at least {float(np.finfo(S).smallest_subnormal):.3g} (the default 1e-7 is representable), "
+                             "or moment_dtype='float32'")
+
+
+# %% ../nbs/04_adam.ipynb #bae491d4
+@_patch_adam("update_step")
+def _adam_update_step(self: Adam, g: Any, x: Any, slots: dict, lr: float, t: int, hyper: dict) -> tuple:
+    """Keras 3's Adam step for one variable: new `x` and new `m`, `v` (and `vhat`); row-sparse gradients dense-equivalently.
+
+    Parameters
+    ----------
+    g : Any
+        The gradient of `x`, an array or an `IndexedSlices` (after the pipeline's scaling, clipping and accumulation).
+    x : Any
+        The variable, an array of any Array API library.
+    slots : dict
+        Its slots by name: "m", "v" (and "vhat" with `amsgrad`).
+    lr : float
+        The learning rate of this step.
+    t : int
+        The step number, from 1.
+    hyper : dict
+        `beta_1`, `beta_2`, `epsilon` of this step (callables already evaluated).
+
+    Returns
+    -------
+    tuple
+        The new `x` and a dict of the new slots (empty when the kernels wrote them in place).
+    """
+    if hyper.get("_inplace"): return self._update_in_place(g, x, slots, lr, t, hyper)
+    kw = dict(learning_rate=lr, beta_1=hyper["beta_1"], beta_2=hyper["beta_2"], epsilon=hyper["epsilon"], t=t,
+              numerics=self.numerics)
+    if isinstance(g, IndexedSlices):
+        x, m, v, vhat = sparse_adam_step(x, g, slots["m"], slots["v"], slots["vhat"] if self.amsgrad else None, **kw)
+        return x, ({"m": m, "v": v, "vhat": vhat} if self.amsgrad else {"m": m, "v": v})
+    if self.amsgrad:
+        x, m, v, vhat = amsgrad_step(x, g, slots["m"], slots["v"], slots["vhat"], **kw)
+        return x, {"m": m, "v": v, "vhat": vhat}
+    x, m, v = adam_step(x, g, slots["m"], slots["v"], **kw)
+    return x, {"m": m, "v": v}
+
+
+# %% ../nbs/04_adam.ipynb #3ed56d26
+@_patch_adam
+def _fast_update(self: Adam, x, g) -> bool:
+    "NumPy and CuPy variables with dense gradients are updated in place by a fused kernel (same bits as the rules)."
+    if self.numerics not in ("keras", "legacy"): return False     # the kernels compute Keras's order only
+    if type(x) is np.ndarray: return type(g) is np.ndarray and not np.may_share_memory(g, x)
+    if type(x).__module__.startswith("cupy") and type(g) is type(x):
+        import cupy
+        return not cupy.may_share_memory(g, x)
+    return False
+
+@_patch_adam
+def _update_in_place(self: Adam, g, x, slots, lr, t, hyper):
+    "The same step written into `x` and its slots by `kernels.adam_inplace_fast` or `cuda.adam_inplace_cupy` (weight decay included)."
+    S = host_float(np, x.dtype)
+    c1, c2 = moment_constants(hyper["beta_1"], hyper["beta_2"], S, self.numerics)
+    kernel = adam_inplace_fast
+    if type(x) is not np.ndarray:                     # CuPy: one fused CUDA kernel, built on first use
+        from adam_lit.cuda import adam_inplace_cupy as kernel
+    kernel(x, g, slots["m"], slots["v"], slots["vhat"] if self.amsgrad else None,
+                      alpha=bias_corrected_step_size(lr, hyper["beta_1"], hyper["beta_2"], t, S, self.numerics),
+                      c1=c1, c2=c2, epsilon=hyper["epsilon"], weight_decay=hyper.get("weight_decay"), lr=lr)
+    return x, {}
+
+
+# %% ../nbs/04_adam.ipynb #c06c1f1a
+@_patch_adam
+def _flat_kernel_ok(self: Adam) -> bool: return self.numerics in ("keras", "legacy")
+
+@_patch_adam
+def _flat_plan(self: Adam, x, g, slots, S):
+    "`_update_in_place` on these flat buffers, its constants computed once: a callable of the raw iteration count (or None)."
+    if S not in (np.float32, np.float64) or self.gradient_accumulation_steps: return None
+    if self.numerics not in ("keras", "legacy"): return None
+    if any(callable(getattr(self, n)) for n in self._hyper_specs()): return None
+    lr_spec, num = self._learning_rate, self.numerics
+    schedule = isinstance(lr_spec, LearningRateSchedule)
+    if callable(lr_spec) and not schedule: return None
+    c1, c2 = (S(c) for c in moment_constants(self.beta_1, self.beta_2, S, num))
+    B1, B2, ONE, EPS = _hyper(self.beta_1, S, num), _hyper(self.beta_2, S, num), S(1), S(self.epsilon)
+    wd = None if self.weight_decay is None else S(self.weight_decay)
+    m, v, vh = slots["m"], slots["v"], (slots["vhat"] if self.amsgrad else None)
+    lr_const, lr_at = (None if schedule or self.decay else self._lr_at(S, 0, lr_spec)), self._lr_at
+    def alpha_lr(raw_it):     # bias_corrected_step_size's operations, in the same order
+        lr = lr_const if lr_const is not None else lr_at(S, raw_it, lr_spec)
+        if schedule and not (lr >= 0 and math.isfinite(lr)):        # checked before anything is written
+            raise ValueError(f"Argument `learning_rate`: the schedule {type(lr_spec).__name__} gives {lr!r} at step "
+                             f"{raw_it}; a learning rate must be a finite number >= 0")
+        st = S(raw_it + 1)
+        return S(lr) * np.sqrt(ONE - B2 ** st) / (ONE - B1 ** st), lr
+    if type(x) is np.ndarray:
+        loops = fused_loop(x, g, m, v, vh)
+        if loops is None: return None
+        run, decay = loops
+        def step(raw_it):
+            alpha, lr = alpha_lr(raw_it)
+            if wd is not None: decay(wd, S(lr))
+            run(alpha, c1, c2, EPS)
+        return step
+    from adam_lit.cuda import adam_inplace_cupy
+    def step(raw_it):
+        alpha, lr = alpha_lr(raw_it)
+        adam_inplace_cupy(x, g, m, v, vh, alpha=alpha, c1=c1, c2=c2, epsilon=EPS, weight_decay=wd, lr=lr)
+    return step
+
+
 # %% ../nbs/04_adam.ipynb #6dd5c691
 class AdamW(Adam):
     "Adam with decoupled weight decay on by default, as Keras's `AdamW`."
-    def __init__(self, learning_rate=0.001, weight_decay=0.004, beta_1=0.9, beta_2=0.999, epsilon=1e-7,
-                 amsgrad=False, name=None, **kwargs):
+    def __init__(self, learning_rate: float | LearningRateSchedule | Callable[[], float] = 0.001,
+                 weight_decay: float = 0.004, beta_1: float | Callable[[], float] = 0.9,
+                 beta_2: float | Callable[[], float] = 0.999, epsilon: float | Callable[[], float] = 1e-7,
+                 amsgrad: bool = False, name: str | None = None, **kwargs):
+        """Parameters
+        ----------
+        learning_rate : float, LearningRateSchedule or callable, default 0.001
+            Step size (Keras: `learning_rate`), as for `Adam`.
+        weight_decay : float, default 0.004
+            Decoupled weight decay, `x -= lr * weight_decay * x` before the update (Keras: `weight_decay`); not None.
+        beta_1 : float or callable, default 0.9
+            Decay rate of the first moment (Keras: `beta_1`).
+        beta_2 : float or callable, default 0.999
+            Decay rate of the second moment (Keras: `beta_2`).
+        epsilon : float or callable, default 1e-7
+            Epsilon hat, added to sqrt(v) before the bias correction (Keras: `epsilon`).
+        amsgrad : bool, default False
+            AMSGrad's running maximum of `v` (Keras: `amsgrad`).
+        name : str or None, default None
+            Defaults to "adam_w", made unique per process (Keras: `name`).
+        **kwargs
+            Every other argument of `Adam` (clipping, EMA, `numerics`, ...).
+        """
         if weight_decay is None:
             raise ValueError("Argument `weight_decay` must be a float. Received: weight_decay=None")
         super().__init__(learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, amsgrad=amsgrad,
                          weight_decay=weight_decay, name=name, **kwargs)
+

@@ -8,6 +8,7 @@ Docs: https://adam-lit.github.io/adam_lit/lazyadam.html.md"""
 from __future__ import annotations
 
 import warnings
+from typing import Callable
 
 import numpy as np
 
@@ -15,6 +16,7 @@ from .adam import Adam
 from array_api_compat import device as _dev
 
 from .backend import IndexedSlices, RowUpdate, default_int, host_float, namespace, take_rows
+from .schedules import LearningRateSchedule
 from .rules import _FAITHFUL, _hyper, adam_step, amsgrad_step, bias_corrected_step_size, lazy_adam_rows, moment_constants
 
 # %% auto #0
@@ -30,12 +32,33 @@ def _cupy_rows_ok(x, g) -> bool:
     import cupy
     return not cupy.may_share_memory(vals, x)
 
+
+# %% ../nbs/07_lazyadam.ipynb #7d5b770b
 class LazyAdam(Adam):
     "TF Addons' LazyAdam: with a row-sparse gradient only the rows in the batch are updated (moments and values)."
-    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, amsgrad=False,
-                 name="LazyAdam",               # TF Addons' default name
-                 row_bias_correction=False,     # count steps per row for the bias correction (not in TF Addons)
-                 **kwargs):                     # clipnorm, clipvalue, global_clipnorm, lr, decay, numerics, and Adam's options
+    def __init__(self, learning_rate: float | LearningRateSchedule | Callable[[], float] = 0.001,
+                 beta_1: float | Callable[[], float] = 0.9, beta_2: float | Callable[[], float] = 0.999,
+                 epsilon: float | Callable[[], float] = 1e-7, amsgrad: bool = False, name: str = "LazyAdam",
+                 row_bias_correction: bool = False, **kwargs):
+        """Parameters
+        ----------
+        learning_rate : float, LearningRateSchedule or callable, default 0.001
+            Step size (TF Addons and Keras: `learning_rate`), as for `Adam`.
+        beta_1 : float or callable, default 0.9
+            Decay rate of the first moment (`beta_1`).
+        beta_2 : float or callable, default 0.999
+            Decay rate of the second moment (`beta_2`).
+        epsilon : float or callable, default 1e-7
+            Epsilon hat, added to sqrt(v) before the bias correction (`epsilon`).
+        amsgrad : bool, default False
+            Lazy AMSGrad: the touched rows keep the running maximum of `v` (TF Addons ignores it on sparse gradients).
+        name : str, default "LazyAdam"
+            TF Addons' default name (`name`).
+        row_bias_correction : bool, default False
+            Count the steps of each row for its bias correction, in an integer slot `row_step` (not in TF Addons).
+        **kwargs
+            `clipnorm`, `clipvalue`, `global_clipnorm`, the legacy `lr` and `decay`, and every other option of `Adam`.
+        """
         super().__init__(learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, amsgrad=amsgrad,
                          name=name, **kwargs)
         if not isinstance(row_bias_correction, bool):
@@ -51,7 +74,15 @@ class LazyAdam(Adam):
                           "sparse gradients; use the default numerics for lazy AMSGrad.", stacklevel=2)
 
     def build(self, var_list, names=None):
-        "Adam's slots, plus an integer `row_step` per table row with `row_bias_correction`."
+        """Adam's slots, plus an integer `row_step` per table row with `row_bias_correction`.
+
+        Parameters
+        ----------
+        var_list : list of arrays
+            The variables (tables) to optimise.
+        names : list of str, optional
+            Their names, for the slot names and error messages.
+        """
         was_built = self.built
         super().build(var_list, names)
         if self.row_bias_correction and not was_built and self._dist is None:   # (a distributed build made them already)
@@ -67,60 +98,82 @@ class LazyAdam(Adam):
         if isinstance(g, IndexedSlices): return self.numerics in ("keras", "legacy") and _cupy_rows_ok(x, g)
         return super()._fast_update(x, g)
 
-    def update_step(self, g, x, slots, lr, t, hyper):
-        "Adam's step for a dense gradient; the lazy row update for an `IndexedSlices`."
-        if self.row_bias_correction and not isinstance(g, IndexedSlices) and x.ndim >= 1:
-            xp = namespace(x)
-            g = IndexedSlices(g, xp.arange(x.shape[0], device=_dev(x)), tuple(x.shape))   # every row is touched
-        if not isinstance(g, IndexedSlices): return super().update_step(g, x, slots, lr, t, hyper)
-        xp, S = namespace(x), host_float(namespace(x), x.dtype)
-        g = g.deduplicate()
-        idx = g.indices
-        if self.numerics in _FAITHFUL:       # the preset's dense rule on the gathered rows, at the global step
-            x_rows = take_rows(x, idx)
-            if "weight_decay" in hyper: x_rows = self._decayed(x_rows, S, lr)
-            kw = dict(learning_rate=lr, beta_1=hyper["beta_1"], beta_2=hyper["beta_2"], epsilon=hyper["epsilon"], t=t,
-                      numerics=self.numerics)
-            rows = (x_rows, g.values, take_rows(slots["m"], idx), take_rows(slots["v"], idx))
-            if self.amsgrad:
-                x_new, m_new, v_new, vhat_new = amsgrad_step(*rows, take_rows(slots["vhat"], idx), **kw)
-                return RowUpdate(idx, x_new), dict(m=RowUpdate(idx, m_new), v=RowUpdate(idx, v_new), vhat=RowUpdate(idx, vhat_new))
-            x_new, m_new, v_new = adam_step(*rows, **kw)
-            return RowUpdate(idx, x_new), dict(m=RowUpdate(idx, m_new), v=RowUpdate(idx, v_new))
-        c1, c2 = moment_constants(hyper["beta_1"], hyper["beta_2"], S, self.numerics)
-        b1, b2 = float(_hyper(hyper["beta_1"], S, self.numerics)), float(_hyper(hyper["beta_2"], S, self.numerics))
-        new_slots = {}
-        if self.row_bias_correction:
-            row_t = take_rows(slots["row_step"], idx) + 1
-            new_slots["row_step"] = RowUpdate(idx, row_t)
-            tt = xp.astype(row_t, x.dtype)
-            one = xp.asarray(1.0, dtype=x.dtype, device=_dev(x))
-            p1, p2 = xp.pow(xp.asarray(b1, dtype=x.dtype, device=_dev(x)), tt), xp.pow(xp.asarray(b2, dtype=x.dtype, device=_dev(x)), tt)
-            alpha = xp.reshape(float(S(lr)) * xp.sqrt(one - p2) / (one - p1), (-1,) + (1,) * (x.ndim - 1))
-        else:
-            alpha = bias_corrected_step_size(lr, hyper["beta_1"], hyper["beta_2"], t, S, self.numerics)
-        lazy_ams = self.amsgrad and self.numerics != "legacy"     # TF Addons ignores vhat on sparse gradients
-        if hyper.get("_inplace") and _cupy_rows_ok(x, g):         # CuPy: the kernel reads and writes rows `idx` of the tables
-            from adam_lit.cuda import lazy_adam_rows_inplace_cupy
-            lazy_adam_rows_inplace_cupy(x, g.values, slots["m"], slots["v"], slots["vhat"] if lazy_ams else None, indices=idx,
-                                        alpha=alpha, beta_1=b1, beta_2=b2, c1=c1, c2=c2, epsilon=hyper["epsilon"],
-                                        weight_decay=hyper.get("weight_decay"), lr=lr)
-            return x, new_slots
-        x_rows = take_rows(x, idx)
-        if "weight_decay" in hyper: x_rows = self._decayed(x_rows, S, lr)
-        vhat_rows = take_rows(slots["vhat"], idx) if lazy_ams else None
-        x_new, m_new, v_new, vhat_new = lazy_adam_rows(x_rows, g.values, take_rows(slots["m"], idx), take_rows(slots["v"], idx),
-                                                       vhat_rows, alpha=alpha, beta_1=b1, beta_2=b2,
-                                                       epsilon=hyper["epsilon"], c1=c1, c2=c2)
-        new_slots.update(m=RowUpdate(idx, m_new), v=RowUpdate(idx, v_new))
-        if lazy_ams: new_slots["vhat"] = RowUpdate(idx, vhat_new)
-        return RowUpdate(idx, x_new), new_slots
-
     def get_config(self) -> dict:
         "Adam's config (with TF Addons' name), plus `row_bias_correction` when it is on."
         config = super().get_config()
         if self.row_bias_correction: config["row_bias_correction"] = True
         return config
+
+# %% ../nbs/07_lazyadam.ipynb #dc1c673a
+def _patch_lazy(f_or_name):
+    "Attach a function to `LazyAdam` as a method: `@_patch_lazy` keeps its name, `@_patch_lazy(\"name\")` gives it one."
+    def attach(f, name):
+        f.__name__, f.__qualname__ = name, f"LazyAdam.{name}"
+        setattr(LazyAdam, name, f)
+        return f
+    if isinstance(f_or_name, str): return lambda f: attach(f, f_or_name)
+    return attach(f_or_name, f_or_name.__name__)
+
+@_patch_lazy
+def _preset_rows(self: LazyAdam, g, x, slots, lr, t, hyper, idx, S):
+    "The preset's dense rule (`numerics` torch, optax or paper) on the gathered rows, at the global step."
+    x_rows = take_rows(x, idx)
+    if "weight_decay" in hyper: x_rows = self._decayed(x_rows, S, lr)
+    kw = dict(learning_rate=lr, beta_1=hyper["beta_1"], beta_2=hyper["beta_2"], epsilon=hyper["epsilon"], t=t,
+              numerics=self.numerics)
+    rows = (x_rows, g.values, take_rows(slots["m"], idx), take_rows(slots["v"], idx))
+    if self.amsgrad:
+        x_new, m_new, v_new, vhat_new = amsgrad_step(*rows, take_rows(slots["vhat"], idx), **kw)
+        return RowUpdate(idx, x_new), dict(m=RowUpdate(idx, m_new), v=RowUpdate(idx, v_new), vhat=RowUpdate(idx, vhat_new))
+    x_new, m_new, v_new = adam_step(*rows, **kw)
+    return RowUpdate(idx, x_new), dict(m=RowUpdate(idx, m_new), v=RowUpdate(idx, v_new))
+
+
+# %% ../nbs/07_lazyadam.ipynb #db8f3a16
+@_patch_lazy("update_step")
+def _lazy_update_step(self: LazyAdam, g, x, slots, lr, t, hyper):
+    """Adam's step for a dense gradient; the lazy row update for an `IndexedSlices`.
+
+    Parameters are those of `Adam.update_step`; the result for a row-sparse gradient holds `RowUpdate`s of the
+    touched rows (and of `row_step`), which the pipeline writes into the tables.
+    """
+    if self.row_bias_correction and not isinstance(g, IndexedSlices) and x.ndim >= 1:
+        xp = namespace(x)
+        g = IndexedSlices(g, xp.arange(x.shape[0], device=_dev(x)), tuple(x.shape))   # every row is touched
+    if not isinstance(g, IndexedSlices): return super(LazyAdam, self).update_step(g, x, slots, lr, t, hyper)
+    xp, S = namespace(x), host_float(namespace(x), x.dtype)
+    g = g.deduplicate()
+    idx = g.indices
+    if self.numerics in _FAITHFUL: return self._preset_rows(g, x, slots, lr, t, hyper, idx, S)
+    c1, c2 = moment_constants(hyper["beta_1"], hyper["beta_2"], S, self.numerics)
+    b1, b2 = float(_hyper(hyper["beta_1"], S, self.numerics)), float(_hyper(hyper["beta_2"], S, self.numerics))
+    new_slots = {}
+    if self.row_bias_correction:
+        row_t = take_rows(slots["row_step"], idx) + 1
+        new_slots["row_step"] = RowUpdate(idx, row_t)
+        tt = xp.astype(row_t, x.dtype)
+        one = xp.asarray(1.0, dtype=x.dtype, device=_dev(x))
+        p1, p2 = xp.pow(xp.asarray(b1, dtype=x.dtype, device=_dev(x)), tt), xp.pow(xp.asarray(b2, dtype=x.dtype, device=_dev(x)), tt)
+        alpha = xp.reshape(float(S(lr)) * xp.sqrt(one - p2) / (one - p1), (-1,) + (1,) * (x.ndim - 1))
+    else:
+        alpha = bias_corrected_step_size(lr, hyper["beta_1"], hyper["beta_2"], t, S, self.numerics)
+    lazy_ams = self.amsgrad and self.numerics != "legacy"     # TF Addons ignores vhat on sparse gradients
+    if hyper.get("_inplace") and _cupy_rows_ok(x, g):         # CuPy: the kernel reads and writes rows `idx` of the tables
+        from adam_lit.cuda import lazy_adam_rows_inplace_cupy
+        lazy_adam_rows_inplace_cupy(x, g.values, slots["m"], slots["v"], slots["vhat"] if lazy_ams else None, indices=idx,
+                                    alpha=alpha, beta_1=b1, beta_2=b2, c1=c1, c2=c2, epsilon=hyper["epsilon"],
+                                    weight_decay=hyper.get("weight_decay"), lr=lr)
+        return x, new_slots
+    x_rows = take_rows(x, idx)
+    if "weight_decay" in hyper: x_rows = self._decayed(x_rows, S, lr)
+    vhat_rows = take_rows(slots["vhat"], idx) if lazy_ams else None
+    x_new, m_new, v_new, vhat_new = lazy_adam_rows(x_rows, g.values, take_rows(slots["m"], idx), take_rows(slots["v"], idx),
+                                                   vhat_rows, alpha=alpha, beta_1=b1, beta_2=b2,
+                                                   epsilon=hyper["epsilon"], c1=c1, c2=c2)
+    new_slots.update(m=RowUpdate(idx, m_new), v=RowUpdate(idx, v_new))
+    if lazy_ams: new_slots["vhat"] = RowUpdate(idx, vhat_new)
+    return RowUpdate(idx, x_new), new_slots
+
 
 # %% ../nbs/07_lazyadam.ipynb #7a5f0367
 def _own_slot_names(self):

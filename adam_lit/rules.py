@@ -8,12 +8,13 @@ Docs: https://adam-lit.github.io/adam_lit/rules.html.md"""
 from __future__ import annotations
 
 import math
+from typing import Any
 import numpy as np
 from array_api_compat import array_namespace
 
 from array_api_compat import device as array_device
 
-from .backend import host_float, take_rows, with_rows
+from .backend import IndexedSlices, host_float, take_rows, with_rows
 
 # %% auto #0
 __all__ = ['NUMERICS', 'bias_corrected_step_size', 'moment_constants', 'adam_step', 'paper_adam_step', 'amsgrad_step',
@@ -27,15 +28,27 @@ def _hyper(value, S, numerics):
     "A hyperparameter as the dtype sees it: rounded to `S`; legacy tf.keras first stores it in a float32 variable."
     return S(np.float32(value)) if numerics == "legacy" else S(value)
 
-def bias_corrected_step_size(learning_rate: float, # the learning rate at this step
-                             beta_1: float,        # decay rate of the first moment
-                             beta_2: float,        # decay rate of the second moment
-                             t: int,               # the step, counted from 1
-                             precision=np.float64, # NumPy scalar type to round every operation to
-                             numerics: str = "keras", # "keras" (Keras 3) or "legacy" (tf.keras OptimizerV2, TF Addons)
-                             grouping: str = "left"   # "left": (lr*sqrt(1-p2))/(1-p1); "right": lr*(sqrt(1-p2)/(1-p1))
-                            ) -> float:
-    "Keras 3's `alpha = lr * sqrt(1 - beta_2**t) / (1 - beta_1**t)`, each operation rounded to `precision`."
+def bias_corrected_step_size(learning_rate: float, beta_1: float, beta_2: float, t: int, precision: type = np.float64,
+                             numerics: str = "keras", grouping: str = "left") -> float:
+    """Keras 3's `alpha = lr * sqrt(1 - beta_2**t) / (1 - beta_1**t)`, each operation rounded to `precision`.
+
+    Parameters
+    ----------
+    learning_rate : float
+        The learning rate at this step.
+    beta_1 : float
+        Decay rate of the first moment.
+    beta_2 : float
+        Decay rate of the second moment.
+    t : int
+        The step, counted from 1.
+    precision : type
+        NumPy scalar type every operation is rounded to (default `np.float64`).
+    numerics : str
+        "keras" (Keras 3, the default) or "legacy" (tf.keras `OptimizerV2`, TF Addons).
+    grouping : str
+        "left" (the default): `(lr*sqrt(1-p2))/(1-p1)`; "right": `lr*(sqrt(1-p2)/(1-p1))`, tf.keras's sparse path.
+    """
     S = precision
     st = S(t)
     p1, p2 = _hyper(beta_1, S, numerics) ** st, _hyper(beta_2, S, numerics) ** st
@@ -43,8 +56,22 @@ def bias_corrected_step_size(learning_rate: float, # the learning rate at this s
     if grouping == "right": return float(lr * (np.sqrt(one - p2) / (one - p1)))
     return float(lr * np.sqrt(one - p2) / (one - p1))
 
-def moment_constants(beta_1: float, beta_2: float, precision=np.float64, numerics: str = "keras"):
-    "`(1 - beta_1, 1 - beta_2)` as each library rounds them: Keras 3 in double then to the dtype, legacy in the dtype."
+
+# %% ../nbs/01_rules.ipynb #132220de
+def moment_constants(beta_1: float, beta_2: float, precision: type = np.float64, numerics: str = "keras") -> tuple:
+    """`(1 - beta_1, 1 - beta_2)` as each library rounds them: Keras 3 in double then to the dtype, legacy in the dtype.
+
+    Parameters
+    ----------
+    beta_1 : float
+        Decay rate of the first moment.
+    beta_2 : float
+        Decay rate of the second moment.
+    precision : type
+        NumPy scalar type of the variable (default `np.float64`).
+    numerics : str
+        "keras" (the default) or "legacy".
+    """
     S = precision
     if numerics == "legacy":
         return float(S(1) - _hyper(beta_1, S, numerics)), float(S(1) - _hyper(beta_2, S, numerics))
@@ -63,15 +90,34 @@ def _move(xp, x, m, v_used, alpha, epsilon: float):
     "The parameter update `x - (m * alpha) / (sqrt(v_used) + epsilon)`."
     return x - (m * alpha) / (xp.sqrt(v_used) + float(epsilon))
 
-def adam_step(x, g, m, v, *,                 # variable, gradient, first and second moments (same shape and dtype)
-              learning_rate: float = 0.001,  # the learning rate at this step
-              beta_1: float = 0.9,           # decay rate of the first moment
-              beta_2: float = 0.999,         # decay rate of the second moment
-              epsilon: float = 1e-7,         # "epsilon hat", added to sqrt(v) before bias correction
-              t: int = 1,                    # the step, counted from 1
-              numerics: str = "keras"        # "keras", "legacy" (tf.keras), "torch", "optax" or "paper" (see below)
-             ):
-    "One Adam step (Keras 3's unless `numerics` says otherwise); returns new arrays `(x, m, v)`."
+def adam_step(x: Any, g: Any, m: Any, v: Any, *, learning_rate: float = 0.001, beta_1: float = 0.9,
+              beta_2: float = 0.999, epsilon: float = 1e-7, t: int = 1, numerics: str = "keras") -> tuple:
+    """One Adam step (Keras 3's unless `numerics` says otherwise); returns new arrays `(x, m, v)`.
+
+    Parameters
+    ----------
+    x : Any
+        The variable: an array of any Array API library (not modified).
+    g : Any
+        Its gradient, same shape and dtype.
+    m : Any
+        The first moment m of the previous step.
+    v : Any
+        The second moment v of the previous step.
+    learning_rate : float
+        The learning rate alpha at this step (default 0.001).
+    beta_1 : float
+        Decay rate of the first moment (default 0.9).
+    beta_2 : float
+        Decay rate of the second moment (default 0.999).
+    epsilon : float
+        Keras's epsilon hat, added to sqrt(v) before the bias correction (default 1e-7); with `numerics` "torch",
+        "optax" or "paper", the paper's epsilon, added after it.
+    t : int
+        The step, counted from 1 (default 1).
+    numerics : str
+        "keras" (Keras 3, the default), "legacy" (tf.keras 2.x, TF Addons), "torch", "optax" or "paper".
+    """
     _check_numerics(numerics)
     xp = array_namespace(x, g, m, v)
     if numerics in _FAITHFUL:
@@ -90,15 +136,64 @@ def _paper_rule(xp, x, g, m, v, vmax, learning_rate, beta_1, beta_2, epsilon, t)
     m_hat, v_hat = m / (1.0 - beta_1**t), (v if vmax is None else vmax) / (1.0 - beta_2**t)
     return x - learning_rate * m_hat / (xp.sqrt(v_hat) + epsilon), m, v, vmax
 
-def paper_adam_step(x, g, m, v, *, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-8, t=1):
-    "Algorithm 1 of Kingma & Ba: bias-corrected moments, `epsilon` added to `sqrt(v_hat)`; returns `(x, m, v)`."
+def paper_adam_step(x: Any, g: Any, m: Any, v: Any, *, learning_rate: float = 0.001, beta_1: float = 0.9,
+                    beta_2: float = 0.999, epsilon: float = 1e-8, t: int = 1) -> tuple:
+    """Algorithm 1 of Kingma & Ba: bias-corrected moments, `epsilon` added to `sqrt(v_hat)`; returns `(x, m, v)`.
+
+    Parameters
+    ----------
+    x : Any
+        The variable (an array; not modified).
+    g : Any
+        Its gradient.
+    m : Any
+        The first moment m of the previous step.
+    v : Any
+        The second moment v of the previous step.
+    learning_rate : float
+        The step size alpha (default 0.001).
+    beta_1 : float
+        Decay rate of the first moment (default 0.9).
+    beta_2 : float
+        Decay rate of the second moment (default 0.999).
+    epsilon : float
+        The paper's epsilon, added to sqrt(v_hat) after the bias correction (default 1e-8, the paper's).
+    t : int
+        The step, counted from 1 (default 1).
+    """
     return _paper_rule(array_namespace(x, g, m, v), x, g, m, v, None, learning_rate, beta_1, beta_2, epsilon, t)[:3]
 
 # %% ../nbs/01_rules.ipynb #c205429e
-def amsgrad_step(x, g, m, v, vhat, *,     # variable, gradient, moments, running maximum of v
-                 learning_rate: float = 0.001, beta_1: float = 0.9, beta_2: float = 0.999,
-                 epsilon: float = 1e-7, t: int = 1, numerics: str = "keras"):
-    "One AMSGrad step (Keras 3's unless `numerics` says otherwise); returns new arrays `(x, m, v, vhat)`."
+def amsgrad_step(x: Any, g: Any, m: Any, v: Any, vhat: Any, *, learning_rate: float = 0.001, beta_1: float = 0.9,
+                 beta_2: float = 0.999, epsilon: float = 1e-7, t: int = 1, numerics: str = "keras") -> tuple:
+    """One AMSGrad step (Keras 3's unless `numerics` says otherwise); returns new arrays `(x, m, v, vhat)`.
+
+    Parameters
+    ----------
+    x : Any
+        The variable: an array of any Array API library (not modified).
+    g : Any
+        Its gradient, same shape and dtype.
+    m : Any
+        The first moment m of the previous step.
+    v : Any
+        The second moment v of the previous step.
+    vhat : Any
+        AMSGrad's running maximum v-tilde (the slot `vhat`; for "optax", the maximum of the corrected v).
+    learning_rate : float
+        The learning rate alpha at this step (default 0.001).
+    beta_1 : float
+        Decay rate of the first moment (default 0.9).
+    beta_2 : float
+        Decay rate of the second moment (default 0.999).
+    epsilon : float
+        Keras's epsilon hat, added to sqrt(v) before the bias correction (default 1e-7); with `numerics` "torch",
+        "optax" or "paper", the paper's epsilon, added after it.
+    t : int
+        The step, counted from 1 (default 1).
+    numerics : str
+        "keras" (Keras 3, the default), "legacy" (tf.keras 2.x, TF Addons), "torch", "optax" or "paper".
+    """
     _check_numerics(numerics)
     xp = array_namespace(x, g, m, v, vhat)
     if numerics in _FAITHFUL:
@@ -161,10 +256,37 @@ def _optax_rule(xp, x, g, m, v, vmax, learning_rate, beta_1, beta_2, epsilon, t)
 _PRESET_RULES = {"torch": _torch_rule, "optax": _optax_rule, "paper": _paper_rule}
 
 # %% ../nbs/01_rules.ipynb #69c631a9
-def sparse_adam_step(x, g, m, v, vhat=None, *,   # variable, IndexedSlices gradient, moments, AMSGrad maximum (or None)
-                     learning_rate: float = 0.001, beta_1: float = 0.9, beta_2: float = 0.999,
-                     epsilon: float = 1e-7, t: int = 1, numerics: str = "keras"):
-    "Dense-equivalent Adam (AMSGrad if `vhat` is given) for a row-sparse gradient, in tf.keras's order; returns new `(x, m, v, vhat)`."
+def sparse_adam_step(x: Any, g: IndexedSlices, m: Any, v: Any, vhat: Any = None, *, learning_rate: float = 0.001,
+                     beta_1: float = 0.9, beta_2: float = 0.999, epsilon: float = 1e-7, t: int = 1,
+                     numerics: str = "keras") -> tuple:
+    """Dense-equivalent Adam (AMSGrad if `vhat` is given) for a row-sparse gradient, in tf.keras's order; returns new `(x, m, v, vhat)`.
+
+    Parameters
+    ----------
+    x : Any
+        The variable (a table; not modified).
+    g : IndexedSlices
+        The row-sparse gradient (repeated rows are summed).
+    m : Any
+        The first moment.
+    v : Any
+        The second moment.
+    vhat : Any
+        AMSGrad's running maximum v-tilde, or None (the default) for Adam.
+    learning_rate : float
+        The learning rate alpha at this step (default 0.001).
+    beta_1 : float
+        Decay rate of the first moment (default 0.9).
+    beta_2 : float
+        Decay rate of the second moment (default 0.999).
+    epsilon : float
+        Keras's epsilon hat, added to sqrt(v) before the bias correction (default 1e-7); with `numerics` "torch",
+        "optax" or "paper", the paper's epsilon, added after it.
+    t : int
+        The step, counted from 1 (default 1).
+    numerics : str
+        "keras" (Keras 3, the default), "legacy" (tf.keras 2.x, TF Addons), "torch", "optax" or "paper".
+    """
     _check_numerics(numerics)
     if numerics in _FAITHFUL:     # PyTorch's Adam and optax have no sparse path: the dense gradient, the dense rule
         kw = dict(learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, t=t, numerics=numerics)
@@ -187,9 +309,35 @@ def sparse_adam_step(x, g, m, v, vhat=None, *,   # variable, IndexedSlices gradi
     return x, m, v, vhat
 
 # %% ../nbs/01_rules.ipynb #d1511b3d
-def lazy_adam_rows(x_rows, g_rows, m_rows, v_rows, vhat_rows=None, *,  # gathered rows of x, g (summed), m, v, vhat
-                   alpha, beta_1: float, beta_2: float, epsilon: float, c1: float, c2: float):
-    "TF Addons LazyAdam's row update `(b1*m + c1*g, b2*v + c2*g*g, x - alpha*m/(sqrt(v)+eps))`; returns new `(x, m, v, vhat)` rows."
+def lazy_adam_rows(x_rows: Any, g_rows: Any, m_rows: Any, v_rows: Any, vhat_rows: Any = None, *, alpha: Any,
+                   beta_1: float, beta_2: float, epsilon: float, c1: float, c2: float) -> tuple:
+    """TF Addons LazyAdam's row update `(b1*m + c1*g, b2*v + c2*g*g, x - alpha*m/(sqrt(v)+eps))`; returns new `(x, m, v, vhat)` rows.
+
+    Parameters
+    ----------
+    x_rows : Any
+        The gathered rows of the variable.
+    g_rows : Any
+        The gradient's rows, repeated indices already summed.
+    m_rows : Any
+        The rows of the first moment.
+    v_rows : Any
+        The rows of the second moment.
+    vhat_rows : Any
+        The rows of AMSGrad's maximum v-tilde (lazy AMSGrad), or None (the default).
+    alpha : Any
+        The bias-corrected step size alpha_t: a float, or an array broadcasting against the rows (per-row counters).
+    beta_1 : float
+        Decay rate of the first moment, as the dtype sees it.
+    beta_2 : float
+        Decay rate of the second moment, as the dtype sees it.
+    epsilon : float
+        Epsilon hat.
+    c1 : float
+        1 - beta_1 as `moment_constants` rounds it.
+    c2 : float
+        1 - beta_2 as `moment_constants` rounds it.
+    """
     xp = array_namespace(x_rows, g_rows, m_rows, v_rows)
     m_rows = m_rows * float(beta_1) + g_rows * c1
     v_rows = v_rows * float(beta_2) + (g_rows * g_rows) * c2

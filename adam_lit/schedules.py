@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import numbers
 import operator
+from typing import Sequence
 import numpy as np
 
 from .backend import ArgumentTypeError
@@ -50,6 +51,8 @@ def _check_precision(precision):
                                 f"Received: precision={precision!r}")
     return t
 
+
+# %% ../nbs/02_schedules.ipynb #fe95f5ce
 def _real(name: str, value, *, optional: bool = False):
     "Check that argument `name` is a real number (or None when `optional`); return it unchanged."
     if optional and value is None: return value
@@ -74,15 +77,18 @@ def _name(value):
     if value is None or isinstance(value, str): return value
     raise ArgumentTypeError(f"Argument `name` must be a string. Received: name={value!r}")
 
+
 # %% ../nbs/02_schedules.ipynb #a9c1d195
 class LearningRateSchedule:
     "Base class of learning-rate schedules: a callable from the optimizer step to a learning rate."
 
     def __call__(self, step):
+        "The learning rate at `step`; subclasses override it (and `get_config`), as in Keras."
         raise NotImplementedError(f"Learning rate schedule '{self.__class__.__name__}' "
                                   "must override `__call__(self, step)`.")
 
     def get_config(self):
+        "The constructor's arguments as a dictionary, for `from_config` and `serialize`; subclasses override it."
         raise NotImplementedError(f"Learning rate schedule '{self.__class__.__name__}' "
                                   "must override `get_config()` in order to be serializable.")
 
@@ -91,10 +97,21 @@ class LearningRateSchedule:
         "Instantiate a schedule from the output of `get_config()`."
         return cls(**config)
 
-    def evaluate(self, step,                # the step: an int or a float, a 0-d array, of any sign
-                 precision=np.float64       # NumPy floating type every operation is rounded to
-                ) -> float:
-        "The learning rate at `step` in `precision`, as a Python float; by default `self(step)` rounded once."
+    def evaluate(self, step: int | float, precision: type | np.dtype | str = np.float64) -> float:
+        """The learning rate at `step` in `precision`, as a Python float; by default `self(step)` rounded once.
+
+        Parameters
+        ----------
+        step : int | float
+            The optimizer's step counter (a number or a 0-d array, of any sign; not a bool).
+        precision : type | np.dtype | str
+            The NumPy floating type (or dtype, or name) every operation is rounded to; by default `np.float64`.
+
+        Returns
+        -------
+        float
+            The learning rate.
+        """
         step, S = _check_step(step), _check_precision(precision)
         return float(S(float(self(step))))
 
@@ -132,11 +149,21 @@ class _KerasSchedule(LearningRateSchedule):
 # %% ../nbs/02_schedules.ipynb #1ea5e035
 class ExponentialDecay(_KerasSchedule):
     "`initial_learning_rate * decay_rate ** (step / decay_steps)`; with `staircase`, the exponent is floored."
-    def __init__(self, initial_learning_rate,   # the learning rate at step 0
-                 decay_steps,                   # steps over which the rate is multiplied by `decay_rate` (> 0)
-                 decay_rate,                    # the factor per `decay_steps` steps
-                 staircase=False,               # floor `step / decay_steps`: decay at discrete intervals
-                 name="ExponentialDecay"):      # name of the schedule (kept in the config)
+    def __init__(self, initial_learning_rate: float, decay_steps: float, decay_rate: float,
+                       staircase: bool = False, name: str = "ExponentialDecay"):
+        """Parameters
+        ----------
+        initial_learning_rate : float
+            The learning rate at step 0. Keras: `initial_learning_rate`.
+        decay_steps : float
+            Steps over which the rate is multiplied by `decay_rate` (> 0). Keras: `decay_steps`.
+        decay_rate : float
+            The factor per `decay_steps` steps. Keras: `decay_rate`.
+        staircase : bool, default False
+            Floor `step / decay_steps`: decay at discrete intervals. Keras: `staircase`.
+        name : str, default "ExponentialDecay"
+            Name of the schedule (kept in the config). Keras: `name`.
+        """
         self.initial_learning_rate = _real("initial_learning_rate", initial_learning_rate)
         self.decay_steps = _positive("decay_steps", decay_steps)
         self.decay_rate = _real("decay_rate", decay_rate)
@@ -155,9 +182,16 @@ class ExponentialDecay(_KerasSchedule):
 # %% ../nbs/02_schedules.ipynb #7223b4b1
 class PiecewiseConstantDecay(_KerasSchedule):
     "`values[i]` where `i` is the number of `boundaries` strictly below `step`."
-    def __init__(self, boundaries,             # strictly increasing steps where the rate changes
-                 values,                       # the rates: one more than `boundaries`
-                 name="PiecewiseConstant"):    # name of the schedule (kept in the config)
+    def __init__(self, boundaries: Sequence[float], values: Sequence[float], name: str = "PiecewiseConstant"):
+        """Parameters
+        ----------
+        boundaries : sequence of float
+            Strictly increasing steps where the rate changes. Keras: `boundaries`.
+        values : sequence of float
+            The rates: one more than `boundaries`. Keras: `values`.
+        name : str, default "PiecewiseConstant"
+            Name of the schedule (kept in the config). Keras: `name`.
+        """
         for arg, seq in (("boundaries", boundaries), ("values", values)):
             if isinstance(seq, (str, bytes)) or not hasattr(seq, "__len__"):
                 raise ArgumentTypeError(f"Argument `{arg}` must be a list of numbers. Received: {arg}={seq!r}")
@@ -183,12 +217,23 @@ class PiecewiseConstantDecay(_KerasSchedule):
 # %% ../nbs/02_schedules.ipynb #0d5ce285
 class PolynomialDecay(_KerasSchedule):
     "`(initial - end) * (1 - min(step, decay_steps) / decay_steps) ** power + end`, optionally cycling."
-    def __init__(self, initial_learning_rate,   # the learning rate at step 0
-                 decay_steps,                   # steps to reach `end_learning_rate` (> 0)
-                 end_learning_rate=0.0001,      # the learning rate from `decay_steps` on
-                 power=1.0,                     # power of the polynomial
-                 cycle=False,                   # restart at every multiple of `decay_steps`
-                 name="PolynomialDecay"):       # name of the schedule (kept in the config)
+    def __init__(self, initial_learning_rate: float, decay_steps: float, end_learning_rate: float = 0.0001,
+                       power: float = 1.0, cycle: bool = False, name: str = "PolynomialDecay"):
+        """Parameters
+        ----------
+        initial_learning_rate : float
+            The learning rate at step 0. Keras: `initial_learning_rate`.
+        decay_steps : float
+            Steps to reach `end_learning_rate` (> 0). Keras: `decay_steps`.
+        end_learning_rate : float, default 0.0001
+            The learning rate from `decay_steps` on. Keras: `end_learning_rate`.
+        power : float, default 1.0
+            Power of the polynomial. Keras: `power`.
+        cycle : bool, default False
+            Restart at every multiple of `decay_steps`. Keras: `cycle`.
+        name : str, default "PolynomialDecay"
+            Name of the schedule (kept in the config). Keras: `name`.
+        """
         self.initial_learning_rate = _real("initial_learning_rate", initial_learning_rate)
         self.decay_steps = _positive("decay_steps", decay_steps)
         self.end_learning_rate = _real("end_learning_rate", end_learning_rate)
@@ -214,11 +259,21 @@ class PolynomialDecay(_KerasSchedule):
 # %% ../nbs/02_schedules.ipynb #392aee7f
 class InverseTimeDecay(_KerasSchedule):
     "`initial_learning_rate / (1 + decay_rate * step / decay_steps)`; with `staircase`, the quotient is floored."
-    def __init__(self, initial_learning_rate,   # the learning rate at step 0
-                 decay_steps,                   # steps per unit of the decay (> 0)
-                 decay_rate,                    # how fast the rate falls
-                 staircase=False,               # floor `step / decay_steps`
-                 name="InverseTimeDecay"):      # name of the schedule (kept in the config)
+    def __init__(self, initial_learning_rate: float, decay_steps: float, decay_rate: float,
+                       staircase: bool = False, name: str = "InverseTimeDecay"):
+        """Parameters
+        ----------
+        initial_learning_rate : float
+            The learning rate at step 0. Keras: `initial_learning_rate`.
+        decay_steps : float
+            Steps per unit of the decay (> 0). Keras: `decay_steps`.
+        decay_rate : float
+            How fast the rate falls. Keras: `decay_rate`.
+        staircase : bool, default False
+            Floor `step / decay_steps`. Keras: `staircase`.
+        name : str, default "InverseTimeDecay"
+            Name of the schedule (kept in the config). Keras: `name`.
+        """
         self.initial_learning_rate = _real("initial_learning_rate", initial_learning_rate)
         self.decay_steps = _positive("decay_steps", decay_steps)
         self.decay_rate = _real("decay_rate", decay_rate)
@@ -237,12 +292,23 @@ class InverseTimeDecay(_KerasSchedule):
 # %% ../nbs/02_schedules.ipynb #38e574d4
 class CosineDecay(_KerasSchedule):
     "Half a cosine from `initial_learning_rate` (or `warmup_target` after a linear warmup) down to `alpha` times it."
-    def __init__(self, initial_learning_rate,   # the learning rate at step 0
-                 decay_steps,                   # length of the cosine decay (> 0)
-                 alpha=0.0,                     # the final rate, as a fraction of the rate the decay starts from
-                 name="CosineDecay",            # name of the schedule (kept in the config)
-                 warmup_target=None,            # if set, rise linearly to this rate first, then decay from it
-                 warmup_steps=0):               # length of the warmup (>= 0)
+    def __init__(self, initial_learning_rate: float, decay_steps: float, alpha: float = 0.0,
+                       name: str = "CosineDecay", warmup_target: float | None = None, warmup_steps: float = 0):
+        """Parameters
+        ----------
+        initial_learning_rate : float
+            The learning rate at step 0. Keras: `initial_learning_rate`.
+        decay_steps : float
+            Length of the cosine decay (> 0). Keras: `decay_steps`.
+        alpha : float, default 0.0
+            The final rate, as a fraction of the rate the decay starts from. Keras: `alpha`.
+        name : str, default "CosineDecay"
+            Name of the schedule (kept in the config). Keras: `name`.
+        warmup_target : float or None, default None
+            If set, rise linearly to this rate first, then decay from it. Keras: `warmup_target`.
+        warmup_steps : float, default 0
+            Length of the warmup (>= 0). Keras: `warmup_steps`.
+        """
         self.initial_learning_rate = _real("initial_learning_rate", initial_learning_rate)
         self.decay_steps = _positive("decay_steps", decay_steps)
         self.alpha = _real("alpha", alpha)
@@ -274,12 +340,23 @@ class CosineDecay(_KerasSchedule):
 # %% ../nbs/02_schedules.ipynb #fc875cbf
 class CosineDecayRestarts(_KerasSchedule):
     "SGDR: cosine periods that restart, each `t_mul` times longer and with a peak `m_mul` times lower."
-    def __init__(self, initial_learning_rate,   # the learning rate at step 0
-                 first_decay_steps,             # length of the first period (> 0)
-                 t_mul=2.0,                     # each period is `t_mul` times longer than the previous (> 0)
-                 m_mul=1.0,                     # each peak is `m_mul` times the previous one
-                 alpha=0.0,                     # the minimum rate, as a fraction of `initial_learning_rate`
-                 name="SGDRDecay"):             # name of the schedule (kept in the config)
+    def __init__(self, initial_learning_rate: float, first_decay_steps: float, t_mul: float = 2.0,
+                       m_mul: float = 1.0, alpha: float = 0.0, name: str = "SGDRDecay"):
+        """Parameters
+        ----------
+        initial_learning_rate : float
+            The learning rate at step 0. Keras: `initial_learning_rate`.
+        first_decay_steps : float
+            Length of the first period (> 0). Keras: `first_decay_steps`.
+        t_mul : float, default 2.0
+            Each period is `t_mul` times longer than the previous (> 0). Keras: `t_mul`.
+        m_mul : float, default 1.0
+            Each peak is `m_mul` times the previous one. Keras: `m_mul`.
+        alpha : float, default 0.0
+            The minimum rate, as a fraction of `initial_learning_rate`. Keras: `alpha`.
+        name : str, default "SGDRDecay"
+            Name of the schedule (kept in the config). Keras: `name`.
+        """
         self.initial_learning_rate = _real("initial_learning_rate", initial_learning_rate)
         self.first_decay_steps = _positive("first_decay_steps", first_decay_steps)
         if not _real("t_mul", t_mul) > 0:
@@ -312,7 +389,13 @@ SCHEDULES = {c.__name__: c for c in (ExponentialDecay, PiecewiseConstantDecay, P
                                      InverseTimeDecay, CosineDecay, CosineDecayRestarts)}
 
 def serialize(schedule: LearningRateSchedule) -> dict:
-    "Keras 3's dictionary for `schedule`: `module`, `class_name`, `config` and `registered_name`."
+    """Keras 3's dictionary for `schedule`: `module`, `class_name`, `config` and `registered_name`.
+
+    Parameters
+    ----------
+    schedule : LearningRateSchedule
+        A built-in schedule or one of your own (with `get_config`).
+    """
     if not isinstance(schedule, LearningRateSchedule):
         raise ArgumentTypeError(f"serialize expects a LearningRateSchedule, got {type(schedule).__name__}")
     cls = type(schedule)
@@ -323,10 +406,16 @@ def serialize(schedule: LearningRateSchedule) -> dict:
     return {"module": module, "class_name": cls.__name__, "config": schedule.get_config(),
             "registered_name": cls.__name__}
 
-def deserialize(config: dict,               # a dictionary from `serialize` (or Keras), or `{'class_name', 'config'}`
-                custom_objects: dict | None = None  # extra classes by name, looked up before the built-ins
-               ) -> LearningRateSchedule:
-    "The schedule described by `config`."
+def deserialize(config: dict, custom_objects: dict | None = None) -> LearningRateSchedule:
+    """The schedule described by `config`.
+
+    Parameters
+    ----------
+    config : dict
+        A dictionary from `serialize` (or from Keras), or tf.keras's older `{'class_name': ..., 'config': ...}`.
+    custom_objects : dict | None
+        Extra schedule classes by name, looked up before the built-ins (default: none).
+    """
     if not isinstance(config, dict) or "class_name" not in config:
         raise ArgumentTypeError("deserialize expects a dict with keys 'class_name' and 'config', "
                                 f"got {config!r}")
