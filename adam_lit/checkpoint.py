@@ -554,6 +554,7 @@ def load(optimizer: Optimizer,      # a built optimizer, on variables of the che
                       f"'{optimizer.name}' keeps its own", stacklevel=2)
     return optimizer
 
+# %% ../nbs/11_checkpoint.ipynb #cca6bced
 def load_optimizer(path: str | os.PathLike,  # a file written by `save`
                    variables: list,          # the variables to build the optimizer on (shapes and dtypes of the stored ones)
                    names: list[str] | None = None,  # their names (default: the variables' `.name`, else the stored names)
