@@ -242,6 +242,7 @@ def _check_layout(optimizer, kvars, knames):
         if tuple(kv.shape) != tuple(a.shape):
             raise ValueError(f"variable {k} ({kn!r}) has shape {tuple(kv.shape)} in Keras, {tuple(a.shape)} here")
 
+# %% ../nbs/13_interop.ipynb #8ef6f070
 def to_keras(optimizer: Optimizer, keras_optimizer: "keras.optimizers.Optimizer") -> None:
     """Assign adam_lit's state (iterations, learning rate, slots) to a built Keras 3 optimizer of the same layout.
 
