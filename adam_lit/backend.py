@@ -26,8 +26,30 @@ def _library(x) -> str:
     "Short name of the library an array comes from, for error messages."
     return type(x).__module__.split(".")[0]
 
-def namespace(*arrays, what: str = "arrays"):
-    "The Array API namespace shared by `arrays` (`None` entries are ignored); a clear `TypeError` if they mix libraries or devices."
+def namespace(*arrays,            # arrays of one library and device; `None` entries are ignored
+              what: str = "arrays"  # what they are, for error messages ("variables", "gradient 3 and its variable", ...)
+             ):
+    """The Array API namespace shared by `arrays` (`None` entries are ignored); a clear `TypeError` if they mix libraries or devices.
+
+    Parameters
+    ----------
+    *arrays : array or None
+        Arrays of one library (NumPy, CuPy, PyTorch, JAX, array-api-strict, ...) on one device.
+    what : str, default "arrays"
+        What the arrays are, named in error messages.
+
+    Returns
+    -------
+    module
+        The namespace (`xp`) of array-api-compat for the arrays' library.
+
+    Raises
+    ------
+    ArgumentTypeError
+        An entry is not an array, or the arrays mix libraries.
+    ValueError
+        The arrays live on different devices.
+    """
     arrays = [a for a in arrays if a is not None]
     for i, a in enumerate(arrays):
         if not is_array_api_obj(a):
@@ -62,8 +84,24 @@ def _bfloat16():
                                 "arrays' (it comes with JAX): pip install ml_dtypes") from None
     return bfloat16
 
-def host_float(xp, dtype):
-    "NumPy scalar type that rounds like `dtype` of namespace `xp` (float16, float32, float64, or ml_dtypes' bfloat16)."
+# %% ../nbs/00_backend.ipynb #fbfb54db
+def host_float(xp,      # the arrays' namespace
+               dtype    # a floating dtype of that namespace
+              ) -> type:
+    """NumPy scalar type that rounds like `dtype` of namespace `xp` (float16, float32, float64, or ml_dtypes' bfloat16).
+
+    Parameters
+    ----------
+    xp : module
+        The Array API namespace the dtype belongs to.
+    dtype : dtype
+        float16, bfloat16, float32 or float64 of that namespace.
+
+    Returns
+    -------
+    type
+        `np.float16`, `np.float32`, `np.float64` or `ml_dtypes.bfloat16`.
+    """
     t = _HOST_CACHE.get(dtype) if isinstance(dtype, np.dtype) else None
     if t is not None: return t
     for name, t in _HOST_FLOATS:
@@ -72,7 +110,15 @@ def host_float(xp, dtype):
     raise ArgumentTypeError(f"unsupported dtype {dtype}: adam_lit works on float16, bfloat16, float32 and float64 arrays")
 
 def is_real_floating(xp, dtype) -> bool:
-    "Whether `dtype` is one of the real floating dtypes adam_lit updates."
+    """Whether `dtype` is one of the real floating dtypes adam_lit updates.
+
+    Parameters
+    ----------
+    xp : module
+        The Array API namespace the dtype belongs to.
+    dtype : dtype
+        Any dtype of that namespace.
+    """
     return any(hasattr(xp, n) and dtype == getattr(xp, n) for n, _ in _HOST_FLOATS) or _is_bfloat16(dtype)
 
 # %% ../nbs/00_backend.ipynb #5e113756
@@ -86,7 +132,13 @@ def _is_writeable(x) -> bool:
     return True
 
 def describe(x) -> str:
-    "`shape` and `dtype` of an array, for error messages."
+    """`shape` and `dtype` of an array, for error messages.
+
+    Parameters
+    ----------
+    x : array
+        An array of any library.
+    """
     return f"shape {tuple(x.shape)} and dtype {x.dtype}"
 
 _FLOAT_KINDS = {np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)}
@@ -100,8 +152,35 @@ def _plain_numpy_ok(variables, writeable) -> bool:
         ids.add(id(v))
     return True
 
-def check_variables(variables, *, writeable: bool = True, what: str = "variable"):
-    "Validate a list of variables; return their namespace. Raises naming the index and shape of the first bad one."
+# %% ../nbs/00_backend.ipynb #d4ad4fd7
+def check_variables(variables: list,          # the arrays an optimizer updates
+                    *,
+                    writeable: bool = True,   # require arrays that can be written in place
+                    what: str = "variable"    # what they are, for error messages
+                   ):
+    """Validate a list of variables; return their namespace. Raises naming the index and shape of the first bad one.
+
+    Parameters
+    ----------
+    variables : list of arrays
+        Distinct floating-point arrays (float16, bfloat16, float32, float64) of one library and device.
+    writeable : bool, default True
+        Also require that each can be written in place (JAX arrays cannot: use `stateless_apply`).
+    what : str, default "variable"
+        What they are, named in error messages.
+
+    Returns
+    -------
+    module
+        Their Array API namespace.
+
+    Raises
+    ------
+    ArgumentTypeError
+        An entry is not an array, or not floating-point.
+    ValueError
+        The list is empty, an array is read-only or given twice, or they live on several devices.
+    """
     variables = list(variables)
     if not variables: raise ValueError(f"expected at least one {what}, got an empty list")
     if _plain_numpy_ok(variables, writeable): return _NUMPY_NS
@@ -122,8 +201,32 @@ def check_variables(variables, *, writeable: bool = True, what: str = "variable"
         seen[id(v)] = i
     return xp
 
-def check_gradient(g, v, i: int, xp):
-    "Check that gradient `g` (an array or `IndexedSlices`) fits variable `v` (index `i`): same library, device, shape and dtype."
+# %% ../nbs/00_backend.ipynb #d3f083d1
+def check_gradient(g,       # a gradient: an array, or an `IndexedSlices`
+                   v,       # its variable
+                   i: int,  # the variable's index, for error messages
+                   xp       # the variables' namespace
+                  ) -> None:
+    """Check that gradient `g` (an array or `IndexedSlices`) fits variable `v` (index `i`): same library, device, shape and dtype.
+
+    Parameters
+    ----------
+    g : array or IndexedSlices
+        The gradient.
+    v : array
+        Its variable.
+    i : int
+        The variable's index, named in error messages.
+    xp : module
+        The variables' Array API namespace.
+
+    Raises
+    ------
+    ArgumentTypeError
+        `g` is not an array, or of another library or dtype.
+    ValueError
+        `g` has another shape (or dense shape), or lives on another device.
+    """
     if type(g) is np.ndarray and type(v) is np.ndarray and g.shape == v.shape and g.dtype == v.dtype: return
     if type(g).__name__ == "IndexedSlices":
         namespace(v, g.values, g.indices, what=f"gradient {i} (IndexedSlices) and its variable")
@@ -141,13 +244,29 @@ def check_gradient(g, v, i: int, xp):
 
 # %% ../nbs/00_backend.ipynb #a4fb8ca3
 def default_int(xp):
-    "The default integer dtype of namespace `xp`."
+    """The default integer dtype of namespace `xp`.
+
+    Parameters
+    ----------
+    xp : module
+        An Array API namespace (int64 for NumPy and PyTorch, int32 for JAX without 64-bit mode).
+    """
     try: return xp.__array_namespace_info__().default_dtypes()["integral"]
     except (AttributeError, KeyError, TypeError): return xp.int64
 
 # %% ../nbs/00_backend.ipynb #98e8cbd5
-def assign(x, value):
-    "Write `value` into the array `x` in place."
+def assign(x,      # the array written, in place
+           value   # an array of a shape that broadcasts to `x`'s, or a scalar
+          ) -> None:
+    """Write `value` into the array `x` in place.
+
+    Parameters
+    ----------
+    x : array
+        A writeable array of NumPy, CuPy, PyTorch (autograd is disabled for the write) or array-api-strict.
+    value : array or scalar
+        The new contents, broadcast to `x`'s shape.
+    """
     if is_torch_array(x):
         import torch
         with torch.no_grad(): x[...] = value
@@ -156,8 +275,24 @@ def assign(x, value):
 
 # %% ../nbs/00_backend.ipynb #e081b52d
 class IndexedSlices:
-    "A row-sparse gradient: rows `values[k]` at `indices[k]` of a dense array of shape `dense_shape`; repeated rows add up."
-    def __init__(self, values, indices, dense_shape):
+    """A row-sparse gradient: rows `values[k]` at `indices[k]` of a dense array of shape `dense_shape`; repeated rows add up.
+
+    Validated when made; `deduplicate()` sums repeated rows, `to_dense()` gives the dense gradient.
+
+    Parameters
+    ----------
+    values : array
+        The rows, of shape `(len(indices),) + dense_shape[1:]`.
+    indices : array
+        1-d integer indices in `[0, dense_shape[0])`, of the library and device of `values`; they may repeat.
+    dense_shape : sequence of int
+        The shape of the dense gradient (that of its variable).
+    """
+    def __init__(self,
+                 values,                    # the rows: shape (len(indices),) + dense_shape[1:]
+                 indices,                   # 1-d integer row indices in [0, dense_shape[0]), repeats allowed
+                 dense_shape: tuple[int, ...]  # the dense gradient's shape
+                ):
         xp = namespace(values, indices, what="IndexedSlices values and indices")
         if not xp.isdtype(indices.dtype, "integral"):
             raise ArgumentTypeError(f"IndexedSlices indices must be integers, got dtype {indices.dtype}")
@@ -185,6 +320,7 @@ class IndexedSlices:
     def __repr__(self):
         return f"IndexedSlices({self.indices.shape[0]} rows of {self.dense_shape}, dtype {self.values.dtype})"
 
+# %% ../nbs/00_backend.ipynb #efd12786
 def _with_values(self, values):
     "The same indices with new `values` of the same shape (no re-validation: for the optimizer's own transforms)."
     out = IndexedSlices.__new__(IndexedSlices)
@@ -201,7 +337,17 @@ def _lib_of(xp) -> str:
     return xp.__name__.split(".")[-1] if xp.__name__.startswith("array_api_compat") else xp.__name__.split(".")[0]
 
 def scatter_add_rows(out, indices, rows):
-    "Return `out` with `rows[k]` added to row `indices[k]`, repeated indices summed in order (writes into `out` where it can)."
+    """Return `out` with `rows[k]` added to row `indices[k]`, repeated indices summed in order (writes into `out` where it can).
+
+    Parameters
+    ----------
+    out : array
+        The array the rows are added to (written in place except with JAX).
+    indices : array
+        1-d integer row indices, repeats allowed.
+    rows : array
+        The rows to add, of shape `(len(indices),) + out.shape[1:]`.
+    """
     xp = namespace(out, indices, rows)
     lib = _lib_of(xp)
     if lib == "numpy":
@@ -216,6 +362,7 @@ def scatter_add_rows(out, indices, rows):
         out[i, ...] = out[i, ...] + rows[k, ...]
     return out
 
+# %% ../nbs/00_backend.ipynb #bea8bb8a
 def _to_host(a):
     "A NumPy copy of a small array (indices), from any library or device (bfloat16: an array of ml_dtypes' bfloat16)."
     if isinstance(a, np.ndarray): return a
@@ -256,6 +403,7 @@ def _ordered_scatter_add(xp, out, indices, rows):
         set_rows(out, tgt, take_rows(out, tgt) + xp.take(rows, sel, axis=0))
     return out
 
+# %% ../nbs/00_backend.ipynb #536986b4
 @_patch_slices
 def deduplicate(self):
     "The same gradient with unique indices, repeated rows summed in order of appearance."
@@ -275,11 +423,29 @@ def to_dense(self):
 
 # %% ../nbs/00_backend.ipynb #0dbf4f3c
 def take_rows(x, indices):
-    "Rows `indices` of `x` (the standard `take` along axis 0)."
+    """Rows `indices` of `x` (the standard `take` along axis 0).
+
+    Parameters
+    ----------
+    x : array
+        An array of at least one dimension.
+    indices : array
+        1-d integer row indices, of `x`'s library and device.
+    """
     return namespace(x, indices).take(x, indices, axis=0)
 
-def set_rows(x, indices, rows):
-    "Write `rows` into rows `indices` (unique) of `x`, in place."
+def set_rows(x, indices, rows) -> None:
+    """Write `rows` into rows `indices` (unique) of `x`, in place.
+
+    Parameters
+    ----------
+    x : array
+        A writeable array (not JAX: use `with_rows`).
+    indices : array
+        1-d unique integer row indices.
+    rows : array
+        The new rows, of shape `(len(indices),) + x.shape[1:]`.
+    """
     xp = namespace(x, indices, rows)
     lib = _lib_of(xp)
     if lib in ("numpy", "cupy"): x[indices] = rows
@@ -290,16 +456,36 @@ def set_rows(x, indices, rows):
     else:
         for k, i in enumerate(_host_ints(indices)): x[i, ...] = rows[k, ...]
 
+# %% ../nbs/00_backend.ipynb #606cfccb
 def with_rows(x, indices, rows):
-    "A new array: `x` with rows `indices` (unique) replaced by `rows`."
+    """A new array: `x` with rows `indices` (unique) replaced by `rows`.
+
+    Parameters
+    ----------
+    x : array
+        An array of any library (JAX included); it is not changed.
+    indices : array
+        1-d unique integer row indices.
+    rows : array
+        The new rows, of shape `(len(indices),) + x.shape[1:]`.
+    """
     xp = namespace(x, indices, rows)
     if _lib_of(xp) == "jax": return x.at[indices].set(rows)
     y = xp.asarray(x, copy=True)
     set_rows(y, indices, rows)
     return y
 
+# %% ../nbs/00_backend.ipynb #6479b26c
 class RowUpdate:
-    "New values for some rows of an array: `rows[k]` replaces row `indices[k]` (indices unique)."
+    """New values for some rows of an array: `rows[k]` replaces row `indices[k]` (indices unique).
+
+    Parameters
+    ----------
+    indices : array
+        1-d unique integer row indices.
+    rows : array
+        The new rows, one per index.
+    """
     __slots__ = ("indices", "rows")
     def __init__(self, indices, rows): self.indices, self.rows = indices, rows
     def apply_to(self, x):
@@ -310,8 +496,24 @@ class RowUpdate:
         return with_rows(x, self.indices, self.rows)
 
 # %% ../nbs/00_backend.ipynb #dbba09fc
-def as_row_sparse(g, i: int = 0):
-    "`IndexedSlices` viewing a torch sparse COO gradient with one sparse dimension; `g` itself if it is not sparse."
+def as_row_sparse(g,           # a gradient: an array, or a torch sparse COO tensor
+                  i: int = 0    # its index, for error messages
+                 ):
+    """`IndexedSlices` viewing a torch sparse COO gradient with one sparse dimension; `g` itself if it is not sparse.
+
+    Parameters
+    ----------
+    g : array
+        A gradient of any library; a `torch.sparse_coo_tensor` sparse in its first dimension only (what
+        `nn.Embedding(sparse=True)` gives) is wrapped without a copy.
+    i : int, default 0
+        The gradient's index, named in error messages.
+
+    Raises
+    ------
+    ArgumentTypeError
+        `g` is a torch sparse tensor of another layout (CSR, CSC, block sparse, COO in more than one dimension).
+    """
     layout = getattr(g, "layout", None)
     if layout is None or not is_torch_array(g): return g
     import torch

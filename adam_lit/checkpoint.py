@@ -27,7 +27,10 @@ VERSION = 2                      # the format version this code writes; it reads
 META_MAX_BYTES = 16 * 2**20      # the largest metadata `read` accepts: 16 MiB (about 50 000 variables' entries)
 
 class CheckpointError(ValueError):
-    "A checkpoint that cannot be read, or that does not fit the optimizer it is loaded into; nothing was changed."
+    """A checkpoint that cannot be read, or that does not fit the optimizer it is loaded into; nothing was changed.
+
+    A `ValueError`, raised by `read`, `load` and `load_optimizer`; its message names the file and the problem.
+    """
 
 def _classes() -> dict:
     from adam_lit.adam import Adam, AdamW
@@ -142,10 +145,26 @@ def _write_atomic(path: str, arrays: dict):
 
 # %% ../nbs/11_checkpoint.ipynb #5e13c731
 def save(optimizer: Optimizer,          # a built optimizer (NumPy, CuPy, torch, ... arrays)
-         path,                          # file to write; `.npz` is appended when missing
+         path: str | os.PathLike,       # file to write; `.npz` is appended when missing
          include_variables: bool = True # also store the variables' values (to resume a run from the file alone)
         ) -> str:
-    "Write `optimizer`'s full state to one `.npz` file (atomically); returns the path written."
+    """Write `optimizer`'s full state to one `.npz` file (atomically); returns the path written.
+
+    Parameters
+    ----------
+    optimizer : Optimizer
+        A built adam_lit optimizer (`Adam`, `AdamW`, `LazyAdam`) on arrays of any library (NumPy, CuPy, torch, ...).
+        With a communicator, a collective call: rank 0 writes the file.
+    path : str or os.PathLike
+        The file to write; `.npz` is appended when missing. It is replaced atomically.
+    include_variables : bool, default True
+        Also store the variables' values, so that a run can be resumed from the file alone.
+
+    Returns
+    -------
+    str
+        The path written (with its `.npz` suffix).
+    """
     if getattr(optimizer, "communicator", None) is not None:     # a collective: rank 0 writes (adam_lit.distributed)
         from adam_lit.distributed import _save
         return _save(optimizer, path, include_variables)
@@ -311,8 +330,25 @@ def _check_meta(meta, path) -> list:
     return entries
 
 # %% ../nbs/11_checkpoint.ipynb #9e6a54bd
-def read(path):
-    "The checkpoint's metadata and arrays (NumPy), after checking the file: readable, an adam_lit checkpoint, intact."
+def read(path: str | os.PathLike) -> tuple[dict, dict]:
+    """The checkpoint's metadata and arrays (NumPy), after checking the file: readable, an adam_lit checkpoint, intact.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A file written by `save`, treated as untrusted input.
+
+    Returns
+    -------
+    tuple of (dict, dict)
+        The metadata (JSON data: format, version, class, config, step counts, one entry per variable and per slot) and
+        the arrays by key (`variable_<i>`, `slot_<k>`).
+
+    Raises
+    ------
+    CheckpointError
+        The file is not a regular file, not an adam_lit checkpoint, truncated, corrupted or malformed.
+    """
     f, size = _open_regular(path)
     try:
         with f:
@@ -472,11 +508,36 @@ def _plan_load(optimizer, meta, arrays, path, match: str, restore_variables):
 
 # %% ../nbs/11_checkpoint.ipynb #05a44cef
 def load(optimizer: Optimizer,      # a built optimizer, on variables of the checkpoint's shapes and dtypes
-         path,                      # a file written by `save`
+         path: str | os.PathLike,   # a file written by `save`
          match: str = "auto",       # "auto", "name" or "position": how variables are paired with the stored ones
          restore_variables: bool | None = None,  # True: write the stored values in; False: keep the variables'; None: refuse if they differ
          _read=None):
-    "Load a checkpoint's step count and slots (and optionally variables) into `optimizer`; all checked before any write."
+    """Load a checkpoint's step count and slots (and optionally variables) into `optimizer`; all checked before any write.
+
+    Parameters
+    ----------
+    optimizer : Optimizer
+        A built optimizer of the checkpoint's class, on variables of the checkpoint's shapes and dtypes, with the
+        same slots (the same `amsgrad`, `use_ema`, accumulation and row-step settings).
+    path : str or os.PathLike
+        A file written by `save`.
+    match : {"auto", "name", "position"}, default "auto"
+        How the optimizer's variables are paired with the stored ones: by name when both sides have the same
+        distinct names ("auto"), always by name, or by position.
+    restore_variables : bool or None, default None
+        True: write the stored values into the variables. False: keep the variables' values and load only the
+        optimizer's state. None: load if every variable equals the value saved with the state, else refuse.
+
+    Returns
+    -------
+    Optimizer
+        `optimizer`, with the checkpoint's state. Hyperparameters that differ from the file's are kept, with a warning.
+
+    Raises
+    ------
+    CheckpointError
+        The file cannot be read or does not fit `optimizer`; nothing was changed.
+    """
     if getattr(optimizer, "communicator", None) is not None and _read is None:   # a collective (adam_lit.distributed)
         from adam_lit.distributed import _load
         return _load(optimizer, path, match, restore_variables)
@@ -493,12 +554,38 @@ def load(optimizer: Optimizer,      # a built optimizer, on variables of the che
                       f"'{optimizer.name}' keeps its own", stacklevel=2)
     return optimizer
 
-def load_optimizer(path,                   # a file written by `save`
-                   variables,              # the variables to build the optimizer on (shapes and dtypes of the stored ones)
-                   names=None,             # their names (default: the variables' `.name`, else the stored names)
+# %% ../nbs/11_checkpoint.ipynb #cca6bced
+def load_optimizer(path: str | os.PathLike,  # a file written by `save`
+                   variables: list,          # the variables to build the optimizer on (shapes and dtypes of the stored ones)
+                   names: list[str] | None = None,  # their names (default: the variables' `.name`, else the stored names)
                    match: str = "auto",
-                   restore_variables: bool | None = None):   # as for `load`
-    "A new optimizer of the checkpoint's class and config, built on `variables`, with the checkpoint's state."
+                   restore_variables: bool | None = None
+                  ) -> Optimizer:
+    """A new optimizer of the checkpoint's class and config, built on `variables`, with the checkpoint's state.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A file written by `save`, whose optimizer's config could be stored (no callable hyperparameter).
+    variables : list of arrays
+        The variables to build the optimizer on, of the stored variables' shapes and dtypes.
+    names : list of str, optional
+        Their names; by default the variables' own `.name`, else the stored names.
+    match : {"auto", "name", "position"}, default "auto"
+        How variables are paired with the stored ones, as for `load`.
+    restore_variables : bool or None, default None
+        As for `load`: True writes the stored values in, False keeps the variables', None refuses if they differ.
+
+    Returns
+    -------
+    Optimizer
+        A new `Adam`, `AdamW` or `LazyAdam` of the checkpoint's config, built and loaded.
+
+    Raises
+    ------
+    CheckpointError
+        The file cannot be read, its optimizer cannot be rebuilt, or it does not fit `variables`.
+    """
     data = read(path)
     meta = data[0]
     if meta["config"] is None:

@@ -22,7 +22,11 @@ from .optimizer import NonFiniteGradientError, _check_disjoint, _unnamed_message
 from .schedules import LearningRateSchedule
 
 class DistributedError(RuntimeError):
-    "An error raised on one rank of a collective call, re-raised on every rank (its own type when it is not a library error)."
+    """An error raised on one rank of a collective call, re-raised on every rank (its own type when it is not a library error).
+
+    Also raised when a collective timed out (`MPICommunicator(timeout=...)`) or when some ranks failed in the middle of
+    a step that the others completed.
+    """
 
 def _mpi():
     "mpi4py's `MPI`, or a clear error saying how to install it."
@@ -39,7 +43,12 @@ __all__ = ['DistributedError', 'Communicator', 'MPICommunicator', 'NCCLCommunica
 # %% ../nbs/16_distributed.ipynb #944f9a1a
 class Communicator:
     """The collectives adam_lit uses. Buffers are contiguous 1-d arrays of the variables' library (NumPy or CuPy);
-    `*_host` methods move small NumPy metadata (error reports, row counts)."""
+    `*_host` methods move small NumPy metadata (error reports, row counts).
+
+    An interface: any object with these methods and the attributes `rank` (this process's index, from 0) and `size`
+    (the number of ranks) can be passed as an optimizer's `communicator`. `MPICommunicator` and `NCCLCommunicator`
+    implement it.
+    """
     rank: int = 0
     size: int = 1
     def allreduce(self, buf): "Sum `buf` over the ranks, in place."; raise NotImplementedError
@@ -53,6 +62,7 @@ class Communicator:
     def barrier(self): "Wait for every rank."; raise NotImplementedError
     def __repr__(self): return f"{type(self).__name__}(rank={self.rank}, size={self.size})"
 
+# %% ../nbs/16_distributed.ipynb #ee4aa2c1
 def _bytes(a): return a.reshape(-1).view(np.uint8)
 
 def _narrow(dtype) -> bool:
@@ -80,11 +90,24 @@ def _abort_at_exit(MPI):
     import atexit           # (registered after mpi4py's own finalizer, so it runs before it)
     atexit.register(lambda: MPI.Is_finalized() or MPI.COMM_WORLD.Abort(1))
 
+# %% ../nbs/16_distributed.ipynb #752cedd1
 class MPICommunicator(Communicator):
-    "Collectives through mpi4py's buffer interface (no pickling): NumPy arrays directly, CuPy arrays through host copies."
+    """Collectives through mpi4py's buffer interface (no pickling): NumPy arrays directly, CuPy arrays through host copies.
+
+    Parameters
+    ----------
+    comm : mpi4py.MPI.Comm, optional
+        The MPI communicator whose ranks share the optimizer; default `MPI.COMM_WORLD` (outside `mpirun`: one rank).
+    timeout : float, optional
+        Seconds each step's agreement may wait for the other ranks before raising `DistributedError`; the
+        communicator is unusable after a timeout. None (default): no limit.
+    abort_on_exception : bool, default True
+        In a job of several ranks, an exception that no code catches on any rank ends the whole job (`MPI_Abort`)
+        once its traceback is printed, instead of leaving the other ranks waiting in a collective.
+    """
     max_bytes = 2**31 - 1             # MPI counts are C ints: byte-counted calls larger than this go in pieces
-    def __init__(self, comm=None,     # an `mpi4py.MPI.Comm`; default `MPI.COMM_WORLD`
-                 timeout=None,        # seconds each step's agreement may wait for the other ranks (None: no limit), then DistributedError
+    def __init__(self, comm: MPI.Comm | None = None,  # an `mpi4py.MPI.Comm`; default `MPI.COMM_WORLD`
+                 timeout: float | None = None,  # seconds each step's agreement may wait for the other ranks (None: no limit), then DistributedError
                  abort_on_exception: bool = True): # an uncaught exception on any rank ends the whole job (MPI_Abort)
         MPI = _mpi()
         self._MPI = MPI
@@ -209,10 +232,22 @@ _NCCL_TYPES = {"float16": "NCCL_FLOAT16", "float32": "NCCL_FLOAT32", "float64": 
 
 class NCCLCommunicator(Communicator):
     """Collectives on CuPy arrays through NCCL (`cupy.cuda.nccl`), one GPU per rank; MPI starts the ranks, carries
-    NCCL's unique id and the small host metadata."""
-    def __init__(self, mpi_comm=None,   # an `mpi4py.MPI.Comm` (default COMM_WORLD)
-                 device=None,           # the GPU of this rank (default: its rank among the ranks on its machine, modulo the GPUs)
-                 timeout=None,          # seconds the host collectives (each step's agreement) may wait: see `MPICommunicator`
+    NCCL's unique id and the small host metadata.
+
+    Parameters
+    ----------
+    mpi_comm : mpi4py.MPI.Comm, optional
+        The MPI communicator that starts the ranks and carries the host metadata; default `MPI.COMM_WORLD`.
+    device : int, optional
+        The GPU of this rank; default its rank among the ranks on its machine, modulo the number of GPUs.
+    timeout : float, optional
+        Seconds the host collectives (each step's agreement) may wait, as for `MPICommunicator`; None: no limit.
+    abort_on_exception : bool, default True
+        An uncaught exception on any rank ends the job, as for `MPICommunicator`.
+    """
+    def __init__(self, mpi_comm: MPI.Comm | None = None,  # an `mpi4py.MPI.Comm` (default COMM_WORLD)
+                 device: int | None = None,  # the GPU of this rank (default: its rank among the ranks on its machine, modulo the GPUs)
+                 timeout: float | None = None,  # seconds the host collectives (each step's agreement) may wait: see `MPICommunicator`
                  abort_on_exception: bool = True):   # an uncaught exception on any rank ends the job: see `MPICommunicator`
         try:
             import cupy
@@ -300,6 +335,7 @@ def _record(error, items: list) -> np.ndarray:
     out[:len(data)] = np.frombuffer(data, np.uint8)
     return out
 
+# %% ../nbs/16_distributed.ipynb #6914b740
 def _after_step(comm, err, what: str):
     """After the part of a step that runs on every rank alike: if some ranks failed and others did not (an out-of-memory
     error on one rank, say), every rank raises, saying so; if all failed alike, each raises its own (identical) error."""
@@ -377,6 +413,7 @@ def _local_names(var_list, names):
     given = [isinstance(n, str) for n in names]
     return [n if isinstance(n, str) else f"variable_{i}" for i, n in enumerate(names)], given
 
+# %% ../nbs/16_distributed.ipynb #e0b68ebe
 def _build(opt, var_list, names=None):
     "The collective `build`: agree, broadcast rank 0's variables, build locally (ZeRO-1: the slots of this rank's rows)."
     comm, err, items, same = opt.communicator, None, [], False
@@ -413,6 +450,7 @@ def _build(opt, var_list, names=None):
     finally: opt._dist_local = False
     opt._dist = eng
 
+# %% ../nbs/16_distributed.ipynb #431752fd
 def _broadcast_array(comm, v):
     am = array_module(v)
     if v.flags.c_contiguous: comm.broadcast(v.reshape(-1), root=0)
@@ -422,7 +460,16 @@ def _broadcast_array(comm, v):
         v[...] = h
 
 def broadcast_state(optimizer):
-    "Copy rank 0's slots and step count to every rank (data parallel; e.g. after rank 0 alone loaded a state)."
+    """Copy rank 0's slots and step count to every rank (data parallel; e.g. after rank 0 alone loaded a state).
+
+    A collective: every rank calls it. The skipped-step count and a float learning rate are copied too.
+
+    Parameters
+    ----------
+    optimizer : Optimizer
+        A built optimizer with a `communicator` and `shard_state=False` (with ZeRO-1 each rank holds its own shard,
+        and `adam_lit.checkpoint.load` is the way to restore it).
+    """
     if getattr(optimizer, "communicator", None) is None:
         raise ValueError(f"optimizer '{getattr(optimizer, 'name', optimizer)}' has no communicator: there is nothing to broadcast")
     eng, err = optimizer._dist, None
@@ -491,6 +538,7 @@ def _apply(opt, grads, variables, aggregate: bool = True):
         return None
     return _sharded_step(opt, eng, xp, grads, variables, pairs, hyper, missing, aggregate, what)
 
+# %% ../nbs/16_distributed.ipynb #9b066b8f
 def _agreed_nonfinite(opt, comm, what: str):
     """The optimizer's `_nonfinite` (the non-finite policy at work) for a step on gradients that differ between ranks
     (`experimental_aggregate_gradients=False`): each rank checks its own, one tiny all-reduce counts the ranks that found
@@ -534,6 +582,7 @@ def _average(eng, grads):
     for k, whole in zip(sparse, _gather_slices(comm, [grads[k] for k in sparse], scale=True)): out[k] = whole
     return out
 
+# %% ../nbs/16_distributed.ipynb #936d6aea
 def _gather_slices(comm, gs: list, scale: bool) -> list:
     """Every rank's rows of each `IndexedSlices` in `gs`, in rank order (values divided by the number of ranks when
     averaging). All of them travel together: one all-gather of the row counts (host), one of the indices, one of the
@@ -568,6 +617,7 @@ def _gather_slices(comm, gs: list, scale: bool) -> list:
         out.append(IndexedSlices(values, indices, g.dense_shape))
     return out
 
+# %% ../nbs/16_distributed.ipynb #5f091ef6
 def _sharded_step(opt, eng, xp, grads, variables, pairs, hyper, missing, aggregate, what):
     "ZeRO-1: reduce-scatter the gradients, update this rank's rows and their slots, all-gather the variables."
     comm, p, r = eng.comm, eng.comm.size, eng.comm.rank
@@ -657,6 +707,7 @@ def _layout(self, am, variables):
     # this rank's rows are views of the variables themselves: the update writes them in place
     self.pieces = [v if v.ndim == 0 else v[slice(*self.bounds(i))] for i, v in enumerate(variables)]
 
+# %% ../nbs/16_distributed.ipynb #1f4eb647
 @_engine_method
 def _bounds(self, i, q=None): return self.rows[i][2][self.comm.rank if q is None else q]
 
@@ -685,6 +736,7 @@ def _take(self, i, a, q=None):
     "Rank q's rows of `a` (an array shaped like variable i), shaped as its piece."
     return self.rows_of(a)[slice(*self.bounds(i, q))].reshape(self.piece_shape(i, q))
 
+# %% ../nbs/16_distributed.ipynb #0547bf7a
 # ZeRO-1 hooks called by the optimizer's pipeline
 @_engine_method
 def _clip(self, opt, xp, grads):
@@ -732,6 +784,7 @@ def _finalize(self, opt, var_list):
     full = self.gather_pieces(dict(enumerate(avgs)))
     for i, v in enumerate(var_list): assign(v, full[i])
 
+# %% ../nbs/16_distributed.ipynb #2b8b03c4
 # ZeRO-1 data movement
 @_engine_method
 def _gather_pieces(self, pieces: dict) -> dict:
@@ -804,6 +857,7 @@ def _gather_rows(eng, i, piece, like):
     rows = am.concatenate([recv[q, :hi - lo] for q, (lo, hi) in enumerate(b)])
     return rows.reshape(like.shape)
 
+# %% ../nbs/16_distributed.ipynb #6bdfc5fd
 def _save(optimizer, path, include_variables: bool = True) -> str:
     "`adam_lit.checkpoint.save` for a distributed optimizer: rank 0 writes the whole state (ZeRO-1: gathered first)."
     from adam_lit import checkpoint
@@ -827,6 +881,7 @@ def _save(optimizer, path, include_variables: bool = True) -> str:
     path = str(path)
     return out if out is not None else (path if path.endswith(".npz") else path + ".npz")
 
+# %% ../nbs/16_distributed.ipynb #b9ce4f3d
 def _content_digest(meta, arrays: dict) -> str:
     "SHA-256 of what `checkpoint.read` returned: the metadata (as sorted JSON), then each array's name, dtype, shape and bytes."
     h = hashlib.sha256(json.dumps(meta, sort_keys=True, default=repr).encode())

@@ -10,7 +10,7 @@ from __future__ import annotations
 import inspect
 import math
 import numbers
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
@@ -25,7 +25,12 @@ __all__ = ['METHODS', 'DRIVER_OPTIONS', 'OptimizeResult', 'check_method', 'optim
 
 # %% ../nbs/12_minimize.ipynb #8cfb0753
 class OptimizeResult(dict):
-    "The result of `minimize`, as scipy's: a dict whose keys are also attributes (`res.x`, `res.fun`, ...)."
+    """The result of `minimize`, as scipy's: a dict whose keys are also attributes (`res.x`, `res.fun`, ...).
+
+    Keys: scipy's `x`, `fun`, `jac`, `nit`, `nfev`, `njev`, `status`, `success`, `message`, and `history` (a record
+    array of `loss` and `grad_norm` per evaluated iterate), `best_iter`, `method` and `optimizer` (the optimizer
+    object, with its slots and `iterations`). Constructed like a dict: `OptimizeResult(x=..., fun=...)`.
+    """
     def __getattr__(self, name):
         try: return self[name]
         except KeyError: raise AttributeError(name) from None
@@ -33,8 +38,16 @@ class OptimizeResult(dict):
     __delattr__ = dict.__delitem__
     def __dir__(self): return list(self.keys()) + ["plot_history"]
 
-    def plot_history(self, ax=None, grad_norm=False):
-        "`plot_history(self, ax, grad_norm)`: the loss per iteration; matplotlib is imported only now."
+    def plot_history(self, ax=None, grad_norm: bool = False):
+        """The loss per iteration, as `adam_lit.plot_history(self, ax, grad_norm)`; matplotlib is imported only now.
+
+        Parameters
+        ----------
+        ax : matplotlib.axes.Axes, optional
+            The axis to draw on (default: a new figure).
+        grad_norm : bool, default False
+            Also draw the gradient norm, on a second (log) axis.
+        """
         return plot_history(self, ax=ax, grad_norm=grad_norm)
 
     def __repr__(self):
@@ -53,15 +66,27 @@ _NOT_OPTIONS = ("communicator", "shard_state")   # a distributed step needs a lo
 DRIVER_OPTIONS = {"maxiter": 1000, "gtol": 1e-5, "ftol": None, "patience": None, "min_delta": 0.0,
                   "restore_best": False, "nan_policy": "stop", "progress": False, "disp": False}
 
-def check_method(method) -> str:
-    "The canonical name of `method` (case-insensitive), or a `ValueError` that lists the valid ones."
+def check_method(method: str) -> str:
+    """The canonical name of `method` (case-insensitive), or a `ValueError` that lists the valid ones.
+
+    Parameters
+    ----------
+    method : str
+        "adam", "amsgrad" or "lazyadam", in any case.
+    """
     if not isinstance(method, str) or method.lower() not in _METHODS:
         raise ValueError(f"Unknown method {method!r}; valid methods are {', '.join(repr(m) for m in METHODS)} "
                          "(case-insensitive)")
     return method.lower()
 
-def optimizer_options(method) -> tuple:
-    "The option names that go to the optimizer of `method`: its constructor's arguments (and its bases' through `**kwargs`)."
+def optimizer_options(method: str) -> tuple:
+    """The option names that go to the optimizer of `method`: its constructor's arguments (and its bases' through `**kwargs`).
+
+    Parameters
+    ----------
+    method : str
+        "adam", "amsgrad" or "lazyadam", in any case.
+    """
     cls = _METHODS[check_method(method)][0]
     names = []
     for c in cls.__mro__:
@@ -137,6 +162,7 @@ def _as_loss(f) -> float:
         raise ArgumentTypeError(f"`fun` must return a real scalar loss, got {type(f).__name__} of shape {a.shape} and dtype {a.dtype}")
     return float(a)
 
+# %% ../nbs/12_minimize.ipynb #40974b8b
 class _Objective:
     "`fun` and `jac` at the driver's array `x`, their results checked and counted."
     def __init__(self, fun, jac, args, x):
@@ -223,17 +249,47 @@ def _tqdm():
     return tqdm
 
 # %% ../nbs/12_minimize.ipynb #b074c834
-def minimize(fun,                # fun(x, *args) -> loss, or (loss, gradient) with jac=True
-             x0,                 # initial point: a float16/32/64 NumPy array of any shape (copied)
-             args=(),            # extra arguments of `fun` and `jac`
-             method="adam",      # "adam", "amsgrad" or "lazyadam", case-insensitive (None: "adam", scipy's default rule)
-             jac=None,           # True, or jac(x, *args) -> gradient (an array like x, or an IndexedSlices)
+def minimize(fun: Callable,                 # fun(x, *args) -> loss, or (loss, gradient) with jac=True
+             x0: np.ndarray,                # initial point: a float16/32/64 NumPy array of any shape (copied)
+             args: tuple = (),              # extra arguments of `fun` and `jac`
+             method: str | None = "adam",   # "adam", "amsgrad" or "lazyadam", case-insensitive (None: "adam", scipy's default rule)
+             jac: bool | Callable | None = None,  # True, or jac(x, *args) -> gradient (an array like x, or an IndexedSlices)
              *,
-             options=None,       # the optimizer's arguments and the driver's (see `DRIVER_OPTIONS`)
-             callback=None,      # callback(intermediate_result) or callback(xk); True or StopIteration stops
-             tol=None            # default for `gtol`, as in scipy
+             options: dict | None = None,   # the optimizer's arguments and the driver's (see `DRIVER_OPTIONS`)
+             callback: Callable | None = None,  # callback(intermediate_result) or callback(xk); True or StopIteration stops
+             tol: float | None = None       # default for `gtol`, as in scipy
             ) -> OptimizeResult:
-    "Minimize `fun` from `x0` with Adam, AMSGrad or LazyAdam, in the idiom of `scipy.optimize.minimize`."
+    """Minimize `fun` from `x0` with Adam, AMSGrad or LazyAdam, in the idiom of `scipy.optimize.minimize`.
+
+    Parameters
+    ----------
+    fun : callable
+        `fun(x, *args)` returns the loss (a real scalar), or `(loss, gradient)` with `jac=True`.
+    x0 : numpy.ndarray
+        The initial point: a finite float16, float32 or float64 array of any shape; it is copied, never modified.
+    args : tuple, default ()
+        Extra arguments passed to `fun` and `jac`.
+    method : str or None, default "adam"
+        "adam", "amsgrad" or "lazyadam", case-insensitive; None means "adam".
+    jac : bool or callable
+        Required: True when `fun` returns `(loss, gradient)`, or `jac(x, *args)` returning the gradient (an array of
+        `x0`'s shape and dtype, or an `IndexedSlices`).
+    options : dict, optional
+        The optimizer's constructor arguments (`learning_rate`, `beta_1`, `weight_decay`, `clipnorm`, ...) and the
+        driver's own (`maxiter`, `gtol`, `ftol`, `patience`, `min_delta`, `restore_best`, `nan_policy`, `progress`,
+        `disp`; see `DRIVER_OPTIONS`).
+    callback : callable, optional
+        `callback(intermediate_result)` (an `OptimizeResult` with `x`, `fun`, `nit`, `grad_norm`) or `callback(xk)`,
+        after each step; returning True or raising `StopIteration` stops.
+    tol : float, optional
+        A default for `gtol`, as in scipy.
+
+    Returns
+    -------
+    OptimizeResult
+        `x`, `fun`, `jac`, `nit`, `nfev`, `njev`, `status`, `success`, `message`, `history`, `best_iter`, `method`,
+        `optimizer`.
+    """
     method = check_method("adam" if method is None else method)
     cls, opt_kw, o = _resolve_options(method, options, tol)
     if not callable(fun): raise ArgumentTypeError(f"`fun` must be callable, got {fun!r}")
@@ -320,15 +376,42 @@ class _ScipyMethod:
         except ImportError: return res
         return R(res)
 
-def scipy_method(method: str = "adam"):
-    "A callable for `scipy.optimize.minimize(..., method=scipy_method('adam'), options={...})`."
+def scipy_method(method: str = "adam") -> Callable:
+    """A callable for `scipy.optimize.minimize(..., method=scipy_method('adam'), options={...})`.
+
+    Parameters
+    ----------
+    method : str, default "adam"
+        "adam", "amsgrad" or "lazyadam", case-insensitive.
+
+    Returns
+    -------
+    callable
+        A custom scipy method that runs `minimize`; scipy returns its result as scipy's own `OptimizeResult`.
+    """
     return _ScipyMethod(check_method(method))
 
 # %% ../nbs/12_minimize.ipynb #ba851900
-def plot_history(result,           # an `OptimizeResult` from `minimize` (adam_lit's or scipy's, via `scipy_method`)
-                 ax=None,          # a matplotlib axis (default: a new figure)
-                 grad_norm=False): # also draw the gradient norm, on a second (log) axis
-    "Plot `result.history`'s loss per iteration (log scale when positive); returns the axis."
+def plot_history(result: Mapping,       # an `OptimizeResult` from `minimize` (adam_lit's or scipy's, via `scipy_method`)
+                 ax=None,               # a matplotlib axis (default: a new figure)
+                 grad_norm: bool = False  # also draw the gradient norm, on a second (log) axis
+                ):
+    """Plot `result.history`'s loss per iteration (log scale when positive); returns the axis.
+
+    Parameters
+    ----------
+    result : OptimizeResult
+        A result of `minimize`, adam_lit's or scipy's (through `scipy_method`): it needs `history`, `nit` and `fun`.
+    ax : matplotlib.axes.Axes, optional
+        The axis to draw on; default a new figure with constrained layout.
+    grad_norm : bool, default False
+        Also draw the gradient norm, on a second (log) axis, with a legend.
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+        The axis drawn on.
+    """
     import matplotlib.pyplot as plt
     h = result["history"]
     loss = np.asarray(h["loss"], dtype=float)

@@ -47,7 +47,21 @@ def _decay_of(optimizer, i) -> float:
 
 def to_torch_state_dict(optimizer: Optimizer) -> dict:
     """The optimizer's state as `torch.optim.Adam(...).state_dict()` (requires torch); warns where the numerics differ.
-    One parameter group, or, with weight-decay exclusions, one per run of consecutive variables with the same decay."""
+
+    One parameter group, or, with weight-decay exclusions, one per run of consecutive variables with the same decay.
+
+    Parameters
+    ----------
+    optimizer : Optimizer
+        A built `Adam`, `AdamW` or `LazyAdam`. Its moments (`exp_avg`, `exp_avg_sq`, AMSGrad's `max_exp_avg_sq`) and
+        step count are exported; state PyTorch has no place for (EMA, accumulators, a schedule, clipping) is left out
+        with a warning.
+
+    Returns
+    -------
+    dict
+        `{"state": {i: {...}}, "param_groups": [...]}`, what `torch.optim.Adam.load_state_dict` (or `AdamW`'s) takes.
+    """
     import torch
     _check_built(optimizer, "to_torch_state_dict")
     if not hasattr(optimizer, "beta_1"): raise TypeError(f"{type(optimizer).__name__} is not an Adam optimizer")
@@ -135,9 +149,36 @@ def _check_groups(optimizer, groups, ids, step, keep_learning_rate):
                              f"of optimizer '{name}' has {have}: {fix}")
         first += len(g["params"])
 
-def from_torch_state_dict(optimizer: Optimizer, state_dict: dict, keep_learning_rate: bool = False) -> Optimizer:
+# %% ../nbs/13_interop.ipynb #cd282384
+def from_torch_state_dict(optimizer: Optimizer,          # built on the same parameters, in the same order
+                          state_dict: dict,                 # `torch.optim.Adam(...).state_dict()` (or AdamW's)
+                          keep_learning_rate: bool = False  # keep the optimizer's learning rate (a schedule) instead of checking `lr`
+                         ) -> Optimizer:
     """Load `torch.optim.Adam(...)` (or `AdamW`) `.state_dict()` into `optimizer`, built on the same parameters in order.
-    Everything is checked first: a hyperparameter adam_lit would not reproduce is refused, and nothing is written."""
+
+    Everything is checked first: a hyperparameter adam_lit would not reproduce is refused, and nothing is written.
+
+    Parameters
+    ----------
+    optimizer : Optimizer
+        A built adam_lit optimizer on the same parameters as the PyTorch optimizer, in the same order (the parameters
+        of all groups, one after the other), with the same `beta_1`, `beta_2`, `epsilon`, `amsgrad` and weight decay.
+    state_dict : dict
+        What `torch.optim.Adam(...).state_dict()` or `torch.optim.AdamW(...).state_dict()` returned.
+    keep_learning_rate : bool, default False
+        Keep the optimizer's own learning rate (a schedule, say) instead of requiring the groups' `lr` to equal it.
+
+    Returns
+    -------
+    Optimizer
+        `optimizer`, with the moments and the step count loaded.
+
+    Raises
+    ------
+    ValueError
+        The state cannot be continued by `optimizer` (another hyperparameter, a coupled weight decay, `maximize`,
+        shapes or step counts that do not fit); nothing was written.
+    """
     _check_built(optimizer, "from_torch_state_dict")
     try:
         groups, state = state_dict["param_groups"], state_dict["state"]
@@ -180,7 +221,6 @@ def from_torch_state_dict(optimizer: Optimizer, state_dict: dict, keep_learning_
     _epsilon_warning(optimizer, "PyTorch")
     return optimizer
 
-
 # %% ../nbs/13_interop.ipynb #f7f9e03a
 def _keras_layout(keras_optimizer):
     try: kvars = list(keras_optimizer.variables)
@@ -202,16 +242,39 @@ def _check_layout(optimizer, kvars, knames):
         if tuple(kv.shape) != tuple(a.shape):
             raise ValueError(f"variable {k} ({kn!r}) has shape {tuple(kv.shape)} in Keras, {tuple(a.shape)} here")
 
-def to_keras(optimizer: Optimizer, keras_optimizer) -> None:
-    "Assign adam_lit's state (iterations, learning rate, slots) to a built Keras 3 optimizer of the same layout."
+# %% ../nbs/13_interop.ipynb #8ef6f070
+def to_keras(optimizer: Optimizer, keras_optimizer: "keras.optimizers.Optimizer") -> None:
+    """Assign adam_lit's state (iterations, learning rate, slots) to a built Keras 3 optimizer of the same layout.
+
+    Parameters
+    ----------
+    optimizer : Optimizer
+        A built adam_lit optimizer.
+    keras_optimizer : keras.optimizers.Optimizer
+        A Keras 3 optimizer built on variables of the same shapes, with the same slots (the same `amsgrad`, `use_ema`
+        and accumulation settings). Nothing is assigned when the layouts differ.
+    """
     _check_built(optimizer, "to_keras")
     kvars, knames = _keras_layout(keras_optimizer)
     _check_layout(optimizer, kvars, knames)
     values = [np.asarray(_to_host(a)) for a in optimizer.variables]
     for kv, a in zip(kvars, values): kv.assign(a.astype(np.dtype(str(kv.dtype))))
 
-def from_keras(optimizer: Optimizer, keras_optimizer) -> Optimizer:
-    "Load a built Keras 3 optimizer's state (iterations, learning rate, slots) into `optimizer`, of the same layout."
+def from_keras(optimizer: Optimizer, keras_optimizer: "keras.optimizers.Optimizer") -> Optimizer:
+    """Load a built Keras 3 optimizer's state (iterations, learning rate, slots) into `optimizer`, of the same layout.
+
+    Parameters
+    ----------
+    optimizer : Optimizer
+        A built adam_lit optimizer with the Keras optimizer's layout (variables' shapes, slots).
+    keras_optimizer : keras.optimizers.Optimizer
+        A built Keras 3 optimizer.
+
+    Returns
+    -------
+    Optimizer
+        `optimizer`, with the Keras optimizer's state.
+    """
     _check_built(optimizer, "from_keras")
     kvars, knames = _keras_layout(keras_optimizer)
     _check_layout(optimizer, kvars, knames)
