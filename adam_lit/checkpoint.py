@@ -147,8 +147,7 @@ def save(optimizer: Optimizer,          # a built optimizer (NumPy, CuPy, torch,
         ) -> str:
     "Write `optimizer`'s full state to one `.npz` file (atomically); returns the path written."
     if getattr(optimizer, "communicator", None) is not None:     # a collective: rank 0 writes (adam_lit.distributed)
-        from adam_lit.distributed import _save
-        return _save(optimizer, path, include_variables)
+        return optimizer.communicator._checkpoint_save(optimizer, path, include_variables)
     if not isinstance(optimizer, Optimizer):
         raise TypeError(f"save expects an adam_lit optimizer, got {type(optimizer).__name__}")
     if not optimizer.built:
@@ -478,8 +477,7 @@ def load(optimizer: Optimizer,      # a built optimizer, on variables of the che
          _read=None):
     "Load a checkpoint's step count and slots (and optionally variables) into `optimizer`; all checked before any write."
     if getattr(optimizer, "communicator", None) is not None and _read is None:   # a collective (adam_lit.distributed)
-        from adam_lit.distributed import _load
-        return _load(optimizer, path, match, restore_variables)
+        return optimizer.communicator._checkpoint_load(optimizer, path, match, restore_variables)
     meta, arrays = read(path) if _read is None else _read
     writes, iterations = _plan_load(optimizer, meta, arrays, path, match, restore_variables)
     diff = _differing_config(optimizer, meta) + (["exclude_from_weight_decay"] if writes.state["exclusions_differ"] else [])
