@@ -13,22 +13,34 @@ from .kernels import array_module, tiled_base
 # %% auto #0
 __all__ = []
 
+# %% ../nbs/03a_fastpath.ipynb #fp-plan
+def _run_plan(self, grads, variables):
+    """The cached plan's step: True if it ran, False if the checked pipeline must run instead, None if there is no plan
+    for these arrays (the same gradient arrays as the last step, nothing reconfigured since)."""
+    vs, plan = self._variables, self._plan
+    if plan is None: return None
+    pg, step, finite = plan
+    if not (len(grads) == len(pg) and all(a is b for a, b in zip(grads, pg))
+            and (variables is None or (len(variables) == len(vs) and all(a is b for a, b in zip(variables, vs))))):
+        return None
+    if finite is not None and not finite(): return False     # gradient_nan_policy: the checked path raises or skips
+    if not _all_writeable(vs): return False                  # a variable made read-only since: the checked path says so
+    step(self._iterations)
+    self._iterations += 1
+    self._flat_steps += 1
+    return True
+
+def _all_writeable(arrays) -> bool:
+    "Whether every array can be written (a NumPy view may have been made read-only; CuPy arrays always can)."
+    return all(getattr(getattr(a, "flags", None), "writeable", True) for a in arrays)
+
 # %% ../nbs/03a_fastpath.ipynb #fp-flat
-# (one cell longer than a screen: one function, the checks that decide whether the fused call may run, in order)
 def _flat_apply(self, grads, variables) -> bool:
     "One fused call for variables and gradients that tile flat buffers, when no option needs the tensors one by one."
-    vs, plan = self._variables, self._plan
+    vs = self._variables
     if variables is not None: variables = list(variables)
-    if plan is not None:         # the same gradient arrays as the last step, nothing reconfigured since: the cached plan
-        pg, step, finite = plan
-        if (len(grads) == len(pg) and all(a is b for a, b in zip(grads, pg))
-                and (variables is None or (len(variables) == len(vs) and all(a is b for a, b in zip(variables, vs))))):
-            if finite is not None and not finite(): return False     # gradient_nan_policy: the checked path raises or skips
-            if not _all_writeable(vs): return False                  # a variable made read-only since: the checked path says so
-            step(self._iterations)
-            self._iterations += 1
-            self._flat_steps += 1
-            return True
+    ran = _run_plan(self, grads, variables)
+    if ran is not None: return ran
     if variables is not None:
         variables = list(variables)
         if len(variables) != len(vs) or any(a is not b for a, b in zip(variables, vs)): return False
@@ -70,10 +82,6 @@ def _flat_apply(self, grads, variables) -> bool:
         step = self._flat_plan(x, gbase, slots, S)
         if step is not None: self._plan = (list(grads), step, finite)
     return True
-
-def _all_writeable(arrays) -> bool:
-    "Whether every array can be written (a NumPy view may have been made read-only; CuPy arrays always can)."
-    return all(getattr(getattr(a, "flags", None), "writeable", True) for a in arrays)
 
 def _root(a):
     "The array that owns `a`'s memory."
