@@ -20,7 +20,7 @@ import zipfile
 import numpy as np
 
 from .backend import ArgumentTypeError, _bfloat16, _from_host, _is_writeable, _to_host, assign, default_int
-from .optimizer import Optimizer
+from .optimizer import Optimizer, _distributed
 
 FORMAT = "adam_lit.checkpoint"   # the `format` field of every checkpoint's metadata
 VERSION = 2                      # the format version this code writes; it reads every version from 1 to this one
@@ -147,7 +147,7 @@ def save(optimizer: Optimizer,          # a built optimizer (NumPy, CuPy, torch,
         ) -> str:
     "Write `optimizer`'s full state to one `.npz` file (atomically); returns the path written."
     if getattr(optimizer, "communicator", None) is not None:     # a collective: rank 0 writes (adam_lit.distributed)
-        return optimizer.communicator._checkpoint_save(optimizer, path, include_variables)
+        return _distributed("save")(optimizer, path, include_variables)
     if not isinstance(optimizer, Optimizer):
         raise TypeError(f"save expects an adam_lit optimizer, got {type(optimizer).__name__}")
     if not optimizer.built:
@@ -477,7 +477,7 @@ def load(optimizer: Optimizer,      # a built optimizer, on variables of the che
          _read=None):
     "Load a checkpoint's step count and slots (and optionally variables) into `optimizer`; all checked before any write."
     if getattr(optimizer, "communicator", None) is not None and _read is None:   # a collective (adam_lit.distributed)
-        return optimizer.communicator._checkpoint_load(optimizer, path, match, restore_variables)
+        return _distributed("load")(optimizer, path, match, restore_variables)
     meta, arrays = read(path) if _read is None else _read
     writes, iterations = _plan_load(optimizer, meta, arrays, path, match, restore_variables)
     diff = _differing_config(optimizer, meta) + (["exclude_from_weight_decay"] if writes.state["exclusions_differ"] else [])

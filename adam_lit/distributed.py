@@ -18,7 +18,7 @@ import numpy as np
 
 from .backend import ArgumentTypeError, IndexedSlices, assign, check_variables, describe, host_float
 from .kernels import array_module
-from .optimizer import NonFiniteGradientError, _check_disjoint, _unnamed_message
+from .optimizer import _SEAM, NonFiniteGradientError, _check_disjoint, _unnamed_message
 from .schedules import LearningRateSchedule
 
 class DistributedError(RuntimeError):
@@ -51,12 +51,6 @@ class Communicator:
     def allgather_host(self, a: np.ndarray) -> np.ndarray: "Every rank's small NumPy array `a`, stacked: shape (size, *a.shape)."; raise NotImplementedError
     def allreduce_host(self, a: np.ndarray) -> np.ndarray: "The sum over the ranks of the small NumPy array `a`."; raise NotImplementedError
     def barrier(self): "Wait for every rank."; raise NotImplementedError
-    # The seam (`adam_lit.optimizer._ENGINE_HOOKS`): the optimizer and the checkpoint call these on the communicator
-    # they were given, and so never import this module.
-    def _optimizer_build(self, opt, var_list, names=None): return _build(opt, var_list, names)
-    def _optimizer_apply(self, opt, grads, variables, aggregate=True): return _apply(opt, grads, variables, aggregate)
-    def _checkpoint_save(self, opt, path, include_variables=True): return _save(opt, path, include_variables)
-    def _checkpoint_load(self, opt, path, match="auto", restore_variables=None): return _load(opt, path, match, restore_variables)
     def __repr__(self): return f"{type(self).__name__}(rank={self.rank}, size={self.size})"
 
 def _bytes(a): return a.reshape(-1).view(np.uint8)
@@ -874,3 +868,7 @@ def _load(optimizer, path, match: str = "auto", restore_variables: bool | None =
         warnings.warn(f"the checkpoint was saved with other hyperparameters ({', '.join(diff)}); optimizer "
                       f"'{optimizer.name}' keeps its own", stacklevel=3)
     return optimizer
+
+# The plug: the optimizer and the checkpoint reach this module's collective build, step, save and load through
+# `adam_lit.optimizer._SEAM`, and so never import it.
+_SEAM.build, _SEAM.apply, _SEAM.save, _SEAM.load = _build, _apply, _save, _load

@@ -142,16 +142,26 @@ def _check_bool(name: str, value) -> bool:
     return bool(value)
 
 # %% ../nbs/03_optimizer.ipynb #opt-seam
-# What a communicator must have: the collectives (used by `adam_lit.distributed`), then the hooks through which the
-# optimizer and the checkpoint reach the distributed engine without importing it.
-_COLLECTIVES = ("rank", "size", "allreduce", "reduce_scatter", "allgather", "broadcast", "allgather_host",
-                "allreduce_host", "barrier")
-_ENGINE_HOOKS = ("_optimizer_build", "_optimizer_apply", "_checkpoint_save", "_checkpoint_load")
+class _Seam:
+    """The plug of `adam_lit.distributed`, which registers here, when it is imported, its collective
+    `build(opt, var_list, names)`, `apply(opt, grads, variables, aggregate)`, `save(opt, path, include_variables)` and
+    `load(opt, path, match, restore_variables)`. The optimizer and `adam_lit.checkpoint` call them for an optimizer that
+    has a communicator, and import nothing of it."""
+    build = apply = save = load = None
+
+_SEAM = _Seam()
+
+def _distributed(hook: str):
+    "The registered collective `hook` ('build', 'apply', 'save' or 'load')."
+    f = getattr(_SEAM, hook)
+    if f is None: raise RuntimeError("an optimizer with a communicator needs adam_lit.distributed: import adam_lit first")
+    return f
 
 def _check_communicator(communicator, shard_state):
-    "`communicator` (None, or an object with the collectives and the hooks) and `shard_state` checked together."
+    "`communicator` (None, or an object with the collectives) and `shard_state` checked together."
     if communicator is not None:
-        missing = [m for m in _COLLECTIVES + _ENGINE_HOOKS if not hasattr(communicator, m)]
+        missing = [m for m in ("rank", "size", "allreduce", "reduce_scatter", "allgather", "broadcast", "allgather_host",
+                               "allreduce_host", "barrier") if not hasattr(communicator, m)]
         if missing: raise ArgumentTypeError(f"Argument `communicator` must be an adam_lit.distributed communicator "
                                             f"(MPICommunicator, NCCLCommunicator); {communicator!r} lacks {', '.join(missing)}")
     shard_state = _check_bool("shard_state", shard_state)
@@ -160,11 +170,11 @@ def _check_communicator(communicator, shard_state):
     return communicator, shard_state
 
 class _Engine:
-    """The engine a communicator's `_optimizer_build` stores in `optimizer._dist` once a distributed optimizer is built
-    (`adam_lit.distributed` implements it). The pipeline asks it only when `sharded` (ZeRO-1: each rank holds the slots
-    of its rows): `clip(opt, xp, grads)` clips by the norms of the whole gradients, `global_counts(rc, sc)` adds the
-    non-finite counts of every rank, `finalize(opt, var_list)` gathers the EMA averages, `piece_shape(i)` is the shape
-    of this rank's rows of variable `i`. This class only documents that interface."""
+    """What the collective build stores in `optimizer._dist` (`adam_lit.distributed` implements it). The pipeline asks it
+    only when `sharded` (ZeRO-1: each rank holds the slots of its rows): `clip(opt, xp, grads)` clips by the norms of
+    the whole gradients, `global_counts(rc, sc)` adds the non-finite counts of every rank, `finalize(opt, var_list)`
+    gathers the EMA averages, `piece_shape(i)` is the shape of this rank's rows of variable `i`. This class only
+    documents that interface."""
     sharded: bool = False
 
 # %% ../nbs/03_optimizer.ipynb #c8a93769
@@ -461,7 +471,7 @@ def build(self, var_list: list, names: list | None = None) -> None:
         One name per variable (default: each array's `name`, else `variable_<i>`).
     """
     if self.communicator is not None and not self._dist_local:     # a collective: every rank builds together
-        return self.communicator._optimizer_build(self, var_list, names)
+        return _distributed("build")(self, var_list, names)
     var_list = _listed(var_list, "var_list")
     xp = check_variables(var_list, writeable=False)
     if self.built:
@@ -1063,7 +1073,7 @@ def apply(self, grads: list, trainable_variables: list | None = None) -> None:
     if trainable_variables is not None and type(trainable_variables) is not list:
         trainable_variables = _listed(trainable_variables, "trainable_variables")
     if self.communicator is not None:     # a collective: gradients averaged over the ranks (adam_lit.distributed)
-        return self.communicator._optimizer_apply(self, grads, trainable_variables, True)
+        return _distributed("apply")(self, grads, trainable_variables, True)
     return self._apply_local(grads, trainable_variables)
 
 @_patch
@@ -1128,7 +1138,7 @@ def apply_gradients(self, grads_and_vars: list, name: str | None = None, experim
             what = f"{_kind_of(p)} of shape {tuple(p.shape)}" if hasattr(p, "shape") else f"a {type(p).__name__}"
             raise ArgumentTypeError(f"Argument `grads_and_vars` must be a list of (gradient, variable) pairs; entry {k} is {what}")
     if self.communicator is not None:     # `experimental_aggregate_gradients=False`: the caller has averaged them
-        self.communicator._optimizer_apply(self, [g for g, _ in pairs], [v for _, v in pairs], experimental_aggregate_gradients)
+        _distributed("apply")(self, [g for g, _ in pairs], [v for _, v in pairs], experimental_aggregate_gradients)
         return self._iterations
     if not pairs: return self._iterations
     grads, variables = zip(*pairs)
