@@ -55,8 +55,21 @@ def _host_scalar(name: str, value):
         raise ArgumentTypeError(f"Argument `{name}` should be a real number, got a 0-d array of dtype {dt}")
     return float(value)
 
-def check_float(name: str, value, *, low=None, high=None, low_open=False, high_open=False) -> float:
-    "Validate a real hyperparameter `value` called `name` (a number or a 0-d real array), finite and within bounds; return it as a Python float."
+def check_float(name: str, value: float | object, *, low: float | None = None, high: float | None = None,
+                low_open: bool = False, high_open: bool = False) -> float:
+    """Validate a real hyperparameter, finite and within bounds; return it as a Python float.
+
+    Parameters
+    ----------
+    name : str
+        The argument's name, for the messages.
+    value : float or 0-d array
+        A real number (not a bool), or a 0-d real array of any library, read once on the host.
+    low, high : float, optional
+        The bounds (inclusive unless `low_open` / `high_open`).
+    low_open, high_open : bool, default False
+        Whether the bound itself is refused.
+    """
     if not _is_real(value):
         host = _host_scalar(name, value)
         if host is None:
@@ -70,12 +83,32 @@ def check_float(name: str, value, *, low=None, high=None, low_open=False, high_o
         raise ValueError(f"Argument `{name}` must be {'<' if high_open else '<='} {high}, got {value}")
     return value
 
-def check_hyper(name: str, value, **bounds):
-    "A hyperparameter that may also be a zero-argument callable (checked when it is called)."
+def check_hyper(name: str, value: float | Callable, **bounds):
+    """A hyperparameter that may also be a zero-argument callable (checked when it is called).
+
+    Parameters
+    ----------
+    name : str
+        The argument's name, for the messages.
+    value : float or callable
+        A number (checked now by `check_float`) or a zero-argument callable (returned as is).
+    **bounds
+        `low`, `high`, `low_open`, `high_open`, as `check_float` takes them.
+    """
     return value if callable(value) else check_float(name, value, **bounds)
 
-def check_int(name: str, value, *, low: int) -> int:
-    "Validate an integer argument (bools and floats refused)."
+def check_int(name: str, value: int, *, low: int) -> int:
+    """Validate an integer argument (bools and floats refused).
+
+    Parameters
+    ----------
+    name : str
+        The argument's name, for the messages.
+    value : int
+        The value to check.
+    low : int
+        The smallest value accepted.
+    """
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise ArgumentTypeError(f"Argument `{name}` must be an integer >= {low}, got {value!r}")
     if value < low: raise ValueError(f"Argument `{name}` must be an integer >= {low}, got {value}")
