@@ -55,6 +55,7 @@ def _host_scalar(name: str, value):
         raise ArgumentTypeError(f"Argument `{name}` should be a real number, got a 0-d array of dtype {dt}")
     return float(value)
 
+# %% ../nbs/03_optimizer.ipynb #opt-checkfns
 def check_float(name: str, value: float | object, *, low: float | None = None, high: float | None = None,
                 low_open: bool = False, high_open: bool = False) -> float:
     """Validate a real hyperparameter, finite and within bounds; return it as a Python float.
