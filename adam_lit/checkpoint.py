@@ -20,7 +20,7 @@ import zipfile
 import numpy as np
 
 from .backend import ArgumentTypeError, _bfloat16, _from_host, _is_writeable, _to_host, assign, default_int
-from .optimizer import Optimizer
+from .optimizer import Optimizer, _distributed
 
 FORMAT = "adam_lit.checkpoint"   # the `format` field of every checkpoint's metadata
 VERSION = 2                      # the format version this code writes; it reads every version from 1 to this one
@@ -166,8 +166,7 @@ def save(optimizer: Optimizer,          # a built optimizer (NumPy, CuPy, torch,
         The path written (with its `.npz` suffix).
     """
     if getattr(optimizer, "communicator", None) is not None:     # a collective: rank 0 writes (adam_lit.distributed)
-        from adam_lit.distributed import _save
-        return _save(optimizer, path, include_variables)
+        return _distributed("save")(optimizer, path, include_variables)
     if not isinstance(optimizer, Optimizer):
         raise TypeError(f"save expects an adam_lit optimizer, got {type(optimizer).__name__}")
     if not optimizer.built:
@@ -539,8 +538,7 @@ def load(optimizer: Optimizer,      # a built optimizer, on variables of the che
         The file cannot be read or does not fit `optimizer`; nothing was changed.
     """
     if getattr(optimizer, "communicator", None) is not None and _read is None:   # a collective (adam_lit.distributed)
-        from adam_lit.distributed import _load
-        return _load(optimizer, path, match, restore_variables)
+        return _distributed("load")(optimizer, path, match, restore_variables)
     meta, arrays = read(path) if _read is None else _read
     writes, iterations = _plan_load(optimizer, meta, arrays, path, match, restore_variables)
     diff = _differing_config(optimizer, meta) + (["exclude_from_weight_decay"] if writes.state["exclusions_differ"] else [])

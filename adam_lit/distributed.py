@@ -18,7 +18,7 @@ import numpy as np
 
 from .backend import ArgumentTypeError, IndexedSlices, assign, check_variables, describe, host_float
 from .kernels import array_module
-from .optimizer import NonFiniteGradientError, _check_disjoint, _unnamed_message
+from .optimizer import _SEAM, NonFiniteGradientError, _check_disjoint, _unnamed_message
 from .schedules import LearningRateSchedule
 
 class DistributedError(RuntimeError):
@@ -923,3 +923,7 @@ def _load(optimizer, path, match: str = "auto", restore_variables: bool | None =
         warnings.warn(f"the checkpoint was saved with other hyperparameters ({', '.join(diff)}); optimizer "
                       f"'{optimizer.name}' keeps its own", stacklevel=3)
     return optimizer
+
+# The plug: the optimizer and the checkpoint reach this module's collective build, step, save and load through
+# `adam_lit.optimizer._SEAM`, and so never import it.
+_SEAM.build, _SEAM.apply, _SEAM.save, _SEAM.load = _build, _apply, _save, _load

@@ -11,21 +11,23 @@ import math
 import numbers
 import re
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 
 from array_api_compat import device as _device
-from .backend import (ArgumentTypeError, IndexedSlices, RowUpdate, assign, check_gradient, check_variables,
-                              default_int, describe, host_float, namespace)
+from .backend import (ArgumentTypeError, IndexedSlices, RowUpdate, as_row_sparse, assign, check_gradient,
+                              check_variables, default_int, describe, host_float, namespace)
 from .kernels import array_module, flat_like, tiled_base
+from ._fastpath import _flat_apply
 from .rules import _FAITHFUL, _check_numerics
 from .schedules import LearningRateSchedule, deserialize, serialize
 
 # %% auto #0
 __all__ = ['NAN_POLICIES', 'check_float', 'check_hyper', 'check_int', 'NonFiniteGradientError', 'Optimizer', 'build', 'add_slot',
            'get_slot', 'get_slot_names', 'variables', 'variable_names', 'weights', 'get_weights', 'set_weights',
-           'exclude_from_weight_decay', 'update_step', 'apply', 'apply_gradients', 'minimize', 'stateless_apply',
-           'finalize_variable_values', 'get_config', 'from_config']
+           'scale_loss', 'exclude_from_weight_decay', 'update_step', 'finalize_variable_values', 'apply',
+           'apply_gradients', 'minimize', 'stateless_apply', 'get_config', 'from_config']
 
 # %% ../nbs/03_optimizer.ipynb #829083e4
 def _is_real(x) -> bool:
@@ -53,8 +55,22 @@ def _host_scalar(name: str, value):
         raise ArgumentTypeError(f"Argument `{name}` should be a real number, got a 0-d array of dtype {dt}")
     return float(value)
 
-def check_float(name: str, value, *, low=None, high=None, low_open=False, high_open=False) -> float:
-    "Validate a real hyperparameter `value` called `name` (a number or a 0-d real array), finite and within bounds; return it as a Python float."
+# %% ../nbs/03_optimizer.ipynb #opt-checkfns
+def check_float(name: str, value: float | object, *, low: float | None = None, high: float | None = None,
+                low_open: bool = False, high_open: bool = False) -> float:
+    """Validate a real hyperparameter, finite and within bounds; return it as a Python float.
+
+    Parameters
+    ----------
+    name : str
+        The argument's name, for the messages.
+    value : float or 0-d array
+        A real number (not a bool), or a 0-d real array of any library, read once on the host.
+    low, high : float, optional
+        The bounds (inclusive unless `low_open` / `high_open`).
+    low_open, high_open : bool, default False
+        Whether the bound itself is refused.
+    """
     if not _is_real(value):
         host = _host_scalar(name, value)
         if host is None:
@@ -68,12 +84,32 @@ def check_float(name: str, value, *, low=None, high=None, low_open=False, high_o
         raise ValueError(f"Argument `{name}` must be {'<' if high_open else '<='} {high}, got {value}")
     return value
 
-def check_hyper(name: str, value, **bounds):
-    "A hyperparameter that may also be a zero-argument callable (checked when it is called)."
+def check_hyper(name: str, value: float | Callable, **bounds):
+    """A hyperparameter that may also be a zero-argument callable (checked when it is called).
+
+    Parameters
+    ----------
+    name : str
+        The argument's name, for the messages.
+    value : float or callable
+        A number (checked now by `check_float`) or a zero-argument callable (returned as is).
+    **bounds
+        `low`, `high`, `low_open`, `high_open`, as `check_float` takes them.
+    """
     return value if callable(value) else check_float(name, value, **bounds)
 
-def check_int(name: str, value, *, low: int) -> int:
-    "Validate an integer argument (bools and floats refused)."
+def check_int(name: str, value: int, *, low: int) -> int:
+    """Validate an integer argument (bools and floats refused).
+
+    Parameters
+    ----------
+    name : str
+        The argument's name, for the messages.
+    value : int
+        The value to check.
+    low : int
+        The smallest value accepted.
+    """
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise ArgumentTypeError(f"Argument `{name}` must be an integer >= {low}, got {value!r}")
     if value < low: raise ValueError(f"Argument `{name}` must be an integer >= {low}, got {value}")
@@ -114,7 +150,7 @@ def _check_moment_dtype(value):
 class NonFiniteGradientError(FloatingPointError, ValueError):
     "A gradient with NaN or Inf under `gradient_nan_policy='raise'`: a `FloatingPointError` that code catching `ValueError` also sees."
 
-# %% ../nbs/03_optimizer.ipynb #c8a93769
+# %% ../nbs/03_optimizer.ipynb #opt-checks
 def _check_schedule_value(schedule, step: int):
     "A schedule's learning rate at `step` (in float64) must be a finite number >= 0, checked before a step writes anything."
     v = float(schedule.evaluate(step, np.float64))
@@ -123,30 +159,127 @@ def _check_schedule_value(schedule, step: int):
                          "a learning rate must be a finite number >= 0")
     return v
 
+def _check_clips(numerics: str, clips: dict) -> dict:
+    "`clipnorm`, `clipvalue`, `global_clipnorm` checked: at most one (tf.keras: clipvalue with one norm clip), each > 0."
+    clipnorm, global_clipnorm = clips["clipnorm"], clips["global_clipnorm"]
+    if numerics == "legacy":     # tf.keras allowed clipvalue with either norm clip, applied in that order
+        if clipnorm is not None and global_clipnorm is not None:
+            raise ValueError("Cannot accept both `clipnorm` and `global_clipnorm`. Received: "
+                             f"clipnorm={clipnorm}, global_clipnorm={global_clipnorm}")
+    elif sum(v is not None for v in clips.values()) > 1:
+        raise ValueError("Only one of `clipnorm`, `clipvalue` and `global_clipnorm` can be set. Received: "
+                         + ", ".join(f"{k}={v}" for k, v in clips.items()))
+    return {k: None if v is None else check_float(k, v, low=0, low_open=True) for k, v in clips.items()}
+
+def _check_bool(name: str, value) -> bool:
+    if not isinstance(value, (bool, np.bool_)): raise ArgumentTypeError(f"Argument `{name}` must be a bool, got {value!r}")
+    return bool(value)
+
+# %% ../nbs/03_optimizer.ipynb #opt-seam
+class _Seam:
+    """The plug of `adam_lit.distributed`, which registers here, when it is imported, its collective
+    `build(opt, var_list, names)`, `apply(opt, grads, variables, aggregate)`, `save(opt, path, include_variables)` and
+    `load(opt, path, match, restore_variables)`. The optimizer and `adam_lit.checkpoint` call them for an optimizer that
+    has a communicator, and import nothing of it."""
+    build = apply = save = load = None
+
+_SEAM = _Seam()
+
+def _distributed(hook: str):
+    "The registered collective `hook` ('build', 'apply', 'save' or 'load')."
+    f = getattr(_SEAM, hook)
+    if f is None: raise RuntimeError("an optimizer with a communicator needs adam_lit.distributed: import adam_lit first")
+    return f
+
+def _check_communicator(communicator, shard_state):
+    "`communicator` (None, or an object with the collectives) and `shard_state` checked together."
+    if communicator is not None:
+        missing = [m for m in ("rank", "size", "allreduce", "reduce_scatter", "allgather", "broadcast", "allgather_host",
+                               "allreduce_host", "barrier") if not hasattr(communicator, m)]
+        if missing: raise ArgumentTypeError(f"Argument `communicator` must be an adam_lit.distributed communicator "
+                                            f"(MPICommunicator, NCCLCommunicator); {communicator!r} lacks {', '.join(missing)}")
+    shard_state = _check_bool("shard_state", shard_state)
+    if shard_state and communicator is None:
+        raise ValueError("Argument `shard_state=True` (ZeRO-1) needs a `communicator`: the state is sharded across its ranks")
+    return communicator, shard_state
+
+class _Engine:
+    """What the collective build stores in `optimizer._dist` (`adam_lit.distributed` implements it). The pipeline asks it
+    only when `sharded` (ZeRO-1: each rank holds the slots of its rows): `clip(opt, xp, grads)` clips by the norms of
+    the whole gradients, `global_counts(rc, sc)` adds the non-finite counts of every rank, `finalize(opt, var_list)`
+    gathers the EMA averages, `piece_shape(i)` is the shape of this rank's rows of variable `i`. This class only
+    documents that interface."""
+    sharded: bool = False
+
+# %% ../nbs/03_optimizer.ipynb #c8a93769
+# (longer than one screen: the constructor's signature and its documented parameters belong together)
 class Optimizer:
-    "Keras 3's optimizer pipeline around the rule of a subclass; variables are arrays updated in place."
+    """Keras 3's optimizer pipeline around the update rule of a subclass; variables are arrays updated in place.
+
+    One call of `apply` runs, in this order: the checks, loss-scale division, gradient accumulation, clipping,
+    (optionally) the non-finite check, decoupled weight decay, the subclass's `update_step`, and the EMA.
+
+    Parameters
+    ----------
+    learning_rate : float, LearningRateSchedule or callable, default 0.001
+        The step size: a number, a schedule of the step, or a zero-argument callable evaluated at every step.
+    weight_decay : float, optional
+        Decoupled weight decay factor: the variable shrinks by `x * weight_decay * lr` before the update.
+    clipnorm : float, optional
+        Clip each gradient to this L2 norm.
+    clipvalue : float, optional
+        Clip each gradient element to `[-clipvalue, clipvalue]`.
+    global_clipnorm : float, optional
+        Clip all gradients together to this global L2 norm.
+    use_ema : bool, default False
+        Keep an exponential moving average of the variables.
+    ema_momentum : float, default 0.99
+        Momentum of that average, in [0, 1].
+    ema_overwrite_frequency : int, optional
+        Copy the averages into the variables every this many steps (0 or None: never).
+    loss_scale_factor : float, optional
+        The gradients are divided by it (the loss was multiplied by it, see `scale_loss`).
+    gradient_accumulation_steps : int, optional
+        Update every this many calls (at least 2) with the average of their gradients.
+    name : str, optional
+        Defaults to the class name in snake case, made unique in the process (`adam`, `adam_1`, ...).
+    numerics : str, default "keras"
+        Rounding to reproduce: "keras" (Keras 3), "legacy" (tf.keras, TF Addons), "torch", "optax" or "paper".
+    gradient_nan_policy : str, default "propagate"
+        Non-finite gradients: "propagate" them (as Keras), "raise" `NonFiniteGradientError`, or "skip" the step.
+    moment_dtype : str, optional
+        "float32" or "float64": slots and update of narrower variables (float16, bfloat16) in this dtype.
+    master_weights : bool, default False
+        Keep a `moment_dtype` master copy of each narrower variable (needs `moment_dtype`).
+    communicator : object, optional
+        An `adam_lit.distributed` communicator: data parallel over its ranks.
+    shard_state : bool, default False
+        With a communicator: ZeRO-1, each rank keeps the slots of its shard of the rows only.
+    **kwargs
+        Legacy tf.keras keywords: `lr` (an alias that wins over `learning_rate`, with a warning) and `decay`.
+    """
     _slot_names: tuple = ()          # per-variable slots the rule needs, created in this order for each variable
     _late_slot_names: tuple = ()     # slots created after all the others (Keras puts AMSGrad's vhat last)
 
     def __init__(self,
-                 learning_rate=0.001,                # float, `LearningRateSchedule`, or zero-argument callable
-                 weight_decay=None,                  # decoupled weight decay factor, applied before the update
-                 clipnorm=None,                      # clip each gradient to this L2 norm
-                 clipvalue=None,                     # clip each gradient element to [-clipvalue, clipvalue]
-                 global_clipnorm=None,               # clip all gradients together to this global L2 norm
-                 use_ema=False,                      # keep an exponential moving average of the variables
-                 ema_momentum=0.99,                  # momentum of that average
-                 ema_overwrite_frequency=None,       # copy the averages into the variables every this many steps
-                 loss_scale_factor=None,             # gradients are divided by it (see `scale_loss`)
-                 gradient_accumulation_steps=None,   # update every this many calls with the average gradient
-                 name=None,                          # defaults to the class name in snake case, made unique
-                 numerics="keras",                   # "keras" (Keras 3), "legacy" (tf.keras, TF Addons), "torch", "optax" or "paper"
-                 gradient_nan_policy="propagate",    # non-finite gradients: "propagate" (Keras), "raise" or "skip" the step
-                 moment_dtype=None,                  # "float32" (or "float64"): slots and update of narrower variables in it
-                 master_weights=False,               # keep a `moment_dtype` master copy of each narrower variable
-                 communicator=None,                  # an `adam_lit.distributed` communicator: data parallel over its ranks
-                 shard_state=False,                  # with a communicator: ZeRO-1, each rank keeps the slots of its shard only
-                 **kwargs):                          # legacy tf.keras: `lr` (alias that wins) and `decay`
+                 learning_rate: float | LearningRateSchedule | Callable = 0.001,  # float, schedule, or zero-argument callable
+                 weight_decay: float | None = None,           # decoupled weight decay factor, applied before the update
+                 clipnorm: float | None = None,               # clip each gradient to this L2 norm
+                 clipvalue: float | None = None,              # clip each gradient element to [-clipvalue, clipvalue]
+                 global_clipnorm: float | None = None,        # clip all gradients together to this global L2 norm
+                 use_ema: bool = False,                       # keep an exponential moving average of the variables
+                 ema_momentum: float = 0.99,                  # momentum of that average
+                 ema_overwrite_frequency: int | None = None,  # copy the averages into the variables every this many steps
+                 loss_scale_factor: float | None = None,      # gradients are divided by it (see `scale_loss`)
+                 gradient_accumulation_steps: int | None = None,  # update every this many calls with the average gradient
+                 name: str | None = None,                     # defaults to the class name in snake case, made unique
+                 numerics: str = "keras",                     # "keras", "legacy" (tf.keras, TF Addons), "torch", "optax", "paper"
+                 gradient_nan_policy: str = "propagate",      # non-finite gradients: "propagate" (Keras), "raise" or "skip"
+                 moment_dtype: str | None = None,             # "float32" (or "float64"): slots and update of narrower variables
+                 master_weights: bool = False,                # keep a `moment_dtype` master copy of each narrower variable
+                 communicator: object | None = None,          # an `adam_lit.distributed` communicator: data parallel
+                 shard_state: bool = False,                   # with a communicator: ZeRO-1, each rank keeps its shard's slots
+                 **kwargs):                                   # legacy tf.keras: `lr` (alias that wins) and `decay`
         _check_numerics(numerics)
         self.numerics = numerics
         lr = kwargs.pop("lr", None)
@@ -158,18 +291,9 @@ class Optimizer:
         self._learning_rate = self._check_learning_rate(learning_rate)
         self.decay = 0.0 if decay is None else check_float("decay", decay, low=0)
         self.weight_decay = None if weight_decay is None else check_float("weight_decay", weight_decay, low=0)
-        clips = {"clipnorm": clipnorm, "clipvalue": clipvalue, "global_clipnorm": global_clipnorm}
-        if numerics == "legacy":     # tf.keras allowed clipvalue with either norm clip, applied in that order
-            if clipnorm is not None and global_clipnorm is not None:
-                raise ValueError("Cannot accept both `clipnorm` and `global_clipnorm`. Received: "
-                                 f"clipnorm={clipnorm}, global_clipnorm={global_clipnorm}")
-        elif sum(v is not None for v in clips.values()) > 1:
-            raise ValueError("Only one of `clipnorm`, `clipvalue` and `global_clipnorm` can be set. Received: "
-                             + ", ".join(f"{k}={v}" for k, v in clips.items()))
-        for k, v in clips.items():
-            setattr(self, k, None if v is None else check_float(k, v, low=0, low_open=True))
-        if not isinstance(use_ema, (bool, np.bool_)): raise ArgumentTypeError(f"Argument `use_ema` must be a bool, got {use_ema!r}")
-        self.use_ema = bool(use_ema)
+        clips = _check_clips(numerics, {"clipnorm": clipnorm, "clipvalue": clipvalue, "global_clipnorm": global_clipnorm})
+        for k, v in clips.items(): setattr(self, k, v)
+        self.use_ema = _check_bool("use_ema", use_ema)
         self.ema_momentum = check_float("ema_momentum", ema_momentum, low=0, high=1)
         # 0 is accepted and means "never", as on Keras's TensorFlow and torch backends
         self.ema_overwrite_frequency = (None if ema_overwrite_frequency is None else
@@ -184,22 +308,13 @@ class Optimizer:
             raise ValueError(f"Argument `gradient_nan_policy` must be one of {', '.join(map(repr, NAN_POLICIES))}; got {gradient_nan_policy!r}")
         self.gradient_nan_policy = gradient_nan_policy
         self.moment_dtype = _check_moment_dtype(moment_dtype)
-        if not isinstance(master_weights, (bool, np.bool_)):
-            raise ArgumentTypeError(f"Argument `master_weights` must be a bool, got {master_weights!r}")
+        master_weights = _check_bool("master_weights", master_weights)
         if master_weights and self.moment_dtype is None:
             raise ValueError("Argument `master_weights=True` needs `moment_dtype` (the dtype of the master copy), "
                              "e.g. moment_dtype='float32'")
-        self.master_weights = bool(master_weights)
-        if communicator is not None:
-            missing = [m for m in ("rank", "size", "allreduce", "reduce_scatter", "allgather", "broadcast", "allgather_host",
-                                   "allreduce_host", "barrier") if not hasattr(communicator, m)]
-            if missing: raise ArgumentTypeError(f"Argument `communicator` must be an adam_lit.distributed communicator "
-                                                f"(MPICommunicator, NCCLCommunicator); {communicator!r} lacks {', '.join(missing)}")
-        if not isinstance(shard_state, (bool, np.bool_)): raise ArgumentTypeError(f"Argument `shard_state` must be a bool, got {shard_state!r}")
-        if shard_state and communicator is None:
-            raise ValueError("Argument `shard_state=True` (ZeRO-1) needs a `communicator`: the state is sharded across its ranks")
-        self.communicator, self.shard_state = communicator, bool(shard_state)
-        self._dist, self._dist_local = None, False   # the distributed engine (adam_lit.distributed), once built
+        self.master_weights = master_weights
+        self.communicator, self.shard_state = _check_communicator(communicator, shard_state)
+        self._dist, self._dist_local = None, False   # the distributed engine (see `_Engine`), once built
         self.skipped_steps = 0               # steps skipped by gradient_nan_policy="skip"
         self._warned_skip = False
         self._iterations = 0                 # raw count of `apply` calls (Keras's `_iterations`)
@@ -219,86 +334,90 @@ class Optimizer:
             object.__setattr__(self, "_config_cache", None)     # (adam_lit.distributed's digest of the config)
         object.__setattr__(self, name, value)
 
-    # ---------------------------------------------------------------- learning rate and hyperparameters
-    @staticmethod
-    def _check_learning_rate(value):
-        if isinstance(value, LearningRateSchedule) or callable(value): return value
-        if not _is_real(value) and getattr(value, "shape", None) is None:     # (a 0-d array: read by check_float)
-            raise ArgumentTypeError("Argument `learning_rate` should be float, or an instance of LearningRateSchedule, "
-                                    f"or a zero-argument callable. Received instead: learning_rate={value!r}")
-        return check_float("learning_rate", value, low=0)
+# %% ../nbs/03_optimizer.ipynb #opt-lr1
+def _patch(f):
+    "Attach `f` to `Optimizer` (keeps the long class readable in small cells)."
+    setattr(Optimizer, f.__name__, f)
+    return f
 
-    @property
-    def learning_rate(self) -> float:
-        "The learning rate the next update will use, as a Python float (schedules see the raw call count)."
-        return self._lr_at(np.float64, self._iterations, self._hyper_values()["learning_rate"])
+def _check_learning_rate(value):
+    if isinstance(value, LearningRateSchedule) or callable(value): return value
+    if not _is_real(value) and getattr(value, "shape", None) is None:     # (a 0-d array: read by check_float)
+        raise ArgumentTypeError("Argument `learning_rate` should be float, or an instance of LearningRateSchedule, "
+                                f"or a zero-argument callable. Received instead: learning_rate={value!r}")
+    return check_float("learning_rate", value, low=0)
+Optimizer._check_learning_rate = staticmethod(_check_learning_rate)
 
-    @learning_rate.setter
-    def learning_rate(self, value):
-        if not (isinstance(value, LearningRateSchedule) or callable(value)) and isinstance(self._learning_rate, LearningRateSchedule):
-            raise TypeError("This optimizer was created with a `LearningRateSchedule` object as its `learning_rate` "
-                            "constructor argument, hence its learning rate is not settable. If you need the learning "
-                            "rate to be settable, you should instantiate the optimizer with a float `learning_rate` argument.")
-        self._learning_rate = self._check_learning_rate(value)
+def _get_learning_rate(self) -> float:
+    "The learning rate the next update will use, as a Python float (schedules see the raw call count)."
+    return self._lr_at(np.float64, self._iterations, self._hyper_values()["learning_rate"])
 
-    def _hyper_specs(self) -> dict:
-        "Hyperparameters that may be callables, with their bounds (subclasses add theirs)."
-        return {}
+def _set_learning_rate(self, value):
+    if not (isinstance(value, LearningRateSchedule) or callable(value)) and isinstance(self._learning_rate, LearningRateSchedule):
+        raise TypeError("This optimizer was created with a `LearningRateSchedule` object as its `learning_rate` "
+                        "constructor argument, hence its learning rate is not settable. If you need the learning "
+                        "rate to be settable, you should instantiate the optimizer with a float `learning_rate` argument.")
+    self._learning_rate = self._check_learning_rate(value)
+Optimizer.learning_rate = property(_get_learning_rate, _set_learning_rate, doc=_get_learning_rate.__doc__)
 
-    def _hyper_values(self) -> dict:
-        "Evaluate every callable hyperparameter once and validate the results; nothing is mutated."
-        once = self.__dict__.get("_hyper_once")
-        if once is not None: return dict(once)      # (a distributed step: the values every rank agreed on)
-        lr = self._learning_rate
-        out = {}
-        if isinstance(lr, LearningRateSchedule):
-            _check_schedule_value(lr, self._iterations)
-            out["learning_rate"] = lr
-        elif callable(lr):
-            v = lr()
-            try: v = float(v)
-            except (TypeError, ValueError): raise ArgumentTypeError(f"the `learning_rate` callable returned {v!r}, not a number") from None
-            out["learning_rate"] = check_float("learning_rate", v, low=0)
-        else: out["learning_rate"] = lr
-        for name, bounds in self._hyper_specs().items():
-            v = getattr(self, name)
-            if callable(v):
-                r = v()
-                try: r = float(r)
-                except (TypeError, ValueError): raise ArgumentTypeError(f"the `{name}` callable returned {r!r}, not a number") from None
-                v = check_float(name, r, **bounds)
-            out[name] = v
-        return out
+# %% ../nbs/03_optimizer.ipynb #opt-lr1b
+@_patch
+def _hyper_specs(self) -> dict:
+    "Hyperparameters that may be callables, with their bounds (subclasses add theirs)."
+    return {}
 
-    def _lr_at(self, precision, raw_it: int, lr) -> float:
-        "The learning rate of this step in `precision`: a schedule sees the raw call count; legacy `decay` divides."
-        S = precision
-        if S is np.float16 or S.__name__ == "bfloat16":   # Keras keeps the rate (and evaluates schedules) in floatx, float32, then casts
-            return float(S(self._lr_at(np.float32, raw_it, lr)))
-        if self.numerics == "legacy":   # tf.keras keeps lr and decay in float32 variables; its schedules compute in float32
-            val = lr.evaluate(raw_it, np.float32) if isinstance(lr, LearningRateSchedule) else float(np.float32(lr))
-            if self.decay: val = float(S(val) / (S(1) + S(np.float32(self.decay)) * S(raw_it)))
-            return float(S(val))
-        if isinstance(lr, LearningRateSchedule): val = lr.evaluate(raw_it, S)
-        else: val = float(lr) if self.numerics in _FAITHFUL else float(S(lr))   # torch/optax/paper round it where it is used
-        if self.decay:
-            val = float(S(val) / (S(1) + S(self.decay) * S(raw_it)))
-        return val
+@_patch
+def _hyper_values(self) -> dict:
+    "Evaluate every callable hyperparameter once and validate the results; nothing is mutated."
+    once = self.__dict__.get("_hyper_once")
+    if once is not None: return dict(once)      # (a distributed step: the values every rank agreed on)
+    lr = self._learning_rate
+    out = {}
+    if isinstance(lr, LearningRateSchedule):
+        _check_schedule_value(lr, self._iterations)
+        out["learning_rate"] = lr
+    elif callable(lr):
+        v = lr()
+        try: v = float(v)
+        except (TypeError, ValueError): raise ArgumentTypeError(f"the `learning_rate` callable returned {v!r}, not a number") from None
+        out["learning_rate"] = check_float("learning_rate", v, low=0)
+    else: out["learning_rate"] = lr
+    for name, bounds in self._hyper_specs().items():
+        v = getattr(self, name)
+        if callable(v):
+            r = v()
+            try: r = float(r)
+            except (TypeError, ValueError): raise ArgumentTypeError(f"the `{name}` callable returned {r!r}, not a number") from None
+            v = check_float(name, r, **bounds)
+        out[name] = v
+    return out
 
-    @property
-    def iterations(self) -> int:
-        "Number of update steps taken: `apply` calls, divided by `gradient_accumulation_steps` when accumulating."
-        n = self.gradient_accumulation_steps
-        return self._iterations // n if n else self._iterations
+# %% ../nbs/03_optimizer.ipynb #opt-lr2
+@_patch
+def _lr_at(self, precision, raw_it: int, lr) -> float:
+    "The learning rate of this step in `precision`: a schedule sees the raw call count; legacy `decay` divides."
+    S = precision
+    if S is np.float16 or S.__name__ == "bfloat16":   # Keras keeps the rate (and evaluates schedules) in floatx, float32, then casts
+        return float(S(self._lr_at(np.float32, raw_it, lr)))
+    if self.numerics == "legacy":   # tf.keras keeps lr and decay in float32 variables; its schedules compute in float32
+        val = lr.evaluate(raw_it, np.float32) if isinstance(lr, LearningRateSchedule) else float(np.float32(lr))
+        if self.decay: val = float(S(val) / (S(1) + S(np.float32(self.decay)) * S(raw_it)))
+        return float(S(val))
+    if isinstance(lr, LearningRateSchedule): val = lr.evaluate(raw_it, S)
+    else: val = float(lr) if self.numerics in _FAITHFUL else float(S(lr))   # torch/optax/paper round it where it is used
+    if self.decay:
+        val = float(S(val) / (S(1) + S(self.decay) * S(raw_it)))
+    return val
 
-    @iterations.setter
-    def iterations(self, value):
-        value = check_int("iterations", value, low=0)
-        self._iterations = value * (self.gradient_accumulation_steps or 1)
+def _get_iterations(self) -> int:
+    "Number of update steps taken: `apply` calls, divided by `gradient_accumulation_steps` when accumulating."
+    n = self.gradient_accumulation_steps
+    return self._iterations // n if n else self._iterations
 
-    def scale_loss(self, loss):
-        "Multiply `loss` by `loss_scale_factor` (if set), before computing gradients."
-        return loss if self.loss_scale_factor is None else loss * self.loss_scale_factor
+def _set_iterations(self, value):
+    value = check_int("iterations", value, low=0)
+    self._iterations = value * (self.gradient_accumulation_steps or 1)
+Optimizer.iterations = property(_get_iterations, _set_iterations, doc=_get_iterations.__doc__)
 
 # %% ../nbs/03_optimizer.ipynb #b7d41c2e
 def _listed(value, what: str, hint: str = "[x]") -> list:
@@ -312,6 +431,7 @@ def _listed(value, what: str, hint: str = "[x]") -> list:
                                 f"{tuple(value.shape)}{tail}")
     return list(value)
 
+# %% ../nbs/03_optimizer.ipynb #opt-extent
 def _extent(v):
     """`(first byte, end byte, exact, loose)` of the memory `v` spans: `exact` a NumPy view of it for `np.shares_memory`
     (or None: only the byte range is known), `loose` whether such a range has gaps (a non-contiguous device array);
@@ -347,6 +467,7 @@ def _contiguous(v) -> bool:
     if flags is not None: return bool(flags.c_contiguous or flags.f_contiguous)
     return bool(v.is_contiguous())
 
+# %% ../nbs/03_optimizer.ipynb #opt-disjoint
 _TOO_HARD = getattr(np, "exceptions", np).TooHardError
 
 def _check_disjoint(variables, names, given):
@@ -372,17 +493,19 @@ def _check_disjoint(variables, names, given):
         active.append((lo, hi, k, e))
 
 # %% ../nbs/03_optimizer.ipynb #e37f4a1d
-def _patch(f):
-    "Attach `f` to `Optimizer` (keeps the long class readable in small cells)."
-    setattr(Optimizer, f.__name__, f)
-    return f
-
 @_patch
-def build(self, var_list, names=None):
-    "Create the slots for `var_list` (writeable or not: JAX arrays can be built and used with `stateless_apply`)."
+def build(self, var_list: list, names: list | None = None) -> None:
+    """Create the slots for `var_list` (writeable or not: JAX arrays can be built and used with `stateless_apply`).
+
+    Parameters
+    ----------
+    var_list : list of arrays
+        The variables, recorded by identity; a list, not a bare array.
+    names : list of str, optional
+        One name per variable (default: each array's `name`, else `variable_<i>`).
+    """
     if self.communicator is not None and not self._dist_local:     # a collective: every rank builds together
-        from adam_lit.distributed import _build
-        return _build(self, var_list, names)
+        return _distributed("build")(self, var_list, names)
     var_list = _listed(var_list, "var_list")
     xp = check_variables(var_list, writeable=False)
     if self.built:
@@ -425,6 +548,7 @@ def build(self, var_list, names=None):
     if self._flat is not None: self._flat = {k: (v if k == "x" else v[0]) for k, v in self._flat.items()}
     self.built = True
 
+# %% ../nbs/03_optimizer.ipynb #opt-newslot
 @_patch
 def _widened(self, xp, var_list) -> dict:
     "`{index: dtype}` of the variables narrower than `moment_dtype`: their slots and their update use that dtype."
@@ -470,8 +594,20 @@ def _var_index(self, var, what="variable") -> int:
     return i
 
 @_patch
-def add_slot(self, var, slot_name: str, initializer="zeros", shape=None):
-    "Create slot `slot_name` for `var` (zeros, ones, a number or an array) and return it; an existing slot is returned as is."
+def add_slot(self, var, slot_name: str, initializer: str | float | object = "zeros", shape: tuple | None = None):
+    """Create slot `slot_name` for `var` and return it; an existing slot is returned as is.
+
+    Parameters
+    ----------
+    var : array
+        A variable the optimizer was built with.
+    slot_name : str
+        The slot's name.
+    initializer : str, float or array, default "zeros"
+        "zeros", "ones", a number, or an array to copy.
+    shape : tuple, optional
+        The slot's shape (default: the variable's).
+    """
     if not self.built: raise ValueError("build the optimizer (or apply a first step) before adding slots")
     i = self._var_index(var)
     s = self._slot_of.get((i, slot_name))
@@ -485,12 +621,21 @@ def add_slot(self, var, slot_name: str, initializer="zeros", shape=None):
 
 @_patch
 def get_slot(self, var, slot_name: str):
-    "The live array of slot `slot_name` of `var`."
+    """The live array of slot `slot_name` of `var`.
+
+    Parameters
+    ----------
+    var : array
+        A variable the optimizer was built with.
+    slot_name : str
+        The slot's name, e.g. "m".
+    """
     i = self._var_index(var)
     s = self._slot_of.get((i, slot_name))
     if s is None: raise KeyError(f"variable {i} has no slot {slot_name!r}; its slots are {[t.name for t in self._slots if t.index == i]}")
     return s.array
 
+# %% ../nbs/03_optimizer.ipynb #opt-slotnames
 @_patch
 def get_slot_names(self) -> list:
     "Names of the slots, in creation order."
@@ -498,6 +643,7 @@ def get_slot_names(self) -> list:
     return names or [s for s in (("average",) if self.use_ema else ()) + (("gradient_accumulator",) if self.gradient_accumulation_steps else ())
                      + self._slot_names + self._late_slot_names]
 
+# %% ../nbs/03_optimizer.ipynb #opt-state
 _NUMPY_XP = namespace(np.empty(0))
 
 def _scalar_array(xp, like, value, dtype):
@@ -544,6 +690,7 @@ def _head(self, lr: bool = True) -> list:
         out.append(_scalar_array(xp, like, float(S(self._learning_rate)), getattr(xp, S.__name__)))
     return out
 
+# %% ../nbs/03_optimizer.ipynb #opt-state2
 @property
 def variables(self) -> list:
     "Keras 3's optimizer variables: iteration, learning_rate (float rates only), then the slots in creation order."
@@ -563,6 +710,7 @@ def weights(self) -> list:
     return self._head(lr=False) + [s.array for s in self._slots]
 Optimizer.weights = weights
 
+# %% ../nbs/03_optimizer.ipynb #opt-setw
 @_patch
 def get_weights(self) -> list:
     "Copies of `weights`."
@@ -577,8 +725,14 @@ def _real_dtype(dtype) -> bool:
     except TypeError: return False
 
 @_patch
-def set_weights(self, weights):
-    "Set the counter and every slot from a list shaped like `get_weights()`; all checked before anything is written."
+def set_weights(self, weights: list) -> None:
+    """Set the counter and every slot from a list shaped like `get_weights()`; all checked before anything is written.
+
+    Parameters
+    ----------
+    weights : list of arrays
+        The counter, then every slot in creation order (or Keras 3's `variables` layout, with the learning rate as entry 1).
+    """
     if not self.built: raise ValueError("You are calling `set_weights()` on an optimizer that has not yet been built. "
                                         "Call `optimizer.build(var_list)` first.")
     weights = list(weights)
@@ -607,192 +761,26 @@ def set_weights(self, weights):
     if lr_value is not None and lr_value != float(self._floatx()(self._learning_rate)):
         self._learning_rate = lr_value     # a changed rate; an unchanged one keeps its exact double
 
-def _unnamed_message(name: str) -> str:
-    return (f"exclude_from_weight_decay(var_names=...) matches the names of the variables, but the variables of optimizer "
-            f"'{name}' have no names, only the generated 'variable_0', 'variable_1', ... (which a pattern such as 'b' would "
-            "match by accident): name them, `opt.build(variables, names=[...])` or variables with a `.name`, or exclude "
-            "them by identity, `exclude_from_weight_decay(var_list=[...])`")
-
-@_patch
-def exclude_from_weight_decay(self, var_list=None, var_names=None):
-    """Exclude variables (by identity) or names (regular expressions searched in the names the user gave, as Keras does)
-    from weight decay. Each call replaces the previous exclusions; nothing changes when it raises."""
-    var_list = [] if var_list is None else _listed(var_list, "var_list")
-    if var_names is not None:
-        if isinstance(var_names, str):
-            raise ArgumentTypeError(f"Argument `var_names` must be a list of names (regular expressions), got the str "
-                                    f"{var_names!r}; wrap it in a list: [{var_names!r}]")
-        var_names = list(var_names)
-        for k, n in enumerate(var_names):
-            if not isinstance(n, str): raise ArgumentTypeError(f"Argument `var_names`: entry {k} is {n!r}, not a str")
-    pattern = re.compile("|".join(var_names)) if var_names else None
-    if pattern is not None and self.built and not any(self._names_given): raise ValueError(_unnamed_message(self.name))
-    self._exclude_ids = {id(v) for v in var_list}
-    self._exclude_pattern = pattern
-
-@_patch
-def _use_weight_decay(self, i: int) -> bool:
-    "Whether variable `i` decays: not excluded by identity, nor by a pattern found in a name the user gave it."
-    if id(self._variables[i]) in self._exclude_ids: return False
-    return not (self._exclude_pattern is not None and self._names_given[i] and self._exclude_pattern.search(self._names[i]))
-
 # %% ../nbs/03_optimizer.ipynb #d43bfe89
-@_patch
-def update_step(self, g, x, slots: dict, lr: float, t: int, hyper: dict):
-    "The rule: new value of `x` and of its slots from gradient `g` at step `t` (from 1) with learning rate `lr`."
-    raise NotImplementedError(f"{type(self).__name__} must implement update_step")
-
-def _clip_by_norm(xp, g, c: float):
-    "Keras's per-tensor clip: `g * c / max(||g||, c)`, with the two-`where` trick that keeps NaN gradients NaN."
-    l2sum = xp.sum(g * g, keepdims=True) if g.ndim else g * g
-    pred = l2sum > 0
-    l2norm = xp.where(pred, xp.sqrt(xp.where(pred, l2sum, xp.ones_like(l2sum))), l2sum)
-    return (g * c) / xp.maximum(l2norm, xp.asarray(c, dtype=g.dtype, device=_device(g)))
-
-def _clip_by_global_norm(xp, grads, c: float, numerics="keras"):
-    "Keras's global clip: scale every gradient by `c * min(1/N, 1/c)` (NaN for all if the global norm N is not finite)."
-    dt = grads[0].dtype
-    for g in grads[1:]: dt = xp.result_type(dt, g.dtype)
-    sq = xp.stack([xp.astype(xp.sum(g * g), dt) for g in grads])
-    norm = xp.sqrt(xp.sum(sq))
-    S = host_float(xp, dt)
-    inv_c = float(S(1) / S(c)) if numerics == "legacy" else 1.0 / c      # TF divides in the dtype, Keras 3 in double
-    scale = c * xp.minimum(1.0 / norm, xp.asarray(inv_c, dtype=dt, device=_device(norm)))
-    scale = scale + (norm - norm)
-    return [g * xp.astype(scale, g.dtype) for g in grads]
-
-def _values(g): return g.values if isinstance(g, IndexedSlices) else g
-def _rewrap(g, new): return g._with_values(new) if isinstance(g, IndexedSlices) else new
-
-@_patch
-def _clip(self, xp, grads):
-    "Clip as Keras does; an `IndexedSlices` is clipped through its raw rows, before repeated rows are summed (as tf.keras)."
-    if self._dist is not None and self._dist.sharded and (self.clipnorm or self.global_clipnorm):
-        return self._dist.clip(self, xp, grads)       # ZeRO-1: the norms of the whole gradients, not of this rank's rows
-    return self._clip_local(xp, grads)
-
-@_patch
-def _clip_local(self, xp, grads):
-    "`_clip` on the gradients given."
-    if self.clipvalue:           # tf.keras's order: clipvalue, then clipnorm or global_clipnorm (Keras 3 allows one)
-        grads = [_rewrap(g, xp.clip(_values(g), -self.clipvalue, self.clipvalue)) for g in grads]
-    if self.clipnorm:
-        grads = [_rewrap(g, _clip_by_norm(xp, _values(g), self.clipnorm)) for g in grads]
-    if self.global_clipnorm:
-        grads = [_rewrap(g, c) for g, c in zip(grads, _clip_by_global_norm(xp, [_values(g) for g in grads],
-                                                                           self.global_clipnorm, self.numerics))]
-    return grads
-
-@_patch
-def _own_slot_names(self) -> tuple:
-    "The slots `update_step` reads and returns."
-    return self._slot_names + self._late_slot_names
-
-@_patch
-def _decayed(self, x, S, lr: float):
-    "Decoupled weight decay of `x`: Keras's `x - (x * wd) * lr`; with `numerics='torch'`, AdamW's `x * (1 - lr * wd)`."
-    if self.numerics == "torch": return x * float(S(1.0 - lr * self.weight_decay))
-    return x - (x * float(S(self.weight_decay))) * lr
-
-@_patch
-def _fast_update(self, x, g) -> bool:
-    "Whether `update_step` can write `x` and its slots in place with a fused kernel (subclasses say when)."
-    return False
-
-@_patch
-def _decays_rows_only(self, g) -> bool:
-    "Whether weight decay for gradient `g` is left to `update_step` (a lazy optimizer decays only the touched rows)."
-    return False
-
-def _all_finite(xp, arrays) -> bool:
-    return all(bool(xp.all(xp.isfinite(_values(a)))) for a in arrays)
-
-@_patch
-def _nonfinite(self, xp, idx: list, raw: list, seen: list, is_update: bool) -> bool:
-    """`gradient_nan_policy` at work: False if the gradients passed (`raw`) and what the step would use (`seen`: the clipped
-    gradients, or the new accumulator sums) are finite; else raise (policy "raise") or return True (policy "skip")."""
-    sharded = self._dist is not None and self._dist.sharded
-    if not sharded and _all_finite(xp, raw) and _all_finite(xp, seen): return False
-    def count(g):
-        v = _values(g)
-        return int(xp.count_nonzero(~xp.isfinite(v))), math.prod(v.shape)
-    rc, sc = [count(g) for g in raw], [count(g) for g in seen]
-    if sharded: rc, sc = self._dist.global_counts(rc, sc)    # ZeRO-1: each rank sees its rows; every rank decides alike
-    if not any(k for k, _ in rc + sc): return False
-    if self.gradient_nan_policy == "skip": return True
-    bad = [(i, k, size) for i, (k, size) in zip(idx, rc) if k]
-    where = "passed"
-    if not bad:                  # finite as passed, non-finite after unscaling, accumulation or clipping
-        bad = [(i, k, size) for i, (k, size) in zip(idx, sc) if k]
-        where = ("after loss-scale division, accumulation and clipping (the gradients passed are finite: a global "
-                 "norm or a sum that overflows its dtype makes them NaN or Inf)" if is_update else
-                 "in its accumulator after adding it (the gradients passed are finite: the sum overflows its dtype)")
-    i, k, size = bad[0]
-    others = f"; {len(bad) - 1} more of the {len(idx)} gradients too" if len(bad) > 1 else ""
-    raise NonFiniteGradientError(
-        f"gradient_nan_policy='raise': the gradient of variable {i} ({self._names[i]!r}, shape {tuple(self._variables[i].shape)}) "
-        f"has {k} non-finite value{'s' if k > 1 else ''} (NaN or Inf) out of {size} {where}{others}; nothing was changed")
-
 @_patch
 def _compute(self, xp, xs: list, slots: dict, idx: list, grads: list, raw_it: int, hyper: dict, inplace: bool = False):
     """The pipeline on values. `xs`: all variables; `slots[(i, name)]`; `idx`/`grads`: the variables with gradients.
-    Returns new `(xs, slots)`; entries may be `RowUpdate`s, or None for a step skipped by `gradient_nan_policy="skip"`. With `inplace` (from `apply`, on the live arrays, after
-    validation), `update_step` may write a variable and its slots in place with a fused kernel."""
+    Returns new `(xs, slots)`; entries may be `RowUpdate`s, or None for a step skipped by `gradient_nan_policy="skip"`.
+    With `inplace` (from `apply`, on the live arrays, after validation), `update_step` may write a variable and its
+    slots in place with a fused kernel. The stages run in Keras's order, each a method defined below."""
     base, xs, slots = xs, list(xs), dict(slots)
-    from adam_lit.backend import as_row_sparse      # torch sparse COO gradients (nn.Embedding(sparse=True)): IndexedSlices
-    grads = [as_row_sparse(g, i) for i, g in zip(idx, grads)]
-    n = self.gradient_accumulation_steps
+    grads = [as_row_sparse(g, i) for i, g in zip(idx, grads)]   # torch sparse COO gradients: IndexedSlices
     raw = grads
-    if self.loss_scale_factor is not None: grads = [_rewrap(g, _values(g) / self.loss_scale_factor) for g in grads]
-    is_update = True
-    if n:   # accumulation works on dense gradients (as Keras adds an IndexedSlices to its dense accumulator)
-        grads = [g.to_dense() if isinstance(g, IndexedSlices) else g for g in grads]
-        is_update = (raw_it + 1) % n == 0
-        accs = [slots[(i, "gradient_accumulator")] for i in idx]
-        if is_update: grads = [(g + a) / n for g, a in zip(grads, accs)]
-        else:
-            for i, g, a in zip(idx, grads, accs): slots[(i, "gradient_accumulator")] = g + a
-    if is_update: grads = self._clip(xp, grads)
+    grads = self._unscale(grads)                                  # 1. loss scale
+    grads, is_update = self._accumulate(idx, grads, slots, raw_it)  # 2. accumulation
+    if is_update: grads = self._clip(xp, grads)                   # 3. clipping
     if self.gradient_nan_policy != "propagate":     # what the step would write: the clipped gradients, or the new sums
         seen = grads if is_update else [slots[(i, "gradient_accumulator")] for i in idx]
         if self._nonfinite(xp, idx, raw, seen, is_update): return None
     if is_update:
-        it = raw_it // n if n else raw_it
-        wide, lrs = self._wide, {}
-        self._check_precision([(i, host_float(xp, wide.get(i, xs[i].dtype))) for i in idx], hyper)
-        for i, g in zip(idx, grads):
-            x, hyp, wdt, master = xs[i], hyper, wide.get(i), None
-            if wdt is not None:     # a narrow variable: the update in `moment_dtype`, on its master copy if it has one
-                master = slots.get((i, "master"))
-                x = master if master is not None else xp.astype(x, wdt)
-                g = _rewrap(g, xp.astype(_values(g), wdt))
-            S = host_float(xp, x.dtype)
-            if S not in lrs: lrs[S] = self._lr_at(S, raw_it, hyper["learning_rate"])
-            fast = inplace and wdt is None and x is base[i] and self._fast_update(x, g)
-            if self.weight_decay is not None and self._use_weight_decay(i):
-                if fast or self._decays_rows_only(g): hyp = dict(hyper, weight_decay=float(S(self.weight_decay)))
-                else: x = self._decayed(x, S, lrs[S])
-            if fast: hyp = dict(hyp, _inplace=True)
-            own = {name: slots[(i, name)] for name in self._own_slot_names() if (i, name) in slots}
-            x, new = self.update_step(g, x, own, lrs[S], it + 1, hyp)
-            if wdt is not None:     # rounded back to the variable's dtype (the master copy keeps the wide value)
-                if master is not None: slots[(i, "master")] = x
-                x = (RowUpdate(x.indices, xp.astype(x.rows, xs[i].dtype)) if isinstance(x, RowUpdate)
-                     else xp.astype(x, xs[i].dtype))
-            xs[i] = x
-            for name, val in new.items(): slots[(i, name)] = val
-        if n:   # every accumulator is reset, also those of variables without a gradient this call (SPEC decision 3)
-            for i in range(len(xs)): slots[(i, "gradient_accumulator")] = xp.zeros_like(slots[(i, "gradient_accumulator")])
-    if self.use_ema:
-        it = raw_it // n if n else raw_it
-        for i, x in enumerate(xs):
-            if isinstance(x, RowUpdate): xs[i] = x = x.applied(base[i])
-            S = host_float(xp, x.dtype)
-            mom = S(self.ema_momentum) if it != 0 else S(0)
-            slots[(i, "average")] = float(mom) * slots[(i, "average")] + float(S(1) - mom) * x
-        f = self.ema_overwrite_frequency
-        if f and (it + 1) % f == 0:
-            xs = [slots[(i, "average")] for i in range(len(xs))]
+        self._update(xp, base, xs, slots, idx, grads, raw_it, hyper, inplace)   # 4. weight decay and 5. the rule
+        self._reset_accumulators(xp, xs, slots)
+    if self.use_ema: xs = self._ema(xp, base, xs, slots, raw_it)  # 6. EMA
     return xs, slots
 
 # %% ../nbs/03_optimizer.ipynb #1f017e29
@@ -826,16 +814,300 @@ def _prepare(self, grads, variables, writeable: bool):
     missing = [k for k, g in enumerate(grads) if g is None]
     return xp, variables, pairs, hyper, missing
 
-# %% ../nbs/03_optimizer.ipynb #771c64e6
+# %% ../nbs/03_optimizer.ipynb #opt-unscale
+def _values(g): return g.values if isinstance(g, IndexedSlices) else g
+def _rewrap(g, new): return g._with_values(new) if isinstance(g, IndexedSlices) else new
+
 @_patch
-def apply(self, grads, trainable_variables=None):
-    "Apply one step of `grads` to `trainable_variables` (or to the variables it was built with), in place."
+def scale_loss(self, loss):
+    """Multiply `loss` by `loss_scale_factor` (if set), before computing gradients.
+
+    Parameters
+    ----------
+    loss : float or array
+        The loss value to scale.
+    """
+    return loss if self.loss_scale_factor is None else loss * self.loss_scale_factor
+
+@_patch
+def _unscale(self, grads: list) -> list:
+    "Stage 1: the gradients divided by `loss_scale_factor` (an `IndexedSlices` through its values)."
+    if self.loss_scale_factor is None: return grads
+    return [_rewrap(g, _values(g) / self.loss_scale_factor) for g in grads]
+
+# %% ../nbs/03_optimizer.ipynb #opt-accum
+@_patch
+def _accumulate(self, idx: list, grads: list, slots: dict, raw_it: int):
+    """Stage 2: `(grads, is_update)`. Off, the gradients pass. On, they are made dense (as Keras adds an `IndexedSlices`
+    to its dense accumulator); on N-1 of N calls they are added to the accumulators in `slots` (no update), on the N-th
+    the update uses `(g + acc) / N`."""
+    n = self.gradient_accumulation_steps
+    if not n: return grads, True
+    grads = [g.to_dense() if isinstance(g, IndexedSlices) else g for g in grads]
+    accs = [slots[(i, "gradient_accumulator")] for i in idx]
+    if (raw_it + 1) % n == 0: return [(g + a) / n for g, a in zip(grads, accs)], True
+    for i, g, a in zip(idx, grads, accs): slots[(i, "gradient_accumulator")] = g + a
+    return grads, False
+
+@_patch
+def _reset_accumulators(self, xp, xs: list, slots: dict):
+    "After an update, every accumulator is zeroed, also those of variables without a gradient in this call."
+    if self.gradient_accumulation_steps:
+        for i in range(len(xs)): slots[(i, "gradient_accumulator")] = xp.zeros_like(slots[(i, "gradient_accumulator")])
+
+# %% ../nbs/03_optimizer.ipynb #opt-clip
+def _clip_by_norm(xp, g, c: float):
+    "Keras's per-tensor clip: `g * c / max(||g||, c)`, with the two-`where` trick that keeps NaN gradients NaN."
+    l2sum = xp.sum(g * g, keepdims=True) if g.ndim else g * g
+    pred = l2sum > 0
+    l2norm = xp.where(pred, xp.sqrt(xp.where(pred, l2sum, xp.ones_like(l2sum))), l2sum)
+    return (g * c) / xp.maximum(l2norm, xp.asarray(c, dtype=g.dtype, device=_device(g)))
+
+def _clip_by_global_norm(xp, grads, c: float, numerics="keras"):
+    "Keras's global clip: scale every gradient by `c * min(1/N, 1/c)` (NaN for all if the global norm N is not finite)."
+    dt = grads[0].dtype
+    for g in grads[1:]: dt = xp.result_type(dt, g.dtype)
+    sq = xp.stack([xp.astype(xp.sum(g * g), dt) for g in grads])
+    norm = xp.sqrt(xp.sum(sq))
+    S = host_float(xp, dt)
+    inv_c = float(S(1) / S(c)) if numerics == "legacy" else 1.0 / c      # TF divides in the dtype, Keras 3 in double
+    scale = c * xp.minimum(1.0 / norm, xp.asarray(inv_c, dtype=dt, device=_device(norm)))
+    scale = scale + (norm - norm)
+    return [g * xp.astype(scale, g.dtype) for g in grads]
+
+@_patch
+def _clip(self, xp, grads):
+    "Clip as Keras does; an `IndexedSlices` is clipped through its raw rows, before repeated rows are summed (as tf.keras)."
+    if self._dist is not None and self._dist.sharded and (self.clipnorm or self.global_clipnorm):
+        return self._dist.clip(self, xp, grads)       # ZeRO-1: the norms of the whole gradients, not of this rank's rows
+    return self._clip_local(xp, grads)
+
+@_patch
+def _clip_local(self, xp, grads):
+    "`_clip` on the gradients given."
+    if self.clipvalue:           # tf.keras's order: clipvalue, then clipnorm or global_clipnorm (Keras 3 allows one)
+        grads = [_rewrap(g, xp.clip(_values(g), -self.clipvalue, self.clipvalue)) for g in grads]
+    if self.clipnorm:
+        grads = [_rewrap(g, _clip_by_norm(xp, _values(g), self.clipnorm)) for g in grads]
+    if self.global_clipnorm:
+        grads = [_rewrap(g, c) for g, c in zip(grads, _clip_by_global_norm(xp, [_values(g) for g in grads],
+                                                                           self.global_clipnorm, self.numerics))]
+    return grads
+
+# %% ../nbs/03_optimizer.ipynb #opt-nonfin
+def _all_finite(xp, arrays) -> bool:
+    return all(bool(xp.all(xp.isfinite(_values(a)))) for a in arrays)
+
+@_patch
+def _nonfinite(self, xp, idx: list, raw: list, seen: list, is_update: bool) -> bool:
+    """`gradient_nan_policy` at work: False if the gradients passed (`raw`) and what the step would use (`seen`: the clipped
+    gradients, or the new accumulator sums) are finite; else raise (policy "raise") or return True (policy "skip")."""
+    sharded = self._dist is not None and self._dist.sharded
+    if not sharded and _all_finite(xp, raw) and _all_finite(xp, seen): return False
+    def count(g):
+        v = _values(g)
+        return int(xp.count_nonzero(~xp.isfinite(v))), math.prod(v.shape)
+    rc, sc = [count(g) for g in raw], [count(g) for g in seen]
+    if sharded: rc, sc = self._dist.global_counts(rc, sc)    # ZeRO-1: each rank sees its rows; every rank decides alike
+    if not any(k for k, _ in rc + sc): return False
+    if self.gradient_nan_policy == "skip": return True
+    bad = [(i, k, size) for i, (k, size) in zip(idx, rc) if k]
+    where = "passed"
+    if not bad:                  # finite as passed, non-finite after unscaling, accumulation or clipping
+        bad = [(i, k, size) for i, (k, size) in zip(idx, sc) if k]
+        where = ("after loss-scale division, accumulation and clipping (the gradients passed are finite: a global "
+                 "norm or a sum that overflows its dtype makes them NaN or Inf)" if is_update else
+                 "in its accumulator after adding it (the gradients passed are finite: the sum overflows its dtype)")
+    i, k, size = bad[0]
+    others = f"; {len(bad) - 1} more of the {len(idx)} gradients too" if len(bad) > 1 else ""
+    raise NonFiniteGradientError(
+        f"gradient_nan_policy='raise': the gradient of variable {i} ({self._names[i]!r}, shape {tuple(self._variables[i].shape)}) "
+        f"has {k} non-finite value{'s' if k > 1 else ''} (NaN or Inf) out of {size} {where}{others}; nothing was changed")
+
+# %% ../nbs/03_optimizer.ipynb #opt-decay
+@_patch
+def _decayed(self, x, S, lr: float):
+    "Decoupled weight decay of `x`: Keras's `x - (x * wd) * lr`; with `numerics='torch'`, AdamW's `x * (1 - lr * wd)`."
+    if self.numerics == "torch": return x * float(S(1.0 - lr * self.weight_decay))
+    return x - (x * float(S(self.weight_decay))) * lr
+
+@_patch
+def _decays_rows_only(self, g) -> bool:
+    "Whether weight decay for gradient `g` is left to `update_step` (a lazy optimizer decays only the touched rows)."
+    return False
+
+# %% ../nbs/03_optimizer.ipynb #opt-exclude
+def _unnamed_message(name: str) -> str:
+    return (f"exclude_from_weight_decay(var_names=...) matches the names of the variables, but the variables of optimizer "
+            f"'{name}' have no names, only the generated 'variable_0', 'variable_1', ... (which a pattern such as 'b' would "
+            "match by accident): name them, `opt.build(variables, names=[...])` or variables with a `.name`, or exclude "
+            "them by identity, `exclude_from_weight_decay(var_list=[...])`")
+
+@_patch
+def exclude_from_weight_decay(self, var_list: list | None = None, var_names: list | None = None) -> None:
+    """Exclude variables (by identity) or names from weight decay.
+
+    Each call replaces the previous exclusions; nothing changes when it raises.
+
+    Parameters
+    ----------
+    var_list : list of arrays, optional
+        Variables excluded by identity.
+    var_names : list of str, optional
+        Regular expressions searched in the names the user gave, as Keras does.
+    """
+    var_list = [] if var_list is None else _listed(var_list, "var_list")
+    if var_names is not None:
+        if isinstance(var_names, str):
+            raise ArgumentTypeError(f"Argument `var_names` must be a list of names (regular expressions), got the str "
+                                    f"{var_names!r}; wrap it in a list: [{var_names!r}]")
+        var_names = list(var_names)
+        for k, n in enumerate(var_names):
+            if not isinstance(n, str): raise ArgumentTypeError(f"Argument `var_names`: entry {k} is {n!r}, not a str")
+    pattern = re.compile("|".join(var_names)) if var_names else None
+    if pattern is not None and self.built and not any(self._names_given): raise ValueError(_unnamed_message(self.name))
+    self._exclude_ids = {id(v) for v in var_list}
+    self._exclude_pattern = pattern
+
+@_patch
+def _use_weight_decay(self, i: int) -> bool:
+    "Whether variable `i` decays: not excluded by identity, nor by a pattern found in a name the user gave it."
+    if id(self._variables[i]) in self._exclude_ids: return False
+    return not (self._exclude_pattern is not None and self._names_given[i] and self._exclude_pattern.search(self._names[i]))
+
+# %% ../nbs/03_optimizer.ipynb #opt-rule
+@_patch
+def update_step(self, g, x, slots: dict, lr: float, t: int, hyper: dict):
+    """The rule (a subclass implements it): new value of `x` and a dict of its new slots.
+
+    Parameters
+    ----------
+    g : array or IndexedSlices
+        The gradient, after the earlier stages.
+    x : array
+        The variable (after weight decay).
+    slots : dict
+        The variable's slots, by name.
+    lr : float
+        This step's learning rate.
+    t : int
+        The step, from 1.
+    hyper : dict
+        This step's hyperparameter values.
+    """
+    raise NotImplementedError(f"{type(self).__name__} must implement update_step")
+
+@_patch
+def _own_slot_names(self) -> tuple:
+    "The slots `update_step` reads and returns."
+    return self._slot_names + self._late_slot_names
+
+@_patch
+def _fast_update(self, x, g) -> bool:
+    "Whether `update_step` can write `x` and its slots in place with a fused kernel (subclasses say when)."
+    return False
+
+@_patch
+def _flat_plan(self, x, g, slots: dict, S):
+    """`update_step`'s in-place step on the flat buffers `x`, `g` and `slots` as a callable of the raw iteration count,
+    with everything that does not change between steps computed once; None if there is none (subclasses say)."""
+    return None
+
+@_patch
+def _flat_kernel_ok(self) -> bool:
+    "Whether `update_step` has an in-place kernel for a flat NumPy or CuPy buffer (subclasses say)."
+    return False
+
+# %% ../nbs/03_optimizer.ipynb #opt-update
+@_patch
+def _update(self, xp, base: list, xs: list, slots: dict, idx: list, grads: list, raw_it: int, hyper: dict, inplace: bool):
+    """Stages 4 and 5, per variable with a gradient: decoupled weight decay, then `update_step`; writes the new values
+    into `xs` and `slots`. A variable narrower than `moment_dtype` is updated in that dtype (on its master copy if it
+    has one) and rounded back; with a fused kernel (`_fast_update`) the decay is left to the kernel."""
+    n = self.gradient_accumulation_steps
+    it = raw_it // n if n else raw_it
+    wide, lrs = self._wide, {}
+    self._check_precision([(i, host_float(xp, wide.get(i, xs[i].dtype))) for i in idx], hyper)
+    for i, g in zip(idx, grads):
+        x, hyp, wdt, master = xs[i], hyper, wide.get(i), None
+        if wdt is not None:     # a narrow variable: the update in `moment_dtype`, on its master copy if it has one
+            master = slots.get((i, "master"))
+            x = master if master is not None else xp.astype(x, wdt)
+            g = _rewrap(g, xp.astype(_values(g), wdt))
+        S = host_float(xp, x.dtype)
+        if S not in lrs: lrs[S] = self._lr_at(S, raw_it, hyper["learning_rate"])
+        fast = inplace and wdt is None and x is base[i] and self._fast_update(x, g)
+        if self.weight_decay is not None and self._use_weight_decay(i):
+            if fast or self._decays_rows_only(g): hyp = dict(hyper, weight_decay=float(S(self.weight_decay)))
+            else: x = self._decayed(x, S, lrs[S])
+        if fast: hyp = dict(hyp, _inplace=True)
+        own = {name: slots[(i, name)] for name in self._own_slot_names() if (i, name) in slots}
+        x, new = self.update_step(g, x, own, lrs[S], it + 1, hyp)
+        if wdt is not None:     # rounded back to the variable's dtype (the master copy keeps the wide value)
+            if master is not None: slots[(i, "master")] = x
+            x = (RowUpdate(x.indices, xp.astype(x.rows, xs[i].dtype)) if isinstance(x, RowUpdate)
+                 else xp.astype(x, xs[i].dtype))
+        xs[i] = x
+        for name, val in new.items(): slots[(i, name)] = val
+
+# %% ../nbs/03_optimizer.ipynb #opt-ema
+@_patch
+def _ema(self, xp, base: list, xs: list, slots: dict, raw_it: int) -> list:
+    """Stage 6: every variable's average moves, `avg <- mom * avg + (1 - mom) * x` (`mom` 0 at the first step), also
+    for variables without a gradient; every `ema_overwrite_frequency` steps the averages become the new variables."""
+    n = self.gradient_accumulation_steps
+    it = raw_it // n if n else raw_it
+    for i, x in enumerate(xs):
+        if isinstance(x, RowUpdate): xs[i] = x = x.applied(base[i])
+        S = host_float(xp, x.dtype)
+        mom = S(self.ema_momentum) if it != 0 else S(0)
+        slots[(i, "average")] = float(mom) * slots[(i, "average")] + float(S(1) - mom) * x
+    f = self.ema_overwrite_frequency
+    if f and (it + 1) % f == 0:
+        xs = [slots[(i, "average")] for i in range(len(xs))]
+    return xs
+
+# %% ../nbs/03_optimizer.ipynb #opt-finalize
+@_patch
+def finalize_variable_values(self, var_list: list) -> None:
+    """With `use_ema`, copy the moving averages into `var_list`; without it, do nothing.
+
+    Parameters
+    ----------
+    var_list : list of arrays
+        The variables, in build order.
+    """
+    if not self.use_ema: return
+    var_list = list(var_list)
+    if self._dist is not None and self._dist.sharded:      # ZeRO-1: the averages are gathered from every rank's shard
+        return self._dist.finalize(self, var_list)
+    avgs = [s.array for s in self._slots if s.name == "average"]
+    if len(var_list) != len(avgs):
+        raise ValueError(f"The length of model variables ({len(var_list)}) to override does not match the length of "
+                         f"model variables stored in the optimizer ({len(avgs)}).")
+    for k, (v, a) in enumerate(zip(var_list, avgs)):
+        if tuple(v.shape) != tuple(a.shape): raise ValueError(f"variable {k} has shape {tuple(v.shape)}, its average {tuple(a.shape)}")
+    for v, a in zip(var_list, avgs): assign(v, a)
+
+# %% ../nbs/03_optimizer.ipynb #771c64e6
+Optimizer._flat_apply = _flat_apply     # the fused flat path and its cached plan: adam_lit._fastpath
+
+@_patch
+def apply(self, grads: list, trainable_variables: list | None = None) -> None:
+    """Apply one step of `grads` to `trainable_variables` (or to the variables it was built with), in place.
+
+    Parameters
+    ----------
+    grads : list of arrays
+        One gradient (an array, an `IndexedSlices`, or None for no gradient) per variable.
+    trainable_variables : list of arrays, optional
+        The variables, in the order of `grads`; default: those it was built with.
+    """
     if type(grads) is not list: grads = _listed(grads, "grads", "[g]")      # (a bare array refused, an iterable listed)
     if trainable_variables is not None and type(trainable_variables) is not list:
         trainable_variables = _listed(trainable_variables, "trainable_variables")
     if self.communicator is not None:     # a collective: gradients averaged over the ranks (adam_lit.distributed)
-        from adam_lit.distributed import _apply
-        return _apply(self, grads, trainable_variables, aggregate=True)
+        return _distributed("apply")(self, grads, trainable_variables, True)
     return self._apply_local(grads, trainable_variables)
 
 @_patch
@@ -870,6 +1142,7 @@ def _skip(self):
                       "this warning is shown once per optimizer.", RuntimeWarning, stacklevel=3)
     return None
 
+# %% ../nbs/03_optimizer.ipynb #opt-commit
 def _commit(target, new):
     "Write a step's result into `target` in place: whole (an array) or by rows (a `RowUpdate`)."
     if isinstance(new, RowUpdate): new.apply_to(target)
@@ -879,93 +1152,27 @@ def _materialize(base, new):
     "A step's result as an array, for the functional path."
     return new.applied(base) if isinstance(new, RowUpdate) else new
 
+# %% ../nbs/03_optimizer.ipynb #opt-commit2
 @_patch
-def _flat_apply(self, grads, variables) -> bool:
-    "One fused call for variables and gradients that tile flat buffers, when no option needs the tensors one by one."
-    vs, plan = self._variables, self._plan
-    if variables is not None: variables = list(variables)
-    if plan is not None:         # the same gradient arrays as the last step, nothing reconfigured since: the cached plan
-        pg, step, finite = plan
-        if (len(grads) == len(pg) and all(a is b for a, b in zip(grads, pg))
-                and (variables is None or (len(variables) == len(vs) and all(a is b for a, b in zip(variables, vs))))):
-            if finite is not None and not finite(): return False     # gradient_nan_policy: the checked path raises or skips
-            if not _all_writeable(vs): return False                  # a variable made read-only since: the checked path says so
-            step(self._iterations)
-            self._iterations += 1
-            self._flat_steps += 1
-            return True
-    if variables is not None:
-        variables = list(variables)
-        if len(variables) != len(vs) or any(a is not b for a, b in zip(variables, vs)): return False
-    if (len(grads) != len(vs) or self.clipnorm or self.global_clipnorm or self.gradient_accumulation_steps
-            or self.use_ema or not self._flat_kernel_ok()):
-        return False
-    if self.weight_decay is not None and not all(self._use_weight_decay(i) for i in range(len(vs))): return False
-    cached = self._flat_grads
-    if len(vs) == 1:
-        g0, x0 = grads[0], vs[0]
-        if (type(g0) is not type(x0) or g0.shape != x0.shape or g0.dtype != x0.dtype or not g0.flags.c_contiguous
-                or _root(g0) is _root(x0)): return False      # a gradient that views the variable's memory: general path
-        gbase = g0.reshape(-1)
-    elif cached is not None and len(cached[0]) == len(grads) and all(a is b for a, b in zip(grads, cached[0])):
-        gbase = cached[1]
-    else:
-        gbase = tiled_base(grads)
-        if gbase is None or gbase.dtype != self._flat["x"].dtype: return False
-        if any(g.shape != v.shape for g, v in zip(grads, vs)): return False
-        if array_module(gbase).may_share_memory(gbase, self._flat["x"]): return False   # gradients in the variables' memory
-        self._flat_grads = (list(grads), gbase)
-    x = self._flat["x"]
-    if not getattr(x.flags, "writeable", True) or not _all_writeable(vs): return False   # (CuPy arrays are always writeable)
-    hyper = self._hyper_values()
-    S = host_float(self._xp, x.dtype)
-    self._check_precision([(0, S)], hyper)
-    am = array_module(gbase)
-    g = gbase if self.loss_scale_factor is None else gbase / self.loss_scale_factor
-    finite = None if self.gradient_nan_policy == "propagate" else (lambda: bool(am.isfinite(gbase).all()))
-    if finite is not None and not (finite() and bool(am.isfinite(g).all())): return False
-    if self.clipvalue: g = am.clip(g, -self.clipvalue, self.clipvalue)
-    lr = self._lr_at(S, self._iterations, hyper["learning_rate"])
-    if self.weight_decay is not None: hyper = dict(hyper, weight_decay=float(S(self.weight_decay)))
-    slots = {k: v for k, v in self._flat.items() if k != "x"}
-    self.update_step(g, x, slots, lr, self.iterations + 1, dict(hyper, _inplace=True))
-    self._iterations += 1
-    self._flat_steps += 1
-    if self.loss_scale_factor is None and not self.clipvalue:     # the next steps: the same, its constants computed once
-        step = self._flat_plan(x, gbase, slots, S)
-        if step is not None: self._plan = (list(grads), step, finite)
-    return True
+def apply_gradients(self, grads_and_vars: list, name: str | None = None, experimental_aggregate_gradients: bool = True) -> int:
+    """Apply `(gradient, variable)` pairs in place; returns the raw iteration count, like tf.keras.
 
-def _all_writeable(arrays) -> bool:
-    "Whether every array can be written (a NumPy view may have been made read-only; CuPy arrays always can)."
-    return all(getattr(getattr(a, "flags", None), "writeable", True) for a in arrays)
-
-def _root(a):
-    "The array that owns `a`'s memory."
-    return a if a.base is None else a.base
-
-@_patch
-def _flat_plan(self, x, g, slots: dict, S):
-    """`update_step`'s in-place step on the flat buffers `x`, `g` and `slots` as a callable of the raw iteration count,
-    with everything that does not change between steps computed once; None if there is none (subclasses say)."""
-    return None
-
-@_patch
-def _flat_kernel_ok(self) -> bool:
-    "Whether `update_step` has an in-place kernel for a flat NumPy or CuPy buffer (subclasses say)."
-    return False
-
-@_patch
-def apply_gradients(self, grads_and_vars, name=None, experimental_aggregate_gradients=True) -> int:
-    "Apply `(gradient, variable)` pairs in place; returns the raw iteration count, like tf.keras."
+    Parameters
+    ----------
+    grads_and_vars : list of (gradient, variable) pairs
+        The gradients with their variables.
+    name : str, optional
+        Ignored (tf.keras's name scope).
+    experimental_aggregate_gradients : bool, default True
+        With a communicator: average the gradients over the ranks (False: the caller has).
+    """
     pairs = _listed(grads_and_vars, "grads_and_vars", "[(g, x)]")
     for k, p in enumerate(pairs):
         if not (isinstance(p, (tuple, list)) and len(p) == 2):
             what = f"{_kind_of(p)} of shape {tuple(p.shape)}" if hasattr(p, "shape") else f"a {type(p).__name__}"
             raise ArgumentTypeError(f"Argument `grads_and_vars` must be a list of (gradient, variable) pairs; entry {k} is {what}")
     if self.communicator is not None:     # `experimental_aggregate_gradients=False`: the caller has averaged them
-        from adam_lit.distributed import _apply
-        _apply(self, [g for g, _ in pairs], [v for _, v in pairs], aggregate=experimental_aggregate_gradients)
+        _distributed("apply")(self, [g for g, _ in pairs], [v for _, v in pairs], experimental_aggregate_gradients)
         return self._iterations
     if not pairs: return self._iterations
     grads, variables = zip(*pairs)
@@ -973,8 +1180,20 @@ def apply_gradients(self, grads_and_vars, name=None, experimental_aggregate_grad
     return self._iterations
 
 @_patch
-def minimize(self, loss, var_list, name=None, tape=None):
-    "One step on `loss`, a zero-argument callable returning `(loss_value, grads)`; returns the loss value."
+def minimize(self, loss: Callable, var_list: list | Callable, name: str | None = None, tape: object | None = None):
+    """One step on `loss`, a zero-argument callable returning `(loss_value, grads)`; returns the loss value.
+
+    Parameters
+    ----------
+    loss : callable
+        Returns `(loss_value, grads)`, one gradient per variable of `var_list`.
+    var_list : list of arrays or callable
+        The variables (or a callable returning them).
+    name : str, optional
+        Ignored (tf.keras's name scope).
+    tape : object, optional
+        Ignored (tf.keras's gradient tape): adam_lit does no automatic differentiation.
+    """
     if not callable(loss): raise ArgumentTypeError("`loss` must be a zero-argument callable returning (loss_value, grads)")
     if callable(var_list): var_list = var_list()
     var_list = _listed(var_list, "var_list")
@@ -1000,9 +1219,20 @@ def _counter_value(c, what: str) -> int:
         raise ValueError(f"{what} must be a non-negative integer iteration count, got {c!r}")
     return int(c) if f >= 2 ** 53 else int(f)
 
+# %% ../nbs/03_optimizer.ipynb #opt-stateless
 @_patch
-def stateless_apply(self, optimizer_variables, grads, trainable_variables):
-    "One step on values; returns `(new_trainable_variables, new_optimizer_variables)` and changes nothing."
+def stateless_apply(self, optimizer_variables: list, grads: list, trainable_variables: list) -> tuple:
+    """One step on values; returns `(new_trainable_variables, new_optimizer_variables)` and changes nothing.
+
+    Parameters
+    ----------
+    optimizer_variables : list of arrays
+        The state, shaped like `variables` (counter, learning rate for a float rate, slots).
+    grads : list of arrays
+        One gradient (or None) per trainable variable.
+    trainable_variables : list of arrays
+        The variables' current values, in build order.
+    """
     if self.communicator is not None:
         raise NotImplementedError(f"stateless_apply is not available on optimizer '{self.name}', which has a communicator: "
                                   "its steps are collectives on arrays it updates in place; use `apply`")
@@ -1042,6 +1272,7 @@ def stateless_apply(self, optimizer_variables, grads, trainable_variables):
     new_xs = [_materialize(b, x) for b, x in zip(trainable_variables, new_xs)]
     return new_xs, head + [_materialize(slots[(s.index, s.name)], new_slots[(s.index, s.name)]) for s in self._slots]
 
+# %% ../nbs/03_optimizer.ipynb #opt-stateless3
 @_patch
 def _prepare_stateless(self, grads, variables):
     grads = list(grads)
@@ -1053,25 +1284,16 @@ def _prepare_stateless(self, grads, variables):
     for k, g, v in pairs: check_gradient(g, v, k, xp)
     return xp, variables, pairs, self._hyper_values(), [k for k, g in enumerate(grads) if g is None]
 
-@_patch
-def finalize_variable_values(self, var_list):
-    "With `use_ema`, copy the moving averages into `var_list` (the variables, in build order)."
-    if not self.use_ema: return
-    var_list = list(var_list)
-    if self._dist is not None and self._dist.sharded:      # ZeRO-1: the averages are gathered from every rank's shard
-        return self._dist.finalize(self, var_list)
-    avgs = [s.array for s in self._slots if s.name == "average"]
-    if len(var_list) != len(avgs):
-        raise ValueError(f"The length of model variables ({len(var_list)}) to override does not match the length of "
-                         f"model variables stored in the optimizer ({len(avgs)}).")
-    for k, (v, a) in enumerate(zip(var_list, avgs)):
-        if tuple(v.shape) != tuple(a.shape): raise ValueError(f"variable {k} has shape {tuple(v.shape)}, its average {tuple(a.shape)}")
-    for v, a in zip(var_list, avgs): assign(v, a)
-
 # %% ../nbs/03_optimizer.ipynb #75742569
 @_patch
 def get_config(self) -> dict:
-    "The constructor arguments, with Keras 3's keys and values."
+    """The constructor arguments, with Keras 3's keys and values (adam_lit's own keys only when set).
+
+    Returns
+    -------
+    dict
+        The configuration `from_config` takes.
+    """
     lr = self._learning_rate
     if isinstance(lr, LearningRateSchedule): lr = serialize(lr)
     elif not callable(lr): lr = float(lr) if self.numerics in _FAITHFUL else float(self._floatx()(lr))
@@ -1087,8 +1309,16 @@ def get_config(self) -> dict:
     return config
 
 @classmethod
-def from_config(cls, config: dict, custom_objects=None):
-    "Create an optimizer from `get_config()`'s output (a serialised schedule is deserialised)."
+def from_config(cls, config: dict, custom_objects: dict | None = None):
+    """Create an optimizer from `get_config()`'s output (a serialised schedule is deserialised).
+
+    Parameters
+    ----------
+    config : dict
+        The output of `get_config()`.
+    custom_objects : dict, optional
+        Schedule classes by name, for a custom schedule.
+    """
     config = dict(config)
     if isinstance(config.get("learning_rate"), dict):
         config["learning_rate"] = deserialize(config["learning_rate"], custom_objects=custom_objects)
