@@ -13,6 +13,7 @@ import math
 import sys
 import time
 import warnings
+from typing import Any
 
 import numpy as np
 
@@ -38,7 +39,7 @@ def _mpi():
     return MPI
 
 # %% auto #0
-__all__ = ['DistributedError', 'Communicator', 'MPICommunicator', 'NCCLCommunicator', 'broadcast_state']
+__all__ = ['MPIComm', 'DistributedError', 'Communicator', 'MPICommunicator', 'NCCLCommunicator', 'broadcast_state']
 
 # %% ../nbs/16_distributed.ipynb #944f9a1a
 class Communicator:
@@ -91,6 +92,8 @@ def _abort_at_exit(MPI):
     atexit.register(lambda: MPI.Is_finalized() or MPI.COMM_WORLD.Abort(1))
 
 # %% ../nbs/16_distributed.ipynb #752cedd1
+MPIComm = Any   # an mpi4py.MPI.Comm; mpi4py is imported only when a communicator is made
+
 class MPICommunicator(Communicator):
     """Collectives through mpi4py's buffer interface (no pickling): NumPy arrays directly, CuPy arrays through host copies.
 
@@ -106,7 +109,7 @@ class MPICommunicator(Communicator):
         once its traceback is printed, instead of leaving the other ranks waiting in a collective.
     """
     max_bytes = 2**31 - 1             # MPI counts are C ints: byte-counted calls larger than this go in pieces
-    def __init__(self, comm: MPI.Comm | None = None,  # an `mpi4py.MPI.Comm`; default `MPI.COMM_WORLD`
+    def __init__(self, comm: MPIComm | None = None,  # an `mpi4py.MPI.Comm`; default `MPI.COMM_WORLD`
                  timeout: float | None = None,  # seconds each step's agreement may wait for the other ranks (None: no limit), then DistributedError
                  abort_on_exception: bool = True): # an uncaught exception on any rank ends the whole job (MPI_Abort)
         MPI = _mpi()
@@ -245,7 +248,7 @@ class NCCLCommunicator(Communicator):
     abort_on_exception : bool, default True
         An uncaught exception on any rank ends the job, as for `MPICommunicator`.
     """
-    def __init__(self, mpi_comm: MPI.Comm | None = None,  # an `mpi4py.MPI.Comm` (default COMM_WORLD)
+    def __init__(self, mpi_comm: MPIComm | None = None,  # an `mpi4py.MPI.Comm` (default COMM_WORLD)
                  device: int | None = None,  # the GPU of this rank (default: its rank among the ranks on its machine, modulo the GPUs)
                  timeout: float | None = None,  # seconds the host collectives (each step's agreement) may wait: see `MPICommunicator`
                  abort_on_exception: bool = True):   # an uncaught exception on any rank ends the job: see `MPICommunicator`

@@ -111,3 +111,11 @@ def test_test_only():
     assert not check.test_only("x = f()\ntest_eq(x, 1)")
     assert not check.test_only("")
     assert not check.test_only("def f(\n")
+
+
+def test_formula_pandoc_could_not_render():
+    bad = '<p>step <span class="math inline">$\\sqrt{\\vphantom{V}v}$</span></p>'
+    good = '<p>step <span class="math inline"><math display="inline"><msqrt><mi>v</mi></msqrt></math></span></p>'
+    found = check.math_problems("p.html", bad)
+    assert len(found) == 1 and "could not render" in found[0] and "vphantom" in found[0], found
+    assert check.math_problems("p.html", good) == []

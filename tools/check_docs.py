@@ -177,6 +177,15 @@ SEARCH_JS = """(async () => {
 })()"""
 
 
+
+UNCONVERTED = re.compile(r'<span class="math (inline|display)">(\$[^<]{0,80})')
+
+def math_problems(name: str, html: str) -> list:
+    "TeX that pandoc could not turn into MathML (it leaves the span with the TeX in it, e.g. for \\vphantom)."
+    found = UNCONVERTED.findall(html)
+    return [f"{name}: {len(found)} formula(s) pandoc could not render, e.g. {found[0][1]!r}"] if found else []
+
+
 def search_check(browser: str, base: str, profile: str, shot: Path | None) -> tuple:
     "Types SEARCH into index.html's search box; (results found, first result title, problems)."
     dt = DevTools(browser, profile)
@@ -339,6 +348,7 @@ def check(site: Path, screenshots=SCREENSHOTS) -> list:
                 if raw in prose:
                     i = prose.index(raw)
                     problems.append(f"{name}: unrendered math {raw!r} near {prose[max(0, i - 60):i + 60]!r}")
+            problems += math_problems(name, p.read_text(encoding="utf-8"))
             if "data-broken-images" not in pg.body:
                 problems.append(f"{name}: the page's image check did not run")
             elif pg.body["data-broken-images"] != "0":
