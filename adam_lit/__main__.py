@@ -27,6 +27,7 @@ __all__ = ['BACKENDS', 'backend', 'progress', 'make_classification', 'logistic_l
            'main']
 
 # %% ../nbs/05_cli.ipynb #a1d8bc59
+# (a long cell: longer than one screen only by its docstrings, which list every parameter (for help() and the parameter table))
 BACKENDS = ("numpy", "cupy", "torch")
 
 def backend(name: str):
@@ -86,6 +87,7 @@ def progress(
     return range(n)
 
 # %% ../nbs/05_cli.ipynb #c99e616e
+# (a long cell: longer than one screen only by its docstrings, which list every parameter (for help() and the parameter table))
 def make_classification(
     n: int = 512,
     d: int = 20,
@@ -145,6 +147,7 @@ def logistic_loss_and_grads(
     return loss, [X.T @ s, xp.asarray(xp.sum(s))]
 
 # %% ../nbs/05_cli.ipynb #7c060e62
+# (a long cell: longer than one screen only by its docstrings, which list every parameter (for help() and the parameter table))
 def train(
     opt,
     X,
@@ -204,6 +207,7 @@ def accuracy(
     return float(xp.mean(xp.astype(xp.sign(X @ w + c) == y, X.dtype)))
 
 # %% ../nbs/05_cli.ipynb #d60a4c17
+# (a long cell: longer than one screen only by its docstrings, which list every parameter (for help() and the parameter table))
 def make_ratings(
     n_users: int = 500,
     n_items: int = 300,
@@ -271,6 +275,7 @@ def mf_loss_and_grads(
     return float(xp.mean(err * err)), [IndexedSlices(coef * qi, users, tuple(U.shape)), IndexedSlices(coef * pu, items, tuple(V.shape))]
 
 # %% ../nbs/05_cli.ipynb #3eb3ed99
+# (a long cell: longer than one screen only by its docstrings, which list every parameter (for help() and the parameter table))
 def train_embeddings(
     opt,
     data,
@@ -369,6 +374,7 @@ def plot_demo(
     return path
 
 # %% ../nbs/05_cli.ipynb #5e7010c4
+# (a long cell: one function: the demo's stages in the order its report prints them)
 def demo(
     steps: int = 200,
     seed: int = 0,

@@ -35,6 +35,7 @@ def _all_writeable(arrays) -> bool:
     return all(getattr(getattr(a, "flags", None), "writeable", True) for a in arrays)
 
 # %% ../nbs/03a_fastpath.ipynb #fp-flat
+# (a long cell: longer than one screen only by its docstrings, which list every parameter (for help() and the parameter table))
 def _flat_apply(self, grads, variables) -> bool:
     "One fused call for variables and gradients that tile flat buffers, when no option needs the tensors one by one."
     vs = self._variables

@@ -52,6 +52,7 @@ def doc_exec_policy(cell):
 _installed = _install()
 
 # %% ../nbs/14_site.ipynb #3a7c1e02
+# (a long cell: the source links: locating an object and linking it are one small feature)
 import ast, functools, importlib, inspect, re
 from pathlib import Path
 

@@ -22,6 +22,7 @@ from .schedules import LearningRateSchedule
 __all__ = ['Adam', 'AdamW']
 
 # %% ../nbs/04_adam.ipynb #67e33fff
+# (a long cell: longer than one screen only by its docstrings, which list every parameter (for help() and the parameter table))
 _BETA = dict(low=0, high=1, high_open=True)
 _ADAM_HYPERS = {"beta_1": _BETA, "beta_2": _BETA, "epsilon": dict(low=0)}   # may be callables, checked per step
 

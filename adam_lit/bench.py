@@ -257,6 +257,7 @@ def factories() -> dict:
     return f
 
 # %% ../nbs/10_bench.ipynb #fba8b62c
+# (a long cell: the bandwidth probe and its kernels together: the roofline is defined by what they time)
 _STREAM = {}
 
 def _numba_streams():
@@ -391,6 +392,7 @@ def _available_memory():
     return None
 
 # %% ../nbs/10_bench.ipynb #8b69e58d
+# (a long cell: one function: every timed case of `adam-lit bench` side by side, so the comparison reads in one place)
 NUMPY_IMPLS = ("adam_lit", "adam_lit flat", "adam_lit fused", "adam_lit NumPy", "naive NumPy")     # whose allocations tracemalloc sees
 
 def run(
@@ -474,6 +476,7 @@ def run(
     return res
 
 # %% ../nbs/10_bench.ipynb #42a56b8c
+# (a long cell: the result tables: formatting helpers with the one function that uses them)
 def _fmt_time(s) -> str:
     if s is None: return "—"
     return f"{s * 1e6:.3g} µs" if s < 1e-3 else f"{s * 1e3:.3g} ms" if s < 1 else f"{s:.3g} s"
@@ -543,6 +546,7 @@ def print_table(
     print(tables(results), file=file)
 
 # %% ../nbs/10_bench.ipynb #e977e132
+# (a long cell: longer than one screen only by its docstrings, which list every parameter (for help() and the parameter table))
 def _case(results, k, n):
     for c in results["cases"]:
         if (c["tensors"], c["size"]) == (k, n): return c
@@ -612,6 +616,7 @@ def print_targets(
     print(_md(["target", "measured", "met?"], [list(r) for r in targets(results)]).replace("|-", "|:-", 0), file=file)
 
 # %% ../nbs/10_bench.ipynb #a3baf100
+# (a long cell: longer than one screen only by its docstrings, which list every parameter (for help() and the parameter table))
 def plot(
     results: dict,
     path="adam_lit_bench.png",
@@ -664,6 +669,7 @@ def plot(
     return path
 
 # %% ../nbs/10_bench.ipynb #30a1a2e3
+# (a long cell: the GPU cases side by side, each a few lines, so the comparison reads in one place)
 GPU_SIZES = (10_000, 100_000, 1_000_000, 10_000_000, 100_000_000)
 GPU_SHAPES = ((1000, 1000), (100, 1_000_000))      # (tensors, elements per tensor)
 GPU_IMPLS = ("adam_lit", "adam_lit flat", "adam_lit kernel", "naive CuPy", "torch foreach", "torch fused", "optax jit")
@@ -726,6 +732,7 @@ def _gpu_factories() -> dict:
     return f
 
 # %% ../nbs/10_bench.ipynb #7b5948f5
+# (a long cell: longer than one screen only by its docstrings, which list every parameter (for help() and the parameter table))
 def time_gpu(
     steps: dict,
     reps: int = 7,
@@ -799,6 +806,7 @@ def gpu_bandwidth(
             "median": statistics.median(per), "lowest": min(per), "peak": peak}
 
 # %% ../nbs/10_bench.ipynb #01648db7
+# (a long cell: the GPU machine description and the run that records it)
 def gpu_machine() -> dict:
     "The GPU and the libraries, for the record."
     import cupy as cp

@@ -190,6 +190,7 @@ def _decay_args(weight_decay, lr, S):
     return S(weight_decay), S(lr)
 
 # %% ../nbs/09_cuda.ipynb #49270e2a
+# (a long cell: longer than one screen only by its docstrings, which list every parameter (for help() and the parameter table))
 def adam_inplace_cupy(
     x: CupyArray,
     g: CupyArray,
@@ -245,6 +246,7 @@ def adam_inplace_cupy(
     return x
 
 # %% ../nbs/09_cuda.ipynb #98af7e8f
+# (a long cell: longer than one screen only by its docstrings, which list every parameter (for help() and the parameter table))
 def lazy_adam_rows_inplace_cupy(
     x: CupyArray,
     g_rows: CupyArray,
@@ -396,6 +398,7 @@ def _compile(source: str, options, name: str, what: str) -> bytes:
         lib.nvrtcDestroyProgram(ctypes.byref(prog))
 
 # %% ../nbs/09_cuda.ipynb #00c95b39
+# (a long cell: longer than one screen only by its docstrings, which list every parameter (for help() and the parameter table))
 def compile_to_ptx(
     source: str,
     options: tuple = OPTIONS,

@@ -92,6 +92,7 @@ def _abort_at_exit(MPI):
     atexit.register(lambda: MPI.Is_finalized() or MPI.COMM_WORLD.Abort(1))
 
 # %% ../nbs/16_distributed.ipynb #752cedd1
+# (a long cell: one class: the methods of the Communicator interface, each a few lines, plus the timeout's polling)
 MPIComm = Any   # an mpi4py.MPI.Comm; mpi4py is imported only when a communicator is made
 
 class MPICommunicator(Communicator):
@@ -230,6 +231,7 @@ class MPICommunicator(Communicator):
     def barrier(self): self._call("Barrier", timed=True)
 
 # %% ../nbs/16_distributed.ipynb #6b81f096
+# (a long cell: one class: the methods of the Communicator interface over NCCL, each a few lines)
 _NCCL_TYPES = {"float16": "NCCL_FLOAT16", "float32": "NCCL_FLOAT32", "float64": "NCCL_FLOAT64", "bfloat16": "NCCL_BFLOAT16",
                "int32": "NCCL_INT32", "int64": "NCCL_INT64", "uint8": "NCCL_UINT8"}
 
@@ -490,6 +492,7 @@ def broadcast_state(optimizer):
         optimizer._learning_rate = float(optimizer.communicator.allgather_host(np.asarray([lr], np.float64))[0, 0])
 
 # %% ../nbs/16_distributed.ipynb #cba5d408
+# (a long cell: longer than one screen only by its docstrings, which list every parameter (for help() and the parameter table))
 def _kind(g) -> str:
     if g is None: return "None"
     if isinstance(g, IndexedSlices): return f"IndexedSlices {np.dtype(g.values.dtype).name}"
@@ -621,6 +624,7 @@ def _gather_slices(comm, gs: list, scale: bool) -> list:
     return out
 
 # %% ../nbs/16_distributed.ipynb #5f091ef6
+# (a long cell: one ZeRO-1 step: the order of its collectives is the point, so it reads in one place)
 def _sharded_step(opt, eng, xp, grads, variables, pairs, hyper, missing, aggregate, what):
     "ZeRO-1: reduce-scatter the gradients, update this rank's rows and their slots, all-gather the variables."
     comm, p, r = eng.comm, eng.comm.size, eng.comm.rank

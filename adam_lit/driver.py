@@ -249,6 +249,7 @@ def _tqdm():
     return tqdm
 
 # %% ../nbs/12_minimize.ipynb #b074c834
+# (a long cell: one function: the loop and its stopping rules read in one place, as in scipy's own minimizers)
 def minimize(fun: Callable,                 # fun(x, *args) -> loss, or (loss, gradient) with jac=True
              x0: np.ndarray,                # initial point: a float16/32/64 NumPy array of any shape (copied)
              args: tuple = (),              # extra arguments of `fun` and `jac`

@@ -41,6 +41,7 @@ def _epsilon_warning(optimizer, other):
 __all__ = ['to_torch_state_dict', 'from_torch_state_dict', 'to_keras', 'from_keras']
 
 # %% ../nbs/13_interop.ipynb #ae7a5a17
+# (a long cell: longer than one screen only by its docstrings, which list every parameter (for help() and the parameter table))
 def _decay_of(optimizer, i) -> float:
     "Variable `i`'s decoupled weight decay (0 where there is none or it is excluded)."
     return float(optimizer.weight_decay) if optimizer.weight_decay and optimizer._use_weight_decay(i) else 0.0
@@ -94,6 +95,7 @@ def to_torch_state_dict(optimizer: Optimizer) -> dict:
 
 
 # %% ../nbs/13_interop.ipynb #351e4121
+# (a long cell: one check per key of PyTorch's param_groups; split, the list of what is refused would be scattered)
 _EXECUTION_KEYS = {"foreach", "fused", "capturable", "differentiable"}   # how PyTorch runs the step, not what it computes
 _TORCH_GROUP_KEYS = {"params", "lr", "betas", "eps", "weight_decay", "amsgrad", "maximize", "decoupled_weight_decay",
                      "initial_lr", "param_names"} | _EXECUTION_KEYS
@@ -150,6 +152,7 @@ def _check_groups(optimizer, groups, ids, step, keep_learning_rate):
         first += len(g["params"])
 
 # %% ../nbs/13_interop.ipynb #cd282384
+# (a long cell: longer than one screen only by its docstrings, which list every parameter (for help() and the parameter table))
 def from_torch_state_dict(optimizer: Optimizer,          # built on the same parameters, in the same order
                           state_dict: dict,                 # `torch.optim.Adam(...).state_dict()` (or AdamW's)
                           keep_learning_rate: bool = False  # keep the optimizer's learning rate (a schedule) instead of checking `lr`

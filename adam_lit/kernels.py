@@ -16,6 +16,7 @@ __all__ = ['BLOCK_BYTES', 'BLOCK', 'PARALLEL_MIN', 'adam_inplace', 'adam_inplace
            'flat_like', 'tiled_base']
 
 # %% ../nbs/08_kernels.ipynb #ddd0594b
+# (a long cell: longer than one screen only by its docstrings, which list every parameter (for help() and the parameter table))
 BLOCK_BYTES = 3 << 17   # 384 KiB per scratch block (96K float32 elements): two of them are 768 KiB
 BLOCK = BLOCK_BYTES // 4  # elements per float32 block
 
@@ -144,6 +145,7 @@ def _numba_kernels():
     return _NUMBA["k"]
 
 # %% ../nbs/08_kernels.ipynb #6bcb16ca
+# (a long cell: longer than one screen only by its docstrings, which list every parameter (for help() and the parameter table))
 _FUSED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 def _ok(a, dt) -> bool: return a.dtype == dt and a.flags.c_contiguous

@@ -34,6 +34,7 @@ def _cupy_rows_ok(x, g) -> bool:
 
 
 # %% ../nbs/07_lazyadam.ipynb #7d5b770b
+# (a long cell: longer than one screen only by its docstrings, which list every parameter (for help() and the parameter table))
 class LazyAdam(Adam):
     "TF Addons' LazyAdam: with a row-sparse gradient only the rows in the batch are updated (moments and values)."
     def __init__(self, learning_rate: float | LearningRateSchedule | Callable[[], float] = 0.001,

@@ -56,6 +56,7 @@ def _host_scalar(name: str, value):
     return float(value)
 
 # %% ../nbs/03_optimizer.ipynb #opt-checkfns
+# (a long cell: longer than one screen only by its docstrings, which list every parameter (for help() and the parameter table))
 def check_float(name: str, value: float | object, *, low: float | None = None, high: float | None = None,
                 low_open: bool = False, high_open: bool = False) -> float:
     """Validate a real hyperparameter, finite and within bounds; return it as a Python float.
@@ -493,6 +494,7 @@ def _check_disjoint(variables, names, given):
         active.append((lo, hi, k, e))
 
 # %% ../nbs/03_optimizer.ipynb #e37f4a1d
+# (a long cell: longer than one screen only by its docstrings, which list every parameter (for help() and the parameter table))
 @_patch
 def build(self, var_list: list, names: list | None = None) -> None:
     """Create the slots for `var_list` (writeable or not: JAX arrays can be built and used with `stateless_apply`).
@@ -584,6 +586,7 @@ def _new_slot(self, i, name, initializer="zeros", shape=None, dtype=None, array=
     return arr
 
 # %% ../nbs/03_optimizer.ipynb #0e9d3ab3
+# (a long cell: longer than one screen only by its docstrings, which list every parameter (for help() and the parameter table))
 @_patch
 def _var_index(self, var, what="variable") -> int:
     i = self._index.get(id(var))
@@ -711,6 +714,7 @@ def weights(self) -> list:
 Optimizer.weights = weights
 
 # %% ../nbs/03_optimizer.ipynb #opt-setw
+# (a long cell: longer than one screen only by its docstrings, which list every parameter (for help() and the parameter table))
 @_patch
 def get_weights(self) -> list:
     "Copies of `weights`."
@@ -1090,6 +1094,7 @@ def finalize_variable_values(self, var_list: list) -> None:
     for v, a in zip(var_list, avgs): assign(v, a)
 
 # %% ../nbs/03_optimizer.ipynb #771c64e6
+# (a long cell: longer than one screen only by its docstrings, which list every parameter (for help() and the parameter table))
 Optimizer._flat_apply = _flat_apply     # the fused flat path and its cached plan: adam_lit._fastpath
 
 @_patch
@@ -1153,6 +1158,7 @@ def _materialize(base, new):
     return new.applied(base) if isinstance(new, RowUpdate) else new
 
 # %% ../nbs/03_optimizer.ipynb #opt-commit2
+# (a long cell: longer than one screen only by its docstrings, which list every parameter (for help() and the parameter table))
 @_patch
 def apply_gradients(self, grads_and_vars: list, name: str | None = None, experimental_aggregate_gradients: bool = True) -> int:
     """Apply `(gradient, variable)` pairs in place; returns the raw iteration count, like tf.keras.
@@ -1220,6 +1226,7 @@ def _counter_value(c, what: str) -> int:
     return int(c) if f >= 2 ** 53 else int(f)
 
 # %% ../nbs/03_optimizer.ipynb #opt-stateless
+# (a long cell: longer than one screen only by its docstrings, which list every parameter (for help() and the parameter table))
 @_patch
 def stateless_apply(self, optimizer_variables: list, grads: list, trainable_variables: list) -> tuple:
     """One step on values; returns `(new_trainable_variables, new_optimizer_variables)` and changes nothing.
@@ -1285,6 +1292,7 @@ def _prepare_stateless(self, grads, variables):
     return xp, variables, pairs, self._hyper_values(), [k for k, g in enumerate(grads) if g is None]
 
 # %% ../nbs/03_optimizer.ipynb #75742569
+# (a long cell: longer than one screen only by its docstrings, which list every parameter (for help() and the parameter table))
 @_patch
 def get_config(self) -> dict:
     """The constructor arguments, with Keras 3's keys and values (adam_lit's own keys only when set).

@@ -256,6 +256,7 @@ def _optax_rule(xp, x, g, m, v, vmax, learning_rate, beta_1, beta_2, epsilon, t)
 _PRESET_RULES = {"torch": _torch_rule, "optax": _optax_rule, "paper": _paper_rule}
 
 # %% ../nbs/01_rules.ipynb #69c631a9
+# (a long cell: longer than one screen only by its docstrings, which list every parameter (for help() and the parameter table))
 def sparse_adam_step(x: Any, g: IndexedSlices, m: Any, v: Any, vhat: Any = None, *, learning_rate: float = 0.001,
                      beta_1: float = 0.9, beta_2: float = 0.999, epsilon: float = 1e-7, t: int = 1,
                      numerics: str = "keras") -> tuple:
