@@ -406,6 +406,8 @@ def _config_items(opt) -> list:
     cfg = {k: (f"<{type(v).__name__}>" if callable(v) else v) for k, v in opt.get_config().items() if k != "name"}
     items = ([f"optimizer {type(opt).__name__}", f"shard_state={opt.shard_state}"]
              + [f"{k}={json.dumps(v, default=repr)}" for k, v in sorted(cfg.items())])
+    if opt.built and opt.weight_decay:      # which variables decay: ranks that excluded others would drift apart
+        items.append(f"weight decay excluded for variables {[i for i in range(len(opt._variables)) if not opt._use_weight_decay(i)]}")
     object.__setattr__(opt, "_config_cache", items)      # (Optimizer.__setattr__ drops it when anything is set)
     return items
 

@@ -484,6 +484,14 @@ def case_robust():
                      "the ranks disagree", "learning_rate = 0.01", "learning_rate = 0.05")
         opt.learning_rate = 0.01
         check(f"nothing changed by the refused steps, {tag}", same(snapshot(opt, xs), before))
+        if SIZE > 1:         # weight-decay exclusions on one rank only (the others would decay what it does not)
+            wd = AdamW(learning_rate=0.01, weight_decay=0.1, communicator=comm, shard_state=shard)
+            ws = init(RANK); wd.build(ws)
+            if RANK == SIZE - 1: wd.exclude_from_weight_decay(var_list=[ws[0]])
+            wbefore = snapshot(wd, ws)
+            expect_error(f"weight-decay exclusions on one rank only, {tag}", lambda: wd.apply(grads(RANK, 0), ws), ValueError,
+                         "the ranks disagree", "weight decay excluded for variables")
+            check(f"nothing changed by the refused step (exclusions), {tag}", same(snapshot(wd, ws), wbefore))
         def loud():
             if RANK == 1: raise ValueError("é" * 5000 + '"quotes"\n')
             return 0.01
