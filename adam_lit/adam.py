@@ -14,7 +14,7 @@ import numpy as np
 
 from .backend import IndexedSlices, host_float
 from .kernels import adam_inplace_fast, fused_loop
-from .optimizer import ArgumentTypeError, Optimizer, check_hyper
+from .optimizer import ArgumentTypeError, Optimizer, check_hyper, _patch_into
 from .rules import _hyper, adam_step, amsgrad_step, bias_corrected_step_size, moment_constants, sparse_adam_step
 from .schedules import LearningRateSchedule
 
@@ -106,14 +106,7 @@ class Adam(Optimizer):
 
 
 # %% ../nbs/04_adam.ipynb #65e11a42
-def _patch_adam(f_or_name):
-    "Attach a function to `Adam` as a method: `@_patch_adam` keeps its name, `@_patch_adam(\"name\")` gives it one."
-    def attach(f, name):
-        f.__name__, f.__qualname__ = name, f"Adam.{name}"
-        setattr(Adam, name, f)
-        return f
-    if isinstance(f_or_name, str): return lambda f: attach(f, f_or_name)
-    return attach(f_or_name, f_or_name.__name__)
+_patch_adam = _patch_into(Adam)    # `@_patch_adam` keeps a function's name, `@_patch_adam("name")` gives it one
 
 @_patch_adam
 def _check_precision(self: Adam, items, hyper=None, names=None):

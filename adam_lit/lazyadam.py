@@ -13,6 +13,7 @@ from typing import Callable
 import numpy as np
 
 from .adam import Adam
+from .optimizer import _patch_into
 from array_api_compat import device as _dev
 
 from .backend import IndexedSlices, RowUpdate, default_int, host_float, namespace, take_rows
@@ -106,14 +107,7 @@ class LazyAdam(Adam):
         return config
 
 # %% ../nbs/07_lazyadam.ipynb #dc1c673a
-def _patch_lazy(f_or_name):
-    "Attach a function to `LazyAdam` as a method: `@_patch_lazy` keeps its name, `@_patch_lazy(\"name\")` gives it one."
-    def attach(f, name):
-        f.__name__, f.__qualname__ = name, f"LazyAdam.{name}"
-        setattr(LazyAdam, name, f)
-        return f
-    if isinstance(f_or_name, str): return lambda f: attach(f, f_or_name)
-    return attach(f_or_name, f_or_name.__name__)
+_patch_lazy = _patch_into(LazyAdam)    # `@_patch_lazy` keeps a function's name, `@_patch_lazy("name")` gives it one
 
 @_patch_lazy
 def _preset_rows(self: LazyAdam, g, x, slots, lr, t, hyper, idx, S):

@@ -341,6 +341,18 @@ def _patch(f):
     setattr(Optimizer, f.__name__, f)
     return f
 
+def _patch_into(cls):
+    """A decorator attaching functions to `cls` as methods (subclasses split into small cells): `@deco` keeps the
+    function's name, `@deco("name")` gives it one (a public method written as a private function stays out of `__all__`)."""
+    def attach(f, name):
+        f.__name__, f.__qualname__ = name, f"{cls.__name__}.{name}"
+        setattr(cls, name, f)
+        return f
+    def deco(f_or_name):
+        if isinstance(f_or_name, str): return lambda f: attach(f, f_or_name)
+        return attach(f_or_name, f_or_name.__name__)
+    return deco
+
 def _check_learning_rate(value):
     if isinstance(value, LearningRateSchedule) or callable(value): return value
     if not _is_real(value) and getattr(value, "shape", None) is None:     # (a 0-d array: read by check_float)
