@@ -87,3 +87,9 @@ def _flat_apply(self, grads, variables) -> bool:
 def _root(a):
     "The array that owns `a`'s memory."
     return a if a.base is None else a.base
+
+# %% ../nbs/03a_fastpath.ipynb #fp-loop
+def _loop_apply(self, grads, variables) -> bool:
+    "The step for fresh gradients every call (placeholder: always the checked pipeline)."
+    return False
+

@@ -19,7 +19,7 @@ from array_api_compat import device as _device
 from .backend import (ArgumentTypeError, IndexedSlices, RowUpdate, as_row_sparse, assign, check_gradient,
                               check_variables, default_int, describe, host_float, namespace)
 from .kernels import array_module, flat_like, tiled_base
-from ._fastpath import _flat_apply
+from ._fastpath import _flat_apply, _loop_apply
 from .rules import _FAITHFUL, _check_numerics
 from .schedules import LearningRateSchedule, deserialize, serialize
 
@@ -332,6 +332,7 @@ class Optimizer:
             bounds = self._hyper_specs().get(name)      # `opt.beta_1 = ...`: checked as the constructor checks it
             if bounds is not None: value = check_hyper(name, value, **bounds)
             object.__setattr__(self, "_plan", None)
+            object.__setattr__(self, "_loop", None)             # (and the training-loop plan of adam_lit._fastpath)
             object.__setattr__(self, "_config_cache", None)     # (adam_lit.distributed's digest of the config)
         object.__setattr__(self, name, value)
 
@@ -1108,6 +1109,7 @@ def finalize_variable_values(self, var_list: list) -> None:
 # %% ../nbs/03_optimizer.ipynb #771c64e6
 # (a long cell: longer than one screen only by its docstrings, which list every parameter (for help() and the parameter table))
 Optimizer._flat_apply = _flat_apply     # the fused flat path and its cached plan: adam_lit._fastpath
+Optimizer._loop_apply = _loop_apply     # the step for fresh gradients every call, its checks decided once: adam_lit._fastpath
 
 @_patch
 def apply(self, grads: list, trainable_variables: list | None = None) -> None:
@@ -1131,6 +1133,7 @@ def apply(self, grads: list, trainable_variables: list | None = None) -> None:
 def _apply_local(self, grads, trainable_variables=None):
     "`apply` on this process's gradients."
     if len(grads) == 0: return None
+    if self._loop_apply(grads, trainable_variables): return None
     if self._flat is not None and self._flat_apply(grads, trainable_variables): return None
     xp, variables, pairs, hyper, missing = self._prepare(grads, trainable_variables, writeable=True)
     if not self.built: self.build(variables)
@@ -1357,7 +1360,7 @@ def __repr__(self):
     return f"{type(self).__name__}({args}, name={self.name!r}) <{state}>"
 
 # %% ../nbs/03_optimizer.ipynb #c3a1f0d3
-_TRANSIENT = ("_plan", "_config_cache", "_flat_grads", "_hyper_once")   # caches of this object, derived again when needed
+_TRANSIENT = ("_plan", "_loop", "_config_cache", "_flat_grads", "_hyper_once")   # caches of this object, derived again when needed
 
 @_patch
 def __getstate__(self):
