@@ -7,8 +7,16 @@ Docs: https://adam-lit.github.io/adam_lit/fastpath.html.md"""
 # %% ../nbs/03a_fastpath.ipynb #fp-imports
 from __future__ import annotations
 
+import math
+import operator
+import sys
+
+import numpy as np
+
 from .backend import host_float
-from .kernels import array_module, tiled_base
+from .kernels import PARALLEL_MIN, ROW, array_module, loop_chunks, loop_kernels, loop_table, tiled_base
+from .rules import _hyper, moment_constants
+from .schedules import LearningRateSchedule
 
 # %% auto #0
 __all__ = []
@@ -48,6 +56,7 @@ def _flat_apply(self, grads, variables) -> bool:
     if (len(grads) != len(vs) or self.clipnorm or self.global_clipnorm or self.gradient_accumulation_steps
             or self.use_ema or not self._flat_kernel_ok()):
         return False
+    if getattr(type(self).update_step, "__module__", "") not in _RULES: return False   # a subclass's own rule: its code
     if self.weight_decay is not None and not all(self._use_weight_decay(i) for i in range(len(vs))): return False
     cached = self._flat_grads
     if len(vs) == 1:
@@ -89,7 +98,134 @@ def _root(a):
     return a if a.base is None else a.base
 
 # %% ../nbs/03a_fastpath.ipynb #fp-loop
+# (a long cell: what is decided once, the class that holds it; its methods are the next cells)
+class _Loop:
+    "What a step for fresh gradients needs, decided once: the table of addresses, the groups by dtype, the constants."
+    @classmethod
+    def make(cls, opt):
+        "The plan for optimizer `opt`, or None when its options or variables need the pipeline's stages one by one."
+        if opt._dist is not None or opt.communicator is not None or not opt._flat_kernel_ok(): return None
+        if (opt.clipnorm or opt.clipvalue or opt.global_clipnorm or opt.gradient_accumulation_steps or opt.use_ema
+                or opt.loss_scale_factor is not None or opt.gradient_nan_policy != "propagate" or opt._wide): return None
+        if getattr(type(opt).update_step, "__module__", "") not in _RULES: return None   # a subclass's own rule: its code
+        if any(callable(getattr(opt, n)) for n in opt._hyper_specs()): return None
+        spec = opt._learning_rate
+        if callable(spec) and not isinstance(spec, LearningRateSchedule): return None
+        k = loop_kernels()
+        vs = list(opt._variables)
+        torch = None if type(vs[0]) is np.ndarray else sys.modules.get("torch")
+        if k is None or (torch is None and (k["layout"] is None or not all(map(_numpy_ok, vs)))): return None
+        if torch is not None and not all(_torch_cpu_ok(v, torch) for v in vs): return None
+        names = ("m", "v", "vhat") if opt.amsgrad else ("m", "v")
+        slots = [[opt._slot_of[(j, s)].array for j in range(len(vs))] for s in names]
+        ok = _numpy_ok if torch is None else (lambda a: _torch_cpu_ok(a, torch))
+        if not all(ok(a) and a.dtype == x.dtype and tuple(a.shape) == tuple(x.shape) for col in slots for a, x in zip(col, vs)):
+            return None
+        decay = [opt.weight_decay is not None and opt._use_weight_decay(j) for j in range(len(vs))]
+        made = loop_table(vs, slots[0], slots[1], slots[2] if opt.amsgrad else None, decay)
+        if made is None: return None
+        self = cls()
+        self.tab, self.rng = made
+        self.vs, self.n, self.torch, self.k, self.ams = vs, len(vs), torch, k, bool(opt.amsgrad)
+        self.shapes = [x.shape for x in vs]
+        self.dtypes = [x.dtype for x in vs]
+        hyper = opt._hyper_values()
+        self.groups = []
+        for S in (np.float32, np.float64):
+            idx = [j for j, x in enumerate(vs) if _host_type(x) is S]
+            if not idx: continue
+            try: opt._check_precision([(j, S) for j in idx], hyper)
+            except ValueError: return None         # (the pipeline raises it, naming the variable)
+            self.groups.append(_Group(opt, S, idx, self.tab, hyper, k))
+        self.single = self.groups[0] if len(self.groups) == 1 and torch is None else None
+        return self
+
+_RULES = ("adam_lit.adam", "adam_lit.lazyadam")     # the rules the compiled step reproduces (dense gradients)
+
+def _numpy_ok(a) -> bool:
+    return type(a) is np.ndarray and a.flags.c_contiguous and a.dtype in (np.float32, np.float64)
+
+def _torch_cpu_ok(t, torch) -> bool:
+    return (isinstance(t, torch.Tensor) and t.device.type == "cpu" and t.layout is torch.strided and t.is_contiguous()
+            and t.dtype in (torch.float32, torch.float64) and not t.is_conj() and not t.is_neg())
+
+def _host_type(x):
+    "numpy.float32 or numpy.float64 for a NumPy array or a torch tensor of that dtype."
+    return x.dtype.type if type(x) is np.ndarray else (np.float32 if str(x.dtype) == "torch.float32" else np.float64)
+
+
+# %% ../nbs/03a_fastpath.ipynb #fp-loop-call
+def _loop_step(self: _Loop, opt, grads, variables) -> bool:
+    "One step if every gradient is one the compiled call takes (True); else nothing written (False)."
+    n = self.n
+    if len(grads) != n: return False
+    if variables is not None and (len(variables) != n or not all(map(operator.is_, variables, self.vs))): return False
+    t = opt._iterations + 1
+    for g in self.groups:
+        if not g.set_lr(opt, t - 1): return False
+    if self.torch is None:
+        ids = np.array(list(map(id, grads)), np.int64)     # the gradients' objects: alive for the whole call
+        g = self.single
+        if g is not None:
+            if g.step(ids, self.tab, self.rng, self.k["layout"], g.chunks, g.sc, t, self.ams) >= 0: return False
+        else:
+            if self.k["check_ids"](ids, self.tab, self.rng, self.k["layout"]) >= 0: return False
+            for g in self.groups: g.update(g.table(self.tab), g.chunks, g.sc, t, self.ams)
+    else:
+        if not self._torch_grads(grads): return False
+        for g in self.groups: g.update(g.table(self.tab), g.chunks, g.sc, t, self.ams)
+        self.torch.autograd.graph.increment_version(self.vs)    # as an in-place update under torch.no_grad() does
+    opt._iterations = t
+    return True
+
+
+def _torch_grads(self: _Loop, grads) -> bool:
+    "Torch gradients: checked in Python, their addresses written to the table; False (nothing written) if one is not taken."
+    torch, tab = self.torch, self.tab
+    Tensor, strided = torch.Tensor, torch.strided
+    for j, (g, s, dt, x) in enumerate(zip(grads, self.shapes, self.dtypes, self.vs)):
+        if not (type(g) is Tensor and g.dtype is dt and g.shape == s and g.layout is strided and g.is_contiguous()
+                and g.device.type == "cpu" and not g.is_conj() and not g.is_neg() and x.data_ptr() == tab[0, j]):
+            return False                      # (a variable whose storage was replaced, `p.data = ...`: the pipeline)
+        tab[1, j] = g.data_ptr()
+    return self.k["check_ptrs"](tab, self.rng) < 0
+
+_Loop.__call__, _Loop._torch_grads = _loop_step, _torch_grads
+
+
+# %% ../nbs/03a_fastpath.ipynb #fp-loop-group
+class _Group:
+    "The tensors of one dtype `S`: their constants in `S`, their chunks, and the compiled calls."
+    def __init__(self, opt, S, idx, tab, hyper, k):
+        num, spec = opt.numerics, opt._learning_rate
+        self.S, self.idx, self.spec = S, np.array(idx), spec
+        b1, b2 = hyper["beta_1"], hyper["beta_2"]
+        c1, c2 = moment_constants(b1, b2, S, num)
+        self.lr_const = None if isinstance(spec, LearningRateSchedule) or opt.decay else opt._lr_at(S, 0, spec)
+        wd = 0.0 if opt.weight_decay is None else opt.weight_decay
+        self.sc = np.array([c1, c2, S(hyper["epsilon"]), wd, self.lr_const or 0.0, _hyper(b1, S, num), _hyper(b2, S, num)], S)
+        sizes = tab[ROW["size"], idx]
+        self.chunks = loop_chunks(sizes)
+        threads = int(sizes.sum()) >= PARALLEL_MIN and k["threads"] > 1
+        self.step, self.update = (k[S]["pstep_ids"], k[S]["pupdate"]) if threads else (k[S]["step_ids"], k[S]["update"])
+        self.whole = len(idx) == tab.shape[1]
+
+    def table(self, tab): return tab if self.whole else tab[:, self.idx]
+
+    def set_lr(self, opt, raw_it) -> bool:
+        "This step's learning rate in `S` (a schedule's, or with legacy `decay`); False for one the pipeline must refuse."
+        if self.lr_const is not None: return True
+        lr = opt._lr_at(self.S, raw_it, self.spec)
+        if not (lr >= 0 and math.isfinite(lr)): return False
+        self.sc[4] = lr
+        return True
+
 def _loop_apply(self, grads, variables) -> bool:
-    "The step for fresh gradients every call (placeholder: always the checked pipeline)."
-    return False
+    "The training-loop step of a built optimizer: True if it ran, False if the general pipeline must run (nothing written)."
+    loop = self.__dict__.get("_loop")
+    if loop is None:
+        if not self.built: return False
+        loop = _Loop.make(self) or False
+        object.__setattr__(self, "_loop", loop)      # (dropped by any reconfiguration: Optimizer.__setattr__)
+    return loop is not False and loop(self, grads, variables)
 

@@ -1136,7 +1136,9 @@ def _apply_local(self, grads, trainable_variables=None):
     if self._loop_apply(grads, trainable_variables): return None
     if self._flat is not None and self._flat_apply(grads, trainable_variables): return None
     xp, variables, pairs, hyper, missing = self._prepare(grads, trainable_variables, writeable=True)
-    if not self.built: self.build(variables)
+    if not self.built:
+        self.build(variables)
+        if not missing and self._loop_apply(grads, trainable_variables): return None    # (the first step too)
     if missing:
         warnings.warn(f"Gradients do not exist for variables {[self._names[self._index[id(variables[k])]] for k in missing]} "
                       "when minimizing the loss.", stacklevel=2)
