@@ -496,7 +496,8 @@ def adam_multi_cupy(
     """Keras 3's Adam (or AMSGrad) step on many tensors of one dtype in one CUDA launch, addressed by a pointer table.
 
     Each tensor gets exactly what `adam_inplace_cupy` computes for it (the same kernel text). Nothing is
-    synchronized: the table is copied to the device and the kernel launched, both on `stream`.
+    synchronized: the table is copied to the device and the kernel launched, both on `stream`. The addresses are
+    raw: the arrays behind them must stay alive until the kernel has run.
 
     Parameters
     ----------

@@ -72,6 +72,7 @@ def cupy_multi(shapes):
         ptrs[1] = [g.data.ptr for g in gsets[k % SETS]]        # the fresh gradients' addresses
         t[0] += 1
         adam_multi_cupy(ptrs, sizes, decay, dtype=dtype, alpha=alpha(t[0]), c1=C1, c2=C2, epsilon=1e-7)
+    step.keep = (xs, ms, vs)          # the table holds raw addresses: the arrays must outlive the steps
     return step
 
 def cupy_single(shapes):
@@ -122,6 +123,7 @@ def torch_multi_table(shapes):
         t[0] += 1
         adam_multi_cupy(ptrs, sizes, decay, dtype=dtype, alpha=alpha(t[0]), c1=C1, c2=C2, epsilon=1e-7,
                         stream=torch.cuda.current_stream().cuda_stream)
+    step.keep = (ps, ms, vs)          # the table holds raw addresses: the tensors must outlive the steps
     return step
 
 ROWS = [("adam_lit adam_multi_cupy, CuPy arrays (one launch)", cupy_multi),
