@@ -9,6 +9,7 @@ import ctypes
 
 import numpy as np
 import pytest
+from conftest import need
 from hypothesis import given, settings, strategies as st
 
 from adam_lit import cuda
@@ -263,7 +264,7 @@ def test_multi_kernel_on_the_gpu_gives_adam_inplace_cupys_bits(dtype, amsgrad, w
 
 def test_multi_kernel_on_cuda_torch_tensors():
     cp = _cupy()
-    torch = pytest.importorskip("torch")
+    torch = need("torch")
     if not torch.cuda.is_available(): pytest.skip("torch was built without CUDA or sees no GPU")
     rng = np.random.default_rng(8)
     sizes = (5000, 0, 4097)
