@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 # %% auto #0
-__all__ = ['OPTIONS', 'CupyArray', 'DTYPES', 'PREAMBLE', 'VARIANTS', 'MULTI_VARIANTS', 'MULTI_CHUNK', 'MULTI_BLOCK',
+__all__ = ['OPTIONS', 'CupyArray', 'DTYPES', 'PREAMBLE', 'VARIANTS', 'MULTI_VARIANTS', 'MULTI_CHUNK', 'MULTI_BLOCK', 'RING_SLOTS',
            'CUPY_EXTRA_OPTIONS', 'KernelSource', 'kernel_sources', 'adam_inplace_cupy', 'lazy_adam_rows_inplace_cupy',
            'MultiKernelSource', 'multi_kernel_sources', 'adam_multi_cupy', 'pointer_table', 'adam_multi_torch_cuda',
            'NVRTCError', 'nvrtc_version', 'compile_to_ptx', 'compile_to_cubin', 'check_ptx', 'check_multi_ptx']
@@ -440,6 +440,8 @@ def _multi_args(ptrs, sizes, decay, dtype, amsgrad, weight_decay, lr):
 # %% ../nbs/09_cuda.ipynb #c006557a
 _MULTI_KERNELS: dict = {}    # (variant, dtype) -> cupy.RawKernel, created on first use
 _DEVICE_CHUNKS: dict = {}    # (sizes, chunk, device) -> the chunk table on that device
+_RING: dict = {}             # device -> the next slot and the slots of the address tables (pinned host, device, event)
+RING_SLOTS = 8               # address tables in flight per device before the host waits for the oldest
 
 def _stream_arg(stream):
     "Check `stream` without CuPy: None (CuPy's current stream), a CuPy stream, a torch.cuda.Stream or a raw handle (int)."
@@ -454,6 +456,21 @@ def _cuda_stream(stream):
     import cupy
     if stream is None: return cupy.cuda.get_current_stream()
     return cupy.cuda.ExternalStream(stream) if isinstance(stream, int) else stream
+
+def _upload_table(cupy, table, st) -> dict:
+    "Copy `table` to the device asynchronously on `st`, through the next pinned slot of the ring (waited for only if still in flight)."
+    ring = _RING.setdefault(cupy.cuda.Device().id, {"next": 0, "slots": [None] * RING_SLOTS})
+    i = ring["next"]; ring["next"] = (i + 1) % RING_SLOTS
+    slot = ring["slots"][i]
+    if slot is not None and slot["event"] is not None: slot["event"].synchronize()   # its last copy and launch are done
+    if slot is None or slot["host"].size < table.size:                              # first use, or more tensors
+        pinned = cupy.cuda.alloc_pinned_memory(table.nbytes)
+        slot = ring["slots"][i] = {"pinned": pinned, "host": np.frombuffer(pinned, np.int64, table.size),
+                                   "dev": cupy.empty(table.size, np.int64), "event": None}
+    slot["host"][:table.size] = table.reshape(-1)
+    cupy.cuda.runtime.memcpyAsync(slot["dev"].data.ptr, slot["pinned"].ptr, table.nbytes,
+                                  cupy.cuda.runtime.memcpyHostToDevice, st.ptr)
+    return slot
 
 def _launch_multi(variant, dtype, table, sizes_key, scalars, stream):
     "Copy the table to the device on `stream` (asynchronously) and launch one block per chunk there."
@@ -472,10 +489,10 @@ def _launch_multi(variant, dtype, table, sizes_key, scalars, stream):
             if len(_DEVICE_CHUNKS) >= 64: _DEVICE_CHUNKS.clear()
             dev_chunks = _DEVICE_CHUNKS[key] = cupy.asarray(chunks)
             st.synchronize()
-        dev_table = cupy.empty(table.shape, np.int64)                    # from CuPy's pool, ordered on this stream
-        dev_table.set(table, stream=st)
-        k((chunks.shape[1],), (MULTI_BLOCK,), (dev_table, dev_chunks, np.int64(table.shape[1]), np.int64(chunks.shape[1]),
+        slot = _upload_table(cupy, table, st)
+        k((chunks.shape[1],), (MULTI_BLOCK,), (slot["dev"], dev_chunks, np.int64(table.shape[1]), np.int64(chunks.shape[1]),
                                                *scalars))
+        slot["event"] = st.record()
 
 # %% ../nbs/09_cuda.ipynb #09ceeb9a
 # (a long cell: longer than one screen only by its docstrings, which list every parameter (for help() and the parameter table))
