@@ -1,4 +1,4 @@
-"""`adam_inplace_cupy` and `lazy_adam_rows_inplace_cupy`: Keras 3's Adam, AMSGrad and LazyAdam row updates as single CuPy `ElementwiseKernel`s, built on first use, with every operation one IEEE instruction rounded once (no FMA contraction, no flushing of subnormals), so the GPU gives NumPy's bits; and an NVRTC compile check that runs without a GPU.
+"""`adam_inplace_cupy`, `adam_multi_cupy` and `lazy_adam_rows_inplace_cupy`: Keras 3's Adam, AMSGrad and LazyAdam row updates as single CuPy kernels (one launch for many separate tensors, too), built on first use, with every operation one IEEE instruction rounded once (no FMA contraction, no flushing of subnormals), so the GPU gives NumPy's bits; and an NVRTC compile check that runs without a GPU.
 
 Docs: https://adam-lit.github.io/adam_lit/cuda.html.md"""
 
@@ -551,6 +551,7 @@ def adam_multi_cupy(
     _launch_multi(variant, dtype, table, key, scalars, stream)
 
 # %% ../nbs/09_cuda.ipynb #aa859895
+# (a long cell: longer than one screen only by its docstrings, which list every parameter (for help() and the parameter table))
 def _device_address(a, what: str, j: int) -> tuple:
     "(address, size, dtype name, device) of a C-contiguous CuPy array or CUDA torch tensor; ValueError/TypeError otherwise."
     mod = type(a).__module__.split(".")[0]
@@ -568,11 +569,16 @@ def pointer_table(xs, gs, ms, vs, vhats=None) -> tuple:
 
     Parameters
     ----------
-    xs, gs, ms, vs : sequences of arrays
-        The variables, gradients, first and second moments: one C-contiguous array each per tensor, all of one
-        dtype (float32 or float64) on one device, tensor j's four of one size.
+    xs : sequence of arrays
+        The variables: C-contiguous CuPy arrays or CUDA torch tensors, all of one dtype (float32 or float64) on one device.
+    gs : sequence of arrays
+        The gradients, like `xs`; `gs[j]` has as many elements as `xs[j]`.
+    ms : sequence of arrays
+        The first moments, like `gs`.
+    vs : sequence of arrays
+        The second moments, like `gs`.
     vhats : sequence of arrays or None
-        AMSGrad's running maxima, like `vs`, or None (row 4 of the table is then 0).
+        AMSGrad's running maxima, like `gs`, or None (row 4 of the table is then 0).
 
     Returns
     -------
@@ -597,14 +603,52 @@ def pointer_table(xs, gs, ms, vs, vhats=None) -> tuple:
     return ptrs, sizes, dtype, dev[1]
 
 # %% ../nbs/09_cuda.ipynb #91dae400
-def adam_multi_torch_cuda(params, grads, ms, vs, vhats=None, *, alpha: float, c1: float, c2: float, epsilon: float,
-                          weight_decay: float | None = None, lr: float | None = None, decay=None) -> None:
+# (a long cell: longer than one screen only by its docstrings, which list every parameter (for help() and the parameter table))
+def adam_multi_torch_cuda(
+    params,
+    grads,
+    ms,
+    vs,
+    vhats=None,
+    *, alpha: float,
+    c1: float,
+    c2: float,
+    epsilon: float,
+    weight_decay: float | None = None,
+    lr: float | None = None,
+    decay=None,
+) -> None:
     """`adam_multi_cupy` on CUDA torch tensors, in place, on torch's current stream of their device: no copy, no autograd.
 
-    `params`, `grads`, `ms`, `vs` (and `vhats` for AMSGrad) are lists of C-contiguous tensors of one dtype on one GPU;
-    `decay` (n flags, default all True) marks the tensors that get `weight_decay`. The kernel writes the memory
-    directly: autograd records nothing, and the tensors' version counters do not change (call it after the backward
-    pass, as torch's optimizers step). The other arguments are `adam_multi_cupy`'s.
+    The kernel writes the tensors' memory directly: autograd records nothing, and the tensors' version counters do
+    not change (call it after the backward pass, where torch's optimizers step).
+
+    Parameters
+    ----------
+    params : sequence of torch.Tensor
+        The variables (written): C-contiguous CUDA tensors of one dtype (float32 or float64) on one GPU.
+    grads : sequence of torch.Tensor
+        The gradients, one per variable, of its number of elements (only read).
+    ms : sequence of torch.Tensor
+        The first moments (written), like `grads`.
+    vs : sequence of torch.Tensor
+        The second moments (written), like `grads`.
+    vhats : sequence of torch.Tensor or None
+        AMSGrad's running maxima (written), like `grads`; None for Adam.
+    alpha : float
+        The bias-corrected step size (`rules.bias_corrected_step_size`).
+    c1 : float
+        `1 - beta_1` as the numerics round it (`rules.moment_constants`).
+    c2 : float
+        `1 - beta_2` as the numerics round it.
+    epsilon : float
+        Epsilon hat.
+    weight_decay : float or None
+        Decoupled weight decay, applied first to the tensors `decay` marks: `x - (x * weight_decay) * lr`.
+    lr : float or None
+        The learning rate of that decay (needed with `weight_decay`).
+    decay : sequence of bool or None
+        Which tensors get the weight decay; None: all of them.
     """
     import cupy, torch
     ptrs, sizes, dtype, device = pointer_table(params, grads, ms, vs, vhats)
