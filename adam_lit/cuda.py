@@ -1,4 +1,4 @@
-"""`adam_inplace_cupy` and `lazy_adam_rows_inplace_cupy`: Keras 3's Adam, AMSGrad and LazyAdam row updates as single CuPy `ElementwiseKernel`s, built on first use, with every operation one IEEE instruction rounded once (no FMA contraction, no flushing of subnormals), so the GPU gives NumPy's bits; and an NVRTC compile check that runs without a GPU.
+"""`adam_inplace_cupy`, `adam_multi_cupy` and `lazy_adam_rows_inplace_cupy`: Keras 3's Adam, AMSGrad and LazyAdam row updates as single CuPy kernels (one launch for many separate tensors, too), built on first use, with every operation one IEEE instruction rounded once (no FMA contraction, no flushing of subnormals), so the GPU gives NumPy's bits; and an NVRTC compile check that runs without a GPU.
 
 Docs: https://adam-lit.github.io/adam_lit/cuda.html.md"""
 
@@ -18,9 +18,10 @@ from typing import Any
 import numpy as np
 
 # %% auto #0
-__all__ = ['OPTIONS', 'CupyArray', 'DTYPES', 'PREAMBLE', 'VARIANTS', 'CUPY_EXTRA_OPTIONS', 'KernelSource', 'kernel_sources',
-           'adam_inplace_cupy', 'lazy_adam_rows_inplace_cupy', 'NVRTCError', 'nvrtc_version', 'compile_to_ptx',
-           'compile_to_cubin', 'check_ptx']
+__all__ = ['OPTIONS', 'CupyArray', 'DTYPES', 'PREAMBLE', 'VARIANTS', 'MULTI_VARIANTS', 'MULTI_CHUNK', 'MULTI_BLOCK', 'RING_SLOTS',
+           'CUPY_EXTRA_OPTIONS', 'KernelSource', 'kernel_sources', 'adam_inplace_cupy', 'lazy_adam_rows_inplace_cupy',
+           'MultiKernelSource', 'multi_kernel_sources', 'adam_multi_cupy', 'pointer_table', 'adam_multi_torch_cuda',
+           'NVRTCError', 'nvrtc_version', 'compile_to_ptx', 'compile_to_cubin', 'check_ptx', 'check_multi_ptx']
 
 # %% ../nbs/09_cuda.ipynb #cdbecbe2
 OPTIONS = ("--fmad=false", "--ftz=false", "--prec-div=true", "--prec-sqrt=true")   # NVRTC options of every kernel
@@ -334,6 +335,329 @@ def lazy_adam_rows_inplace_cupy(
         _kernel(variant, dtype)(g_rows, indices, alphas, *scalars, *(a.reshape(-1) for a in slots))
     return x
 
+# %% ../nbs/09_cuda.ipynb #60ba597d
+# (a long cell: the kernel source class and its program template belong together; the program is one f-string)
+MULTI_VARIANTS = ("adam", "amsgrad", "adam_wd", "amsgrad_wd")
+MULTI_CHUNK = 4096   # elements per block: a tensor of n elements is ceil(n / MULTI_CHUNK) blocks of the grid
+MULTI_BLOCK = 256    # threads per block
+
+@dataclass(frozen=True)
+class MultiKernelSource:
+    "The multi-tensor kernel of one variant in one dtype: the single-tensor `operation`, addressed through a table."
+    name: str             # e.g. adam_lit_multi_amsgrad_wd_float32
+    variant: str          # adam, amsgrad, adam_wd, amsgrad_wd (_wd: the decay, for the tensors the table marks)
+    dtype: str
+    single: KernelSource  # the single-tensor kernel whose text it runs
+    operation: str        # `single.operation`, its decay line (if any) under `if (dec_) { ... }`
+    update: str           # `single.update`, likewise
+
+    def program(self) -> str:
+        "The complete CUDA program: block `c_` updates elements `[start, end)` of tensor `t_` (the chunk table's column `c_`)."
+        T, ams, wd = _CTYPE[self.dtype], "amsgrad" in self.variant, self.variant.endswith("_wd")
+        scalars = ", ".join(f"{T} {n}" for n in ("alpha", "c1", "c2", "eps") + (("wd", "lr") if wd else ()))
+        rows = ("x", "g", "m", "v") + (("vh",) if ams else ())
+        lines = [f"{'const ' * (r == 'g')}{T}* const {r}s_ = ({'const ' * (r == 'g')}{T}*)table[{k} * n_tensors + t_];"
+                 for k, r in enumerate(rows)]
+        lines += ["const bool dec_ = table[5 * n_tensors + t_] != 0;"] if wd else []
+        binds = [f"{T}& p = xs_[i];", f"const {T}& g = gs_[i];", f"{T}& m = ms_[i];", f"{T}& v = vs_[i];"]
+        binds += [f"{T}& vh = vhs_[i];"] if ams else []
+        return (f"{PREAMBLE}\n"
+                f'extern "C" __global__ void {self.name}(\n'
+                f"    const long long* __restrict__ table, const long long* __restrict__ chunks,\n"
+                f"    long long n_tensors, long long n_chunks, {scalars}) {{\n"
+                f"  const long long c_ = blockIdx.x;\n"
+                f"  const long long t_ = chunks[c_], end_ = chunks[2 * n_chunks + c_];\n"
+                + "".join(f"  {l}\n" for l in lines) +
+                f"  for (long long i = chunks[n_chunks + c_] + threadIdx.x; i < end_; i += blockDim.x) {{\n"
+                + "\n".join(binds + [self.operation]) + "\n  }\n}\n")
+
+def _multi_source(variant: str, dtype: str) -> MultiKernelSource:
+    "The multi-tensor source: the text of the single-tensor kernel `variant`, its decay line guarded by the table's flag."
+    single = _all_sources()[(variant, dtype)]
+    update = single.update
+    if variant.endswith("_wd"):
+        line = _specialize(_DECAY, dtype)
+        assert update.startswith(line + "\n"), update
+        update = update.replace(line, "if (dec_) { " + line + " }", 1)
+    return MultiKernelSource(name=f"adam_lit_multi_{variant}_{dtype}", variant=variant, dtype=dtype, single=single,
+                             operation=single.operation.replace(single.update, update), update=update)
+
+@functools.lru_cache(maxsize=None)
+def _all_multi_sources():
+    return {(v, d): _multi_source(v, d) for v in MULTI_VARIANTS for d in DTYPES}
+
+def multi_kernel_sources() -> dict:
+    """The CUDA sources of the multi-tensor kernels: pure strings, no CuPy, no GPU.
+
+    Returns
+    -------
+    dict
+        `{(variant, dtype): MultiKernelSource}` for every variant of `MULTI_VARIANTS` and dtype of `DTYPES`.
+    """
+    return dict(_all_multi_sources())
+
+# %% ../nbs/09_cuda.ipynb #d7912284
+@functools.lru_cache(maxsize=64)
+def _chunk_table(sizes_key: bytes, chunk: int) -> np.ndarray:
+    "Host int64 (3, k): per block, its tensor, first and end element; tensors of size 0 have no block."
+    sizes = np.frombuffer(sizes_key, np.int64)
+    counts = -(-sizes // chunk)
+    tensor = np.repeat(np.arange(sizes.size, dtype=np.int64), counts)
+    first = np.cumsum(counts) - counts                                   # each tensor's first block
+    start = (np.arange(tensor.size, dtype=np.int64) - np.repeat(first, counts)) * chunk
+    table = np.stack([tensor, start, np.minimum(start + chunk, sizes[tensor])])
+    table.flags.writeable = False
+    return table
+
+def _multi_args(ptrs, sizes, decay, dtype, amsgrad, weight_decay, lr):
+    "Check a launch's host arguments (nothing touched yet): (variant, dtype, the (6, n) table to copy, the sizes' key)."
+    try: dtype = np.dtype(dtype).name
+    except TypeError: dtype = str(dtype)
+    if dtype not in DTYPES: raise TypeError(f"`dtype` must be float32 or float64, got {dtype}")
+    ptrs, sizes, decay = np.asarray(ptrs), np.asarray(sizes), np.asarray(decay)
+    if ptrs.ndim != 2 or ptrs.shape[0] != 5 or ptrs.dtype.kind not in "iu":
+        raise ValueError(f"`ptrs` must be an integer array of shape (5, n) (x, g, m, v, vhat), got {ptrs.dtype} {ptrs.shape}")
+    n = ptrs.shape[1]
+    if sizes.shape != (n,) or sizes.dtype.kind not in "iu" or (sizes < 0).any():
+        raise ValueError(f"`sizes` must be {n} non-negative integers, got {sizes.dtype} {sizes.shape}")
+    if decay.shape != (n,) or decay.dtype.kind not in "bu":
+        raise ValueError(f"`decay` must be {n} bool/uint8 flags, got {decay.dtype} {decay.shape}")
+    rows = ptrs[:5 if amsgrad else 4, sizes > 0].astype(np.int64)
+    item = np.dtype(dtype).itemsize
+    bad = np.argwhere((rows == 0) | (rows % item != 0))
+    if bad.size:
+        r, j = bad[0]; j = int(np.flatnonzero(sizes > 0)[j])
+        raise ValueError(f"`ptrs` row {('x', 'g', 'm', 'v', 'vhat')[r]}, tensor {j} (size {int(sizes[j])}): address "
+                         f"{int(ptrs[r, j]):#x} is null or not aligned to {item} bytes")
+    if weight_decay is not None and lr is None:
+        raise ValueError("`weight_decay` needs the `lr` that multiplies it: x - (x * weight_decay) * lr")
+    table = np.empty((6, n), np.int64)
+    table[:5] = ptrs
+    table[5] = decay != 0
+    variant = ("amsgrad" if amsgrad else "adam") + ("" if weight_decay is None else "_wd")
+    return variant, dtype, table, np.ascontiguousarray(sizes, np.int64).tobytes()
+
+# %% ../nbs/09_cuda.ipynb #c006557a
+_MULTI_KERNELS: dict = {}    # (variant, dtype) -> cupy.RawKernel, created on first use
+_DEVICE_CHUNKS: dict = {}    # (sizes, chunk, device) -> the chunk table on that device
+_RING: dict = {}             # device -> the next slot and the slots of the address tables (pinned host, device, event)
+RING_SLOTS = 8               # address tables in flight per device before the host waits for the oldest
+
+def _stream_arg(stream):
+    "Check `stream` without CuPy: None (CuPy's current stream), a CuPy stream, a torch.cuda.Stream or a raw handle (int)."
+    if hasattr(stream, "cuda_stream"): stream = stream.cuda_stream           # a torch.cuda.Stream: its handle
+    if stream is None or (hasattr(stream, "ptr") and hasattr(stream, "__enter__")): return stream   # CuPy's streams
+    if isinstance(stream, (int, np.integer)) and not isinstance(stream, (bool, np.bool_)) and stream >= 0: return int(stream)
+    raise TypeError(f"`stream` must be None, a CuPy stream, a torch.cuda.Stream or a cudaStream_t handle (an int >= 0), "
+                    f"got {stream!r}")
+
+def _cuda_stream(stream):
+    "The CuPy stream of a checked `stream` argument."
+    import cupy
+    if stream is None: return cupy.cuda.get_current_stream()
+    return cupy.cuda.ExternalStream(stream) if isinstance(stream, int) else stream
+
+def _upload_table(cupy, table, st) -> dict:
+    "Copy `table` to the device asynchronously on `st`, through the next pinned slot of the ring (waited for only if still in flight)."
+    ring = _RING.setdefault(cupy.cuda.Device().id, {"next": 0, "slots": [None] * RING_SLOTS})
+    i = ring["next"]; ring["next"] = (i + 1) % RING_SLOTS
+    slot = ring["slots"][i]
+    if slot is not None and slot["event"] is not None: slot["event"].synchronize()   # its last copy and launch are done
+    if slot is None or slot["host"].size < table.size:                              # first use, or more tensors
+        pinned = cupy.cuda.alloc_pinned_memory(table.nbytes)
+        slot = ring["slots"][i] = {"pinned": pinned, "host": np.frombuffer(pinned, np.int64, table.size),
+                                   "dev": cupy.empty(table.size, np.int64), "event": None}
+    slot["host"][:table.size] = table.reshape(-1)
+    cupy.cuda.runtime.memcpyAsync(slot["dev"].data.ptr, slot["pinned"].ptr, table.nbytes,
+                                  cupy.cuda.runtime.memcpyHostToDevice, st.ptr)
+    return slot
+
+def _launch_multi(variant, dtype, table, sizes_key, scalars, stream):
+    "Copy the table to the device on `stream` (asynchronously) and launch one block per chunk there."
+    import cupy
+    chunks = _chunk_table(sizes_key, MULTI_CHUNK)
+    if chunks.shape[1] == 0: return                                      # every tensor is empty
+    st = _cuda_stream(stream)
+    k = _MULTI_KERNELS.get((variant, dtype))
+    if k is None:
+        s = _all_multi_sources()[(variant, dtype)]
+        k = _MULTI_KERNELS[(variant, dtype)] = cupy.RawKernel(s.program(), s.name, options=OPTIONS)
+    with st:
+        key = (sizes_key, MULTI_CHUNK, cupy.cuda.Device().id)
+        dev_chunks = _DEVICE_CHUNKS.get(key)
+        if dev_chunks is None:                                           # once per sizes: copied and waited for
+            if len(_DEVICE_CHUNKS) >= 64: _DEVICE_CHUNKS.clear()
+            dev_chunks = _DEVICE_CHUNKS[key] = cupy.asarray(chunks)
+            st.synchronize()
+        slot = _upload_table(cupy, table, st)
+        k((chunks.shape[1],), (MULTI_BLOCK,), (slot["dev"], dev_chunks, np.int64(table.shape[1]), np.int64(chunks.shape[1]),
+                                               *scalars))
+        slot["event"] = st.record()
+
+# %% ../nbs/09_cuda.ipynb #09ceeb9a
+# (a long cell: longer than one screen only by its docstrings, which list every parameter (for help() and the parameter table))
+def adam_multi_cupy(
+    ptrs: np.ndarray,
+    sizes: np.ndarray,
+    decay: np.ndarray,
+    *, dtype,
+    alpha: float,
+    c1: float,
+    c2: float,
+    epsilon: float,
+    weight_decay: float | None = None,
+    lr: float | None = None,
+    amsgrad: bool = False,
+    stream=None,
+) -> None:
+    """Keras 3's Adam (or AMSGrad) step on many tensors of one dtype in one CUDA launch, addressed by a pointer table.
+
+    Each tensor gets exactly what `adam_inplace_cupy` computes for it (the same kernel text). Nothing is
+    synchronized: the table is copied to the device and the kernel launched, both on `stream`. The addresses are
+    raw: the arrays behind them must stay alive until the kernel has run.
+
+    Parameters
+    ----------
+    ptrs : numpy.ndarray
+        Host int64, shape (5, n): the device addresses of tensor j's x (written), g (read), m, v and vhat (written;
+        row 4 is not read without `amsgrad`), each C-contiguous, of `dtype`, on CuPy's current device.
+    sizes : numpy.ndarray
+        Host int64, shape (n,): tensor j's number of elements (0: skipped).
+    decay : numpy.ndarray
+        Host bool or uint8, shape (n,): whether tensor j gets the weight decay (read only with `weight_decay`).
+    dtype : str or numpy.dtype
+        float32 or float64, the dtype of every tensor.
+    alpha : float
+        The bias-corrected step size (`rules.bias_corrected_step_size`).
+    c1 : float
+        `1 - beta_1` as the numerics round it (`rules.moment_constants`).
+    c2 : float
+        `1 - beta_2` as the numerics round it.
+    epsilon : float
+        Epsilon hat.
+    weight_decay : float or None
+        Decoupled weight decay for the tensors `decay` marks, applied first: `x - (x * weight_decay) * lr`.
+    lr : float or None
+        The learning rate of that decay (needed with `weight_decay`).
+    amsgrad : bool
+        AMSGrad: `vhat = maximum(vhat, v)` and the step divides by `sqrt(vhat)`.
+    stream : None, CuPy stream, torch.cuda.Stream or int
+        Where to run: None is CuPy's current stream; an int is a raw `cudaStream_t` (e.g. `torch.cuda.current_stream().cuda_stream`).
+    """
+    variant, dtype, table, key = _multi_args(ptrs, sizes, decay, dtype, amsgrad, weight_decay, lr)
+    stream = _stream_arg(stream)
+    S = np.dtype(dtype).type
+    scalars = (S(alpha), S(c1), S(c2), S(epsilon)) + _decay_args(weight_decay, lr, S)
+    _launch_multi(variant, dtype, table, key, scalars, stream)
+
+# %% ../nbs/09_cuda.ipynb #aa859895
+# (a long cell: longer than one screen only by its docstrings, which list every parameter (for help() and the parameter table))
+def _device_address(a, what: str, j: int) -> tuple:
+    "(address, size, dtype name, device) of a C-contiguous CuPy array or CUDA torch tensor; ValueError/TypeError otherwise."
+    mod = type(a).__module__.split(".")[0]
+    if mod == "torch" and a.is_cuda:
+        ok, addr, dev = a.is_contiguous(), a.data_ptr(), ("cuda", a.device.index)
+        dtype = str(a.dtype).replace("torch.", "")
+    elif mod == "cupy":
+        ok, addr, dev, dtype = a.flags.c_contiguous, a.data.ptr, ("cuda", a.device.id), np.dtype(a.dtype).name
+    else: raise TypeError(f"`{what}[{j}]` must be a CuPy array or a CUDA torch tensor, got a {type(a).__name__} from {mod!r}")
+    if not ok: raise ValueError(f"`{what}[{j}]` (shape {tuple(a.shape)}) must be C-contiguous")
+    return addr, int(a.size if mod == "cupy" else a.numel()), dtype, dev
+
+def pointer_table(xs, gs, ms, vs, vhats=None) -> tuple:
+    """The `(ptrs, sizes, dtype, device)` of `adam_multi_cupy` for lists of CuPy arrays or CUDA torch tensors.
+
+    Parameters
+    ----------
+    xs : sequence of arrays
+        The variables: C-contiguous CuPy arrays or CUDA torch tensors, all of one dtype (float32 or float64) on one device.
+    gs : sequence of arrays
+        The gradients, like `xs`; `gs[j]` has as many elements as `xs[j]`.
+    ms : sequence of arrays
+        The first moments, like `gs`.
+    vs : sequence of arrays
+        The second moments, like `gs`.
+    vhats : sequence of arrays or None
+        AMSGrad's running maxima, like `gs`, or None (row 4 of the table is then 0).
+
+    Returns
+    -------
+    tuple
+        `ptrs` (int64, (5, n)), `sizes` (int64, (n,)), the dtype's name and the device's index.
+    """
+    lists = [("xs", xs), ("gs", gs), ("ms", ms), ("vs", vs)] + ([("vhats", vhats)] if vhats is not None else [])
+    n = len(xs)
+    ptrs, sizes, kinds = np.zeros((5, n), np.int64), np.zeros(n, np.int64), set()
+    for r, (what, arrays) in enumerate(lists):
+        if len(arrays) != n: raise ValueError(f"`{what}` has {len(arrays)} arrays, `xs` {n}")
+        for j, a in enumerate(arrays):
+            addr, size, dtype, dev = _device_address(a, what, j)
+            if r == 0: sizes[j] = size
+            elif size != sizes[j]:
+                raise ValueError(f"`{what}[{j}]` has {size} elements (shape {tuple(a.shape)}), `xs[{j}]` {int(sizes[j])}")
+            ptrs[r, j] = addr
+            kinds.add((dtype, dev))
+    if len(kinds) > 1: raise ValueError(f"the tensors must share one dtype and one device, got {sorted(map(str, kinds))}")
+    dtype, dev = kinds.pop() if kinds else ("float32", ("cuda", 0))
+    if dtype not in DTYPES: raise TypeError(f"the multi-tensor kernel updates float32 and float64 tensors, got {dtype}")
+    return ptrs, sizes, dtype, dev[1]
+
+# %% ../nbs/09_cuda.ipynb #91dae400
+# (a long cell: longer than one screen only by its docstrings, which list every parameter (for help() and the parameter table))
+def adam_multi_torch_cuda(
+    params,
+    grads,
+    ms,
+    vs,
+    vhats=None,
+    *, alpha: float,
+    c1: float,
+    c2: float,
+    epsilon: float,
+    weight_decay: float | None = None,
+    lr: float | None = None,
+    decay=None,
+) -> None:
+    """`adam_multi_cupy` on CUDA torch tensors, in place, on torch's current stream of their device: no copy, no autograd.
+
+    The kernel writes the tensors' memory directly: autograd records nothing, and the tensors' version counters do
+    not change (call it after the backward pass, where torch's optimizers step).
+
+    Parameters
+    ----------
+    params : sequence of torch.Tensor
+        The variables (written): C-contiguous CUDA tensors of one dtype (float32 or float64) on one GPU.
+    grads : sequence of torch.Tensor
+        The gradients, one per variable, of its number of elements (only read).
+    ms : sequence of torch.Tensor
+        The first moments (written), like `grads`.
+    vs : sequence of torch.Tensor
+        The second moments (written), like `grads`.
+    vhats : sequence of torch.Tensor or None
+        AMSGrad's running maxima (written), like `grads`; None for Adam.
+    alpha : float
+        The bias-corrected step size (`rules.bias_corrected_step_size`).
+    c1 : float
+        `1 - beta_1` as the numerics round it (`rules.moment_constants`).
+    c2 : float
+        `1 - beta_2` as the numerics round it.
+    epsilon : float
+        Epsilon hat.
+    weight_decay : float or None
+        Decoupled weight decay, applied first to the tensors `decay` marks: `x - (x * weight_decay) * lr`.
+    lr : float or None
+        The learning rate of that decay (needed with `weight_decay`).
+    decay : sequence of bool or None
+        Which tensors get the weight decay; None: all of them.
+    """
+    import cupy, torch
+    ptrs, sizes, dtype, device = pointer_table(params, grads, ms, vs, vhats)
+    decay = np.ones(len(params), np.bool_) if decay is None else np.asarray(decay)
+    stream = torch.cuda.current_stream(device).cuda_stream
+    with cupy.cuda.Device(device):
+        adam_multi_cupy(ptrs, sizes, decay, dtype=dtype, alpha=alpha, c1=c1, c2=c2, epsilon=epsilon,
+                        weight_decay=weight_decay, lr=lr, amsgrad=vhats is not None, stream=stream)
+
 # %% ../nbs/09_cuda.ipynb #b5b907a7
 CUPY_EXTRA_OPTIONS = ("-ftz=true", "--device-as-default-execution-space")  # what CuPy 13/14 append to every kernel's options (and -arch)
 
@@ -497,3 +821,37 @@ def check_ptx(
     extra = [o for o in other if not re.fullmatch(rf"(?:add|sub|mul|div|sqrt)\.rn\.{suffix}", o)]
     if extra: raise AssertionError(f"{src.name}: floating-point operations outside the update: {sorted(set(extra))}")
     return dict(want, copies=copies)
+
+# %% ../nbs/09_cuda.ipynb #479b036f
+def check_multi_ptx(ptx: str, src: MultiKernelSource) -> dict:
+    """`check_ptx` for a multi-tensor kernel: `C` copies of the update without decay and `D` of the decay line.
+
+    Parameters
+    ----------
+    ptx : str
+        The PTX compiled from `src.program()`.
+    src : MultiKernelSource
+        The kernel it was compiled from.
+
+    Returns
+    -------
+    dict
+        The counts of the instructions, `copies` (C) and `decay_copies` (D, 0 without decay).
+    """
+    wd = src.variant.endswith("_wd")
+    base = _all_sources()[(src.variant[:-3] if wd else src.variant, src.dtype)]
+    if re.search(r"\bfma\.", ptx): raise AssertionError(f"{src.name}: the PTX has a fused multiply-add")
+    bad = re.findall(r"\b\w+(?:\.\w+)*\.(?:approx|ftz)\b[\w.]*", ptx)
+    if bad: raise AssertionError(f"{src.name}: approximate or flushing operations {sorted(set(bad))}")
+    x = "f32" if src.dtype == "float32" else "f64"
+    count = lambda text: {f"{p}.rn.{x}": text.count(_OPS[src.dtype][op] + "(") for op, p in _PTX_OPS.items()}
+    want, dec = count(base.update), count(_specialize(_DECAY, src.dtype))
+    got = {k: len(re.findall(rf"\b{re.escape(k)}\b", ptx)) for k in want}
+    C = got[f"div.rn.{x}"] // want[f"div.rn.{x}"]                         # the decay has no division
+    D = (got[f"sub.rn.{x}"] - C * want[f"sub.rn.{x}"]) // dec[f"sub.rn.{x}"]
+    if C < 1 or not (1 <= D <= C if wd else D == 0) or any(got[k] != C * want[k] + D * dec[k] for k in want):
+        raise AssertionError(f"{src.name}: the PTX has {got}, the update {want} (times {C}) and the decay {dec} (times {D})")
+    other = re.findall(rf"^\s*(?:@%p\d+\s+)?((?:add|sub|mul|div|sqrt|rcp|neg|fma|mad)\.[\w.]*{x})\b", ptx, re.M)
+    extra = [o for o in other if not re.fullmatch(rf"(?:add|sub|mul|div|sqrt)\.rn\.{x}", o)]
+    if extra: raise AssertionError(f"{src.name}: floating-point operations outside the update: {sorted(set(extra))}")
+    return dict(got, copies=C, decay_copies=D)
