@@ -75,6 +75,47 @@ def _rows_kernel(ams: bool, decay: bool):
     _ROWS[ams, decay] = rows
     return rows
 
+# %% ../nbs/07_lazyadam.ipynb #d09ee07b
+def _group_kernel():
+    "Grouping the occurrences of each row by hashing (compiled once, lazily, cached on disk); None without numba."
+    if "group" in _ROWS: return _ROWS["group"]
+    try:
+        import numba
+    except ImportError:
+        _ROWS["group"] = None; return None
+
+    @numba.njit(cache=True, nogil=True)
+    def group(idx, n_rows):
+        "An order listing each row's occurrences together and in order (rows by first appearance); -1 on a bad index."
+        n, bits = idx.size, 4
+        while (1 << bits) < 2 * n: bits += 1
+        cap = 1 << bits
+        keys = np.full(cap, -1, np.int64); gid = np.empty(cap, np.int64)
+        of, start, order = np.empty(n, np.int64), np.zeros(n + 1, np.int64), np.empty(n, np.int64)
+        ng = 0
+        for k in range(n):
+            i = np.int64(idx[k])
+            if i < 0 or i >= n_rows: return order, -1
+            h = np.int64((np.uint64(i) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(64 - bits))   # Fibonacci hashing
+            while keys[h] != -1 and keys[h] != i: h = (h + 1) & (cap - 1)
+            if keys[h] == -1:
+                keys[h] = i; gid[h] = ng; ng += 1
+            of[k] = gid[h]; start[gid[h] + 1] += 1
+        for q in range(ng): start[q + 1] += start[q]
+        for k in range(n):
+            order[start[of[k]]] = k; start[of[k]] += 1
+        return order, ng
+    _ROWS["group"] = group
+    return group
+
+def _grouped(indices, n_rows: int):
+    "An order of `indices` listing each row's occurrences together and in order, the range checked (hashing or a stable sort)."
+    kernel = _group_kernel()
+    if kernel is None: return _row_order(indices, n_rows)[0]
+    order, ng = kernel(indices, n_rows)
+    if ng < 0: _row_order(indices, n_rows)            # raises the range error
+    return order
+
 # %% ../nbs/07_lazyadam.ipynb #000df88e
 # (a long cell: longer than one screen only by its docstring, which lists every parameter)
 def lazy_adam_rows_inplace(x: np.ndarray, g_rows: np.ndarray, m: np.ndarray, v: np.ndarray, vhat: np.ndarray | None = None,
@@ -91,7 +132,8 @@ def lazy_adam_rows_inplace(x: np.ndarray, g_rows: np.ndarray, m: np.ndarray, v: 
     indices : numpy.ndarray
         Their row indices (int32 or int64), in `[0, len(x))`, checked before anything is written.
     alpha : float or numpy.ndarray
-        The bias-corrected step size, or one per touched row in increasing row order (`row_bias_correction`).
+        The bias-corrected step size, or one per touched row (`row_bias_correction`), in increasing row order (or in
+        the order of the rows in `order`).
     beta_1, beta_2, c1, c2 : float
         The betas and `1 - beta` as the numerics round them (`lazy_adam_rows`'s arguments).
     epsilon : float
@@ -101,12 +143,14 @@ def lazy_adam_rows_inplace(x: np.ndarray, g_rows: np.ndarray, m: np.ndarray, v: 
     lr : float
         The learning rate that multiplies the decay.
     order : numpy.ndarray, optional
-        `np.argsort(indices, kind="stable")` when the caller has it (its range check done).
+        An order of the occurrences listing each row's together and in order of appearance, e.g.
+        `np.argsort(indices, kind="stable")`, when the caller has one (the range of `indices` checked).
     use_numba : bool or None
         None: the compiled loop when numba is installed; False: the NumPy operations (the same bits).
     """
     n_rows, n = x.shape[0], indices.shape[0]
-    if order is None: order, _ = _row_order(indices, n_rows)       # a bad index raises here, before anything is written
+    if order is None:                          # a bad index raises here, before anything is written
+        order = _row_order(indices, n_rows)[0] if np.ndim(alpha) else _grouped(indices, n_rows)
     if n == 0: return x
     D = math.prod(x.shape[1:])
     x2, m2, v2 = (a.reshape(n_rows, D) for a in (x, m, v))
@@ -277,10 +321,11 @@ def _slots_ok(slots) -> bool:
 def _rows_in_place(self: LazyAdam, g, x, slots, lr, t, hyper):
     "The lazy row update written into a NumPy table and its slots (weight decay of the touched rows included)."
     S, num = host_float(np, x.dtype), self.numerics
-    order, srt = _row_order(g.indices, x.shape[0])          # a bad index raises here, before anything is written
+    order = _grouped(g.indices, x.shape[0])                 # a bad index raises here, before anything is written
     c1, c2 = moment_constants(hyper["beta_1"], hyper["beta_2"], S, num)
     b1, b2 = float(_hyper(hyper["beta_1"], S, num)), float(_hyper(hyper["beta_2"], S, num))
-    if self.row_bias_correction:
+    if self.row_bias_correction:                            # the touched rows in the order of the groups
+        srt = g.indices[order]
         first = np.ones(srt.size, bool); np.not_equal(srt[1:], srt[:-1], out=first[1:])
         uniq = srt[first]
         row_t = slots["row_step"][uniq] + 1

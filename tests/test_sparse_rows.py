@@ -45,7 +45,9 @@ def _run(make, shape, dtype, batches, monkeypatch, *, fast, numba=True, dense_ev
         if not fast:
             mp.setattr(lazy_mod, "_numpy_rows_ok", lambda x, g: False)
             mp.setattr(adam_mod, "_numpy_rows_ok", lambda x, g: False)
-        if not numba: mp.setattr(lazy_mod, "_rows_kernel", lambda ams, decay: None)
+        if not numba:                                  # as without numba: no compiled grouping, no compiled loop
+            mp.setattr(lazy_mod, "_rows_kernel", lambda ams, decay: None)
+            mp.setattr(lazy_mod, "_group_kernel", lambda: None)
         calls = {"n": 0}
         inner = lazy_mod.lazy_adam_rows_inplace
         def spy(*a, **k):
@@ -141,6 +143,22 @@ def test_summed_rows_are_deduplicates_bits(dtype, shape):
         u, rows = _summed_rows(vals, idx, shape[0])
         assert u.tolist() == d.indices.tolist()
         assert rows.tobytes() == d.values.tobytes()
+
+
+@pytest.mark.parametrize("case", ["random", "strided", "one_row", "huge", "empty", "int32"])
+def test_grouping_lists_each_rows_occurrences_together_in_order(case):
+    rng = np.random.default_rng(8)
+    n_rows = 1 << 40 if case == "huge" else 1 << 20
+    idx = {"random": rng.integers(0, 50, 300), "strided": np.arange(0, 1 << 20, 1 << 10).repeat(3)[::-1].copy(),
+           "one_row": np.full(257, 7), "huge": rng.integers(0, 1 << 40, 100).repeat(2),
+           "empty": np.zeros(0, np.int64), "int32": rng.integers(0, 9, 64).astype(np.int32)}[case]
+    order = lazy_mod._grouped(idx, n_rows)
+    assert sorted(order.tolist()) == list(range(idx.size))
+    srt = idx[order]
+    starts = [0][:srt.size] + [k for k in range(1, srt.size) if srt[k] != srt[k - 1]]
+    assert len(starts) == np.unique(idx).size                  # each row's occurrences are together
+    for a, b in zip(starts, starts[1:] + [srt.size]):
+        assert np.all(np.diff(order[a:b]) > 0)                 # and in order of appearance
 
 
 def test_bad_index_changes_nothing():
