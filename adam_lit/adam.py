@@ -13,7 +13,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .backend import IndexedSlices, host_float
-from .kernels import adam_inplace_fast, fused_loop
+from .kernels import BLOCK_BYTES, adam_inplace_fast, fused_loop
 from .optimizer import ArgumentTypeError, Optimizer, check_hyper, _patch_into
 from .rules import _hyper, adam_step, amsgrad_step, bias_corrected_step_size, moment_constants, sparse_adam_step
 from .schedules import LearningRateSchedule
@@ -160,7 +160,9 @@ def _adam_update_step(self: Adam, g: Any, x: Any, slots: dict, lr: float, t: int
     tuple
         The new `x` and a dict of the new slots (empty when the kernels wrote them in place).
     """
-    if hyper.get("_inplace"): return self._update_in_place(g, x, slots, lr, t, hyper)
+    if hyper.get("_inplace"):
+        if isinstance(g, IndexedSlices): return self._sparse_in_place(g, x, slots, lr, t, hyper)
+        return self._update_in_place(g, x, slots, lr, t, hyper)
     kw = dict(learning_rate=lr, beta_1=hyper["beta_1"], beta_2=hyper["beta_2"], epsilon=hyper["epsilon"], t=t,
               numerics=self.numerics)
     if isinstance(g, IndexedSlices):
@@ -176,8 +178,9 @@ def _adam_update_step(self: Adam, g: Any, x: Any, slots: dict, lr: float, t: int
 # %% ../nbs/04_adam.ipynb #3ed56d26
 @_patch_adam
 def _fast_update(self: Adam, x, g) -> bool:
-    "NumPy and CuPy variables with dense gradients are updated in place by a fused kernel (same bits as the rules)."
+    "NumPy and CuPy variables with dense gradients (NumPy tables with row-sparse ones) are updated in place (same bits as the rules)."
     if self.numerics not in ("keras", "legacy"): return False     # the kernels compute Keras's order only
+    if isinstance(g, IndexedSlices): return _numpy_rows_ok(x, g)   # a row-sparse gradient on a NumPy table: `_sparse_in_place`
     if type(x) is np.ndarray: return type(g) is np.ndarray and not np.may_share_memory(g, x)
     if type(x).__module__.startswith("cupy") and type(g) is type(x):
         import cupy
@@ -197,6 +200,73 @@ def _update_in_place(self: Adam, g, x, slots, lr, t, hyper):
                       c1=c1, c2=c2, epsilon=hyper["epsilon"], weight_decay=hyper.get("weight_decay"), lr=lr)
     return x, {}
 
+
+# %% ../nbs/04_adam.ipynb #d91bdb8f
+_ROW_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_INDEX_DTYPES = (np.dtype(np.int32), np.dtype(np.int64))
+
+def _numpy_rows_ok(x, g) -> bool:
+    "Whether NumPy table `x` (float32/float64, C-contiguous) can be updated in place for the row-sparse gradient `g`."
+    if type(x) is not np.ndarray or x.ndim < 1 or x.dtype not in _ROW_DTYPES or not x.flags.c_contiguous: return False
+    vals, idx = g.values, g.indices
+    if type(vals) is not np.ndarray or vals.dtype != x.dtype or type(idx) is not np.ndarray: return False
+    return idx.dtype in _INDEX_DTYPES and not np.may_share_memory(vals, x)
+
+def _row_order(indices, n_rows: int):
+    "The stable order of `indices` (each row's occurrences in order of appearance) and the sorted indices, checked in range."
+    order = np.argsort(indices, kind="stable")
+    srt = indices[order]
+    if srt.size and (int(srt[0]) < 0 or int(srt[-1]) >= n_rows):
+        raise ValueError(f"IndexedSlices indices must lie in [0, {n_rows}), got values from {int(srt[0])} to {int(srt[-1])}")
+    return order, srt
+
+def _summed_rows(values, indices, n_rows: int, order=None):
+    "`IndexedSlices.deduplicate` for NumPy arrays, without `np.add.at`: the sorted unique indices and their summed rows."
+    order, srt = _row_order(indices, n_rows) if order is None else (order, indices[order])
+    first = np.ones(srt.size, bool)
+    np.not_equal(srt[1:], srt[:-1], out=first[1:])
+    starts = np.flatnonzero(first)
+    rows = values[order[starts]] + 0.0                   # +0.0 + each row's first occurrence
+    if starts.size < srt.size:                           # repeated rows: pass r adds their r-th occurrences
+        group = np.cumsum(first) - 1
+        rank = np.arange(srt.size) - starts[group]
+        for r in range(1, int(rank.max()) + 1):
+            at = np.flatnonzero(rank == r)
+            rows[group[at]] += values[order[at]]         # (the targets of one pass are distinct rows)
+    return srt[starts], rows
+
+# %% ../nbs/04_adam.ipynb #57326d03
+def _sparse_move(x, m, v, vh, alpha: float, epsilon: float, weight_decay, lr: float):
+    "`x - (alpha * m) / (sqrt(v) + epsilon)` written into `x` (after `vhat = maximum(vhat, v)`; decay first) blockwise."
+    arrays = [x, m, v] + ([] if vh is None else [vh])
+    if all(a.flags.c_contiguous for a in arrays):
+        arrays, block = [a.reshape(-1) for a in arrays], max(1, BLOCK_BYTES // x.dtype.itemsize)
+        spans = [slice(s, s + block) for s in range(0, x.size, block)]
+    else: spans, block = [Ellipsis], x.size               # (strided slots: one block, temporaries of their size)
+    s1 = np.empty(min(block, x.size), x.dtype); s2 = np.empty_like(s1)
+    for sl in spans:
+        xs, ms, vs = arrays[0][sl], arrays[1][sl], arrays[2][sl]
+        t1, t2 = s1[:xs.size].reshape(xs.shape), s2[:xs.size].reshape(xs.shape)
+        if weight_decay is not None:
+            np.multiply(xs, weight_decay, out=t1); np.multiply(t1, lr, out=t1); np.subtract(xs, t1, out=xs)
+        if vh is not None: np.maximum(arrays[3][sl], vs, out=arrays[3][sl]); vs = arrays[3][sl]
+        np.sqrt(vs, out=t2); np.add(t2, epsilon, out=t2)
+        np.multiply(ms, alpha, out=t1); np.divide(t1, t2, out=t1); np.subtract(xs, t1, out=xs)
+
+@_patch_adam
+def _sparse_in_place(self: Adam, g, x, slots, lr, t, hyper):
+    "`sparse_adam_step` written into a NumPy table and its slots (weight decay included), in tf.keras's order."
+    S, num = host_float(np, x.dtype), self.numerics
+    idx, rows = _summed_rows(g.values, g.indices, x.shape[0])     # a bad index raises here, before anything is written
+    b1, b2 = float(_hyper(hyper["beta_1"], S, num)), float(_hyper(hyper["beta_2"], S, num))
+    c1, c2 = moment_constants(hyper["beta_1"], hyper["beta_2"], S, num)
+    alpha = bias_corrected_step_size(lr, hyper["beta_1"], hyper["beta_2"], t, S, num,
+                                     grouping="right" if num == "legacy" else "left")
+    m, v, vh = slots["m"], slots["v"], (slots["vhat"] if self.amsgrad else None)
+    np.multiply(m, b1, out=m); m[idx] += rows * c1                # m * beta_1, then the touched rows + rows * (1 - beta_1)
+    np.multiply(v, b2, out=v); v[idx] += (rows * rows) * c2
+    _sparse_move(x, m, v, vh, alpha, float(hyper["epsilon"]), hyper.get("weight_decay"), lr)
+    return x, {}
 
 # %% ../nbs/04_adam.ipynb #c06c1f1a
 @_patch_adam

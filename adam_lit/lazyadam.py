@@ -7,12 +7,13 @@ Docs: https://adam-lit.github.io/adam_lit/lazyadam.html.md"""
 # %% ../nbs/07_lazyadam.ipynb #702cda6e
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Callable
 
 import numpy as np
 
-from .adam import Adam
+from .adam import Adam, _numpy_rows_ok, _row_order, _summed_rows
 from .optimizer import _patch_into
 from array_api_compat import device as _dev
 
@@ -21,7 +22,7 @@ from .schedules import LearningRateSchedule
 from .rules import _FAITHFUL, _hyper, adam_step, amsgrad_step, bias_corrected_step_size, lazy_adam_rows, moment_constants
 
 # %% auto #0
-__all__ = ['LazyAdam']
+__all__ = ['lazy_adam_rows_inplace', 'LazyAdam']
 
 # %% ../nbs/07_lazyadam.ipynb #4960f278
 def _cupy_rows_ok(x, g) -> bool:
@@ -33,6 +34,141 @@ def _cupy_rows_ok(x, g) -> bool:
     import cupy
     return not cupy.may_share_memory(vals, x)
 
+
+# %% ../nbs/07_lazyadam.ipynb #1f8768b6
+_ROWS = {}
+
+def _rows_kernel(ams: bool, decay: bool):
+    "The fused row loop for lazy AMSGrad or Adam, with or without decay (compiled once, lazily, cached on disk); None without numba."
+    if (ams, decay) in _ROWS: return _ROWS[ams, decay]
+    try:
+        import numba
+    except ImportError:
+        _ROWS[ams, decay] = None; return None
+
+    @numba.njit(cache=True, error_model="numpy", nogil=True)
+    def rows(x, g, idx, order, m, v, vh, alpha, b1, b2, c1, c2, eps, wd, lr):
+        "Rows `idx` of the 2-d tables; occurrences in the stable `order`; `alpha`: one, or one per touched row."
+        n, D = order.size, x.shape[1]
+        acc = np.empty(D, x.dtype)
+        k = 0; grp = 0
+        while k < n:
+            r = idx[order[k]]
+            acc[:] = 0
+            while k < n and idx[order[k]] == r:                  # its occurrences, in order of appearance
+                gs = g[order[k]]; k += 1
+                for d in range(D): acc[d] = acc[d] + gs[d]
+            a = alpha[grp] if alpha.size > 1 else alpha[0]
+            grp += 1
+            xr, mr, vr, hr = x[r], m[r], v[r], vh[r]
+            for d in range(D):                                     # (branches on the closure's constants: compiled out)
+                p, gi = xr[d], acc[d]
+                if decay: p = p - (p * wd) * lr
+                mi = mr[d] * b1 + gi * c1
+                vi = vr[d] * b2 + (gi * gi) * c2
+                mr[d] = mi; vr[d] = vi
+                if ams:
+                    h = hr[d]
+                    vi = h if (h >= vi or h != h) else vi          # numpy.maximum: a NaN in either propagates
+                    hr[d] = vi
+                xr[d] = p - (a * mi) / (np.sqrt(vi) + eps)
+    _ROWS[ams, decay] = rows
+    return rows
+
+# %% ../nbs/07_lazyadam.ipynb #d09ee07b
+def _group_kernel():
+    "Grouping the occurrences of each row by hashing (compiled once, lazily, cached on disk); None without numba."
+    if "group" in _ROWS: return _ROWS["group"]
+    try:
+        import numba
+    except ImportError:
+        _ROWS["group"] = None; return None
+
+    @numba.njit(cache=True, nogil=True)
+    def group(idx, n_rows):
+        "An order listing each row's occurrences together and in order (rows by first appearance); -1 on a bad index."
+        n, bits = idx.size, 4
+        while (1 << bits) < 2 * n: bits += 1
+        cap = 1 << bits
+        keys = np.full(cap, -1, np.int64); gid = np.empty(cap, np.int64)
+        of, start, order = np.empty(n, np.int64), np.zeros(n + 1, np.int64), np.empty(n, np.int64)
+        ng = 0
+        for k in range(n):
+            i = np.int64(idx[k])
+            if i < 0 or i >= n_rows: return order, -1
+            h = np.int64((np.uint64(i) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(64 - bits))   # Fibonacci hashing
+            while keys[h] != -1 and keys[h] != i: h = (h + 1) & (cap - 1)
+            if keys[h] == -1:
+                keys[h] = i; gid[h] = ng; ng += 1
+            of[k] = gid[h]; start[gid[h] + 1] += 1
+        for q in range(ng): start[q + 1] += start[q]
+        for k in range(n):
+            order[start[of[k]]] = k; start[of[k]] += 1
+        return order, ng
+    _ROWS["group"] = group
+    return group
+
+def _grouped(indices, n_rows: int):
+    "An order of `indices` listing each row's occurrences together and in order, the range checked (hashing or a stable sort)."
+    kernel = _group_kernel()
+    if kernel is None: return _row_order(indices, n_rows)[0]
+    order, ng = kernel(indices, n_rows)
+    if ng < 0: _row_order(indices, n_rows)            # raises the range error
+    return order
+
+# %% ../nbs/07_lazyadam.ipynb #000df88e
+# (a long cell: longer than one screen only by its docstring, which lists every parameter)
+def lazy_adam_rows_inplace(x: np.ndarray, g_rows: np.ndarray, m: np.ndarray, v: np.ndarray, vhat: np.ndarray | None = None,
+                           *, indices: np.ndarray, alpha, beta_1: float, beta_2: float, c1: float, c2: float, epsilon: float,
+                           weight_decay: float | None = None, lr: float = 0.0, order=None, use_numba: bool | None = None):
+    """TF Addons LazyAdam's row update (lazy AMSGrad with `vhat`) written into NumPy tables, repeated rows summed first.
+
+    Parameters
+    ----------
+    x, m, v, vhat : numpy.ndarray
+        The table and its slots (C-contiguous, one float dtype), written in rows `indices` only; `vhat` None: Adam.
+    g_rows : numpy.ndarray
+        The gradient's rows, one per index (repeats allowed), only read.
+    indices : numpy.ndarray
+        Their row indices (int32 or int64), in `[0, len(x))`, checked before anything is written.
+    alpha : float or numpy.ndarray
+        The bias-corrected step size, or one per touched row (`row_bias_correction`), in increasing row order (or in
+        the order of the rows in `order`).
+    beta_1, beta_2, c1, c2 : float
+        The betas and `1 - beta` as the numerics round them (`lazy_adam_rows`'s arguments).
+    epsilon : float
+        Epsilon hat.
+    weight_decay : float or None
+        Decoupled decay of the touched rows first, `x - (x * weight_decay) * lr`; None: no decay.
+    lr : float
+        The learning rate that multiplies the decay.
+    order : numpy.ndarray, optional
+        An order of the occurrences listing each row's together and in order of appearance, e.g.
+        `np.argsort(indices, kind="stable")`, when the caller has one (the range of `indices` checked).
+    use_numba : bool or None
+        None: the compiled loop when numba is installed; False: the NumPy operations (the same bits).
+    """
+    n_rows, n = x.shape[0], indices.shape[0]
+    if order is None:                          # a bad index raises here, before anything is written
+        order = _row_order(indices, n_rows)[0] if np.ndim(alpha) else _grouped(indices, n_rows)
+    if n == 0: return x
+    D = math.prod(x.shape[1:])
+    x2, m2, v2 = (a.reshape(n_rows, D) for a in (x, m, v))
+    h2 = None if vhat is None else vhat.reshape(n_rows, D)
+    kernel = _rows_kernel(h2 is not None, weight_decay is not None) if use_numba is not False else None
+    if kernel is not None:
+        S, g2 = x.dtype.type, np.ascontiguousarray(g_rows).reshape(n, D)
+        kernel(x2, g2, indices, order, m2, v2, m2 if h2 is None else h2, np.asarray(alpha, x.dtype).reshape(-1),
+               S(beta_1), S(beta_2), S(c1), S(c2), S(epsilon), S(weight_decay or 0.0), S(lr))
+        return x
+    idx, rows = _summed_rows(g_rows.reshape(n, D), indices, n_rows, order)
+    x_rows = x2[idx]
+    if weight_decay is not None: x_rows = x_rows - (x_rows * weight_decay) * lr
+    a = alpha if np.ndim(alpha) == 0 else np.reshape(alpha, (-1, 1))
+    x2[idx], m2[idx], v2[idx], vh_new = lazy_adam_rows(x_rows, rows, m2[idx], v2[idx], None if h2 is None else h2[idx], alpha=a,
+                                                       beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, c1=c1, c2=c2)
+    if h2 is not None: h2[idx] = vh_new
+    return x
 
 # %% ../nbs/07_lazyadam.ipynb #7d5b770b
 # (a long cell: longer than one screen only by its docstrings, which list every parameter (for help() and the parameter table))
@@ -96,8 +232,8 @@ class LazyAdam(Adam):
     def _flat_kernel_ok(self) -> bool: return not self.row_bias_correction and super()._flat_kernel_ok()
 
     def _fast_update(self, x, g) -> bool:
-        "Dense gradients as `Adam`; a row-sparse gradient on a CuPy table: one fused CUDA kernel on the touched rows, in place."
-        if isinstance(g, IndexedSlices): return self.numerics in ("keras", "legacy") and _cupy_rows_ok(x, g)
+        "Dense gradients as `Adam`; a row-sparse gradient on a NumPy or CuPy table: one fused pass on the touched rows, in place."
+        if isinstance(g, IndexedSlices): return self.numerics in ("keras", "legacy") and (_numpy_rows_ok(x, g) or _cupy_rows_ok(x, g))
         return super()._fast_update(x, g)
 
     def get_config(self) -> dict:
@@ -136,6 +272,8 @@ def _lazy_update_step(self: LazyAdam, g, x, slots, lr, t, hyper):
         xp = namespace(x)
         g = IndexedSlices(g, xp.arange(x.shape[0], device=_dev(x)), tuple(x.shape))   # every row is touched
     if not isinstance(g, IndexedSlices): return super(LazyAdam, self).update_step(g, x, slots, lr, t, hyper)
+    if hyper.get("_inplace") and self.numerics in ("keras", "legacy") and _numpy_rows_ok(x, g) and _slots_ok(slots):
+        return self._rows_in_place(g, x, slots, lr, t, hyper)           # NumPy: one pass over the touched rows, in place
     xp, S = namespace(x), host_float(namespace(x), x.dtype)
     g = g.deduplicate()
     idx = g.indices
@@ -146,10 +284,7 @@ def _lazy_update_step(self: LazyAdam, g, x, slots, lr, t, hyper):
     if self.row_bias_correction:
         row_t = take_rows(slots["row_step"], idx) + 1
         new_slots["row_step"] = RowUpdate(idx, row_t)
-        tt = xp.astype(row_t, x.dtype)
-        one = xp.asarray(1.0, dtype=x.dtype, device=_dev(x))
-        p1, p2 = xp.pow(xp.asarray(b1, dtype=x.dtype, device=_dev(x)), tt), xp.pow(xp.asarray(b2, dtype=x.dtype, device=_dev(x)), tt)
-        alpha = xp.reshape(float(S(lr)) * xp.sqrt(one - p2) / (one - p1), (-1,) + (1,) * (x.ndim - 1))
+        alpha = xp.reshape(_row_alpha(xp, x, row_t, b1, b2, lr, S), (-1,) + (1,) * (x.ndim - 1))
     else:
         alpha = bias_corrected_step_size(lr, hyper["beta_1"], hyper["beta_2"], t, S, self.numerics)
     lazy_ams = self.amsgrad and self.numerics != "legacy"     # TF Addons ignores vhat on sparse gradients
@@ -169,6 +304,40 @@ def _lazy_update_step(self: LazyAdam, g, x, slots, lr, t, hyper):
     if lazy_ams: new_slots["vhat"] = RowUpdate(idx, vhat_new)
     return RowUpdate(idx, x_new), new_slots
 
+
+# %% ../nbs/07_lazyadam.ipynb #fdbb11eb
+def _row_alpha(xp, x, row_t, b1: float, b2: float, lr: float, S):
+    "Each touched row's `lr * sqrt(1 - beta_2**t_r) / (1 - beta_1**t_r)`, in the table's dtype (`row_bias_correction`)."
+    tt, dev = xp.astype(row_t, x.dtype), _dev(x)
+    one = xp.asarray(1.0, dtype=x.dtype, device=dev)
+    p1, p2 = xp.pow(xp.asarray(b1, dtype=x.dtype, device=dev), tt), xp.pow(xp.asarray(b2, dtype=x.dtype, device=dev), tt)
+    return float(S(lr)) * xp.sqrt(one - p2) / (one - p1)
+
+def _slots_ok(slots) -> bool:
+    "Whether the slots are C-contiguous (those the optimizer makes always are) for the in-place row update."
+    return all(a.flags.c_contiguous for a in slots.values())
+
+@_patch_lazy
+def _rows_in_place(self: LazyAdam, g, x, slots, lr, t, hyper):
+    "The lazy row update written into a NumPy table and its slots (weight decay of the touched rows included)."
+    S, num = host_float(np, x.dtype), self.numerics
+    order = _grouped(g.indices, x.shape[0])                 # a bad index raises here, before anything is written
+    c1, c2 = moment_constants(hyper["beta_1"], hyper["beta_2"], S, num)
+    b1, b2 = float(_hyper(hyper["beta_1"], S, num)), float(_hyper(hyper["beta_2"], S, num))
+    if self.row_bias_correction:                            # the touched rows in the order of the groups
+        srt = g.indices[order]
+        first = np.ones(srt.size, bool); np.not_equal(srt[1:], srt[:-1], out=first[1:])
+        uniq = srt[first]
+        row_t = slots["row_step"][uniq] + 1
+        alpha = _row_alpha(np, x, row_t, b1, b2, lr, S)
+    else:
+        alpha = bias_corrected_step_size(lr, hyper["beta_1"], hyper["beta_2"], t, S, num)
+    lazy_ams = self.amsgrad and num != "legacy"            # TF Addons ignores vhat on sparse gradients
+    lazy_adam_rows_inplace(x, g.values, slots["m"], slots["v"], slots["vhat"] if lazy_ams else None, indices=g.indices,
+                           order=order, alpha=alpha, beta_1=b1, beta_2=b2, c1=c1, c2=c2, epsilon=hyper["epsilon"],
+                           weight_decay=hyper.get("weight_decay"), lr=lr)
+    if self.row_bias_correction: slots["row_step"][uniq] = row_t
+    return x, {}
 
 # %% ../nbs/07_lazyadam.ipynb #7a5f0367
 def _own_slot_names(self):
