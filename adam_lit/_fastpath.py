@@ -172,7 +172,9 @@ def _loop_step(self: _Loop, opt, grads, variables) -> bool:
             if self.k["check_ids"](ids, self.tab, self.rng, self.k["layout"]) >= 0: return False
             for g in self.groups: g.update(g.table(self.tab), g.chunks, g.sc, t, self.ams)
     else:
-        if not self._torch_grads(grads): return False
+        ok = self._torch_grads(grads)
+        if ok is None: object.__setattr__(opt, "_loop", None)    # a variable's storage was replaced: decided again
+        if not ok: return False
         for g in self.groups: g.update(g.table(self.tab), g.chunks, g.sc, t, self.ams)
         self.torch.autograd.graph.increment_version(self.vs)    # as an in-place update under torch.no_grad() does
     opt._iterations = t
@@ -180,13 +182,14 @@ def _loop_step(self: _Loop, opt, grads, variables) -> bool:
 
 
 def _torch_grads(self: _Loop, grads) -> bool:
-    "Torch gradients: checked in Python, their addresses written to the table; False (nothing written) if one is not taken."
+    """Torch gradients: checked in Python, their addresses written to the table; False (nothing written) if one is not
+    taken, None if a variable's storage was replaced since the table was made (`p.data = ...`)."""
     torch, tab = self.torch, self.tab
     Tensor, strided = torch.Tensor, torch.strided
     for j, (g, s, dt, x) in enumerate(zip(grads, self.shapes, self.dtypes, self.vs)):
+        if x.data_ptr() != tab[0, j]: return None
         if not (type(g) is Tensor and g.dtype is dt and g.shape == s and g.layout is strided and g.is_contiguous()
-                and g.device.type == "cpu" and not g.is_conj() and not g.is_neg() and x.data_ptr() == tab[0, j]):
-            return False                      # (a variable whose storage was replaced, `p.data = ...`: the pipeline)
+                and g.device.type == "cpu" and not g.is_conj() and not g.is_neg()): return False
         tab[1, j] = g.data_ptr()
     return self.k["check_ptrs"](tab, self.rng) < 0
 

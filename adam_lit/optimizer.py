@@ -1133,8 +1133,8 @@ def apply(self, grads: list, trainable_variables: list | None = None) -> None:
 def _apply_local(self, grads, trainable_variables=None):
     "`apply` on this process's gradients."
     if len(grads) == 0: return None
-    if self._loop_apply(grads, trainable_variables): return None
-    if self._flat is not None and self._flat_apply(grads, trainable_variables): return None
+    if self._flat is not None and self._flat_apply(grads, trainable_variables): return None   # variables in one buffer
+    if self._loop_apply(grads, trainable_variables): return None       # fresh gradients, separate tensors
     xp, variables, pairs, hyper, missing = self._prepare(grads, trainable_variables, writeable=True)
     if not self.built:
         self.build(variables)
