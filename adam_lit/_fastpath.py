@@ -14,7 +14,7 @@ import sys
 import numpy as np
 
 from .backend import host_float
-from .kernels import PARALLEL_MIN, ROW, array_module, loop_chunks, loop_kernels, loop_table, tiled_base
+from .kernels import PARALLEL_MIN, ROW, array_module, loop_chunks, loop_constants, loop_kernels, loop_table, tiled_base
 from .rules import _hyper, moment_constants
 from .schedules import LearningRateSchedule
 
@@ -167,15 +167,15 @@ def _loop_step(self: _Loop, opt, grads, variables) -> bool:
         ids = np.array(list(map(id, grads)), np.int64)     # the gradients' objects: alive for the whole call
         g = self.single
         if g is not None:
-            if g.step(ids, self.tab, self.rng, self.k["layout"], g.chunks, g.sc, t, self.ams) >= 0: return False
+            if g.step(ids, self.tab, self.rng, self.k["layout"], g.chunks, g.sc, self.ams) >= 0: return False
         else:
             if self.k["check_ids"](ids, self.tab, self.rng, self.k["layout"]) >= 0: return False
-            for g in self.groups: g.update(g.table(self.tab), g.chunks, g.sc, t, self.ams)
+            for g in self.groups: g.update(g.table(self.tab), g.chunks, g.sc, self.ams)
     else:
         ok = self._torch_grads(grads)
         if ok is None: object.__setattr__(opt, "_loop", None)    # a variable's storage was replaced: decided again
         if not ok: return False
-        for g in self.groups: g.update(g.table(self.tab), g.chunks, g.sc, t, self.ams)
+        for g in self.groups: g.update(g.table(self.tab), g.chunks, g.sc, self.ams)
         self.torch.autograd.graph.increment_version(self.vs)    # as an in-place update under torch.no_grad() does
     opt._iterations = t
     return True
@@ -206,7 +206,7 @@ class _Group:
         c1, c2 = moment_constants(b1, b2, S, num)
         self.lr_const = None if isinstance(spec, LearningRateSchedule) or opt.decay else opt._lr_at(S, 0, spec)
         wd = 0.0 if opt.weight_decay is None else opt.weight_decay
-        self.sc = np.array([c1, c2, S(hyper["epsilon"]), wd, self.lr_const or 0.0, _hyper(b1, S, num), _hyper(b2, S, num)], S)
+        self.sc = loop_constants(S, c1, c2, hyper["epsilon"], wd, self.lr_const or 0.0, _hyper(b1, S, num), _hyper(b2, S, num))
         sizes = tab[ROW["size"], idx]
         self.chunks = loop_chunks(sizes)
         threads = int(sizes.sum()) >= PARALLEL_MIN and k["threads"] > 1
@@ -217,6 +217,7 @@ class _Group:
 
     def set_lr(self, opt, raw_it) -> bool:
         "This step's learning rate in `S` (a schedule's, or with legacy `decay`); False for one the pipeline must refuse."
+        self.sc[8] = raw_it + 1                      # the step t, rounded to `S` as `S(t)` rounds it
         if self.lr_const is not None: return True
         lr = opt._lr_at(self.S, raw_it, self.spec)
         if not (lr >= 0 and math.isfinite(lr)): return False

@@ -15,7 +15,8 @@ import numpy as np
 
 # %% auto #0
 __all__ = ['BLOCK_BYTES', 'BLOCK', 'PARALLEL_MIN', 'CHUNK', 'ROW', 'adam_inplace', 'adam_inplace_fast', 'fused_loop',
-           'array_module', 'flatten', 'flat_like', 'tiled_base', 'loop_kernels', 'loop_table', 'loop_chunks']
+           'array_module', 'flatten', 'flat_like', 'tiled_base', 'loop_kernels', 'loop_constants', 'loop_table',
+           'loop_chunks']
 
 # %% ../nbs/08_kernels.ipynb #ddd0594b
 # (a long cell: longer than one screen only by its docstrings, which list every parameter (for help() and the parameter table))
@@ -388,140 +389,32 @@ def _layout():
 
 
 # %% ../nbs/08_kernels.ipynb #mt-kernels
-# (a long cell: one factory, because numba compiles the checks, the chunk body and the four entry points together)
 def loop_kernels():
-    """The compiled multi-tensor step (compiled on first use, cached on disk), or None without numba.
+    """The compiled multi-tensor step (`adam_lit._loopk`, compiled on first use and cached on disk), or None without numba.
 
     Returns
     -------
     dict or None
         "check_ids" (NumPy gradients by object address), "check_ptrs" (gradients by data address, e.g. torch's),
         "layout" (`_layout()`, None when the NumPy struct cannot be read), "threads", and for numpy.float32 and
-        numpy.float64: "update"/"pupdate" (the step on a table, serial/two threads), "step_ids"/"pstep_ids" (check
-        then step, one call) and "alpha" (the bias-corrected step size in the dtype).
+        numpy.float64: "update"/"pupdate" (the step on a table, one thread/all), "step_ids"/"pstep_ids" (check then
+        step, one call) and "alpha" (the bias-corrected step size). Their `sc` argument holds, in the dtype:
+        c1, c2, epsilon, weight_decay, lr, beta_1, beta_2, 1 and the step t (`loop_constants`).
     """
     if "k" in _LOOP: return _LOOP["k"]
     try:
         import numba
-        from numba import types
-        from numba.extending import intrinsic
+        from adam_lit import _loopk as lk
     except ImportError:
         _LOOP["k"] = None; return None
+    steps = dict(update=lk.update, pupdate=lk.pupdate, step_ids=lk.step_ids, pstep_ids=lk.pstep_ids, alpha=lk.alpha)
+    _LOOP["k"] = {"check_ids": lk.check_ids, "check_ptrs": lk.check_ptrs, "layout": _layout(),
+                  "threads": numba.get_num_threads(), np.float32: steps, np.float64: steps}
+    return _LOOP["k"]
 
-    def caster(nbtype):
-        "An integer address as a typed pointer (no load; the table's addresses come from live arrays)."
-        @intrinsic
-        def cast(typingctx, addr):
-            def codegen(context, builder, signature, args):
-                return builder.inttoptr(args[0], context.get_value_type(types.CPointer(nbtype)))
-            return types.CPointer(nbtype)(types.int64), codegen
-        return cast
-    p64, p32 = caster(types.int64), caster(types.int32)
-    jit = numba.njit(cache=True, error_model="numpy", nogil=True)
-    pjit = numba.njit(cache=True, error_model="numpy", nogil=True, parallel=True)
-
-    @jit
-    def overlaps(p, nbytes, rng):
-        "Whether bytes [p, p + nbytes) meet one of the sorted, disjoint ranges rng[0] (starts), rng[1] (ends)."
-        if nbytes == 0: return False
-        k = np.searchsorted(rng[0], p + nbytes) - 1
-        return k >= 0 and rng[1, k] > p
-
-    @jit
-    def check_ids(gids, tab, rng, lay):
-        "Gradients by object address: checked, their data addresses written to tab[1]; -1, or the first bad index."
-        T, DATA, ND, DIMS, DESCR, FLAGS, NDARRAY = lay[0], lay[1], lay[2], lay[3], lay[4], lay[5], lay[6]
-        n = gids.size
-        for j in range(n):
-            a = gids[j]
-            if p64(a + T)[0] != NDARRAY: return j                       # a numpy.ndarray, not a subclass
-            if (p32(a + FLAGS)[0] & 0x101) != 0x101: return j            # C-contiguous and aligned
-            if p64(a + DESCR)[0] != tab[8, j]: return j                  # the variable's dtype
-            nd = p32(a + ND)[0]
-            if nd != tab[7, j]: return j
-            dims = p64(p64(a + DIMS)[0])
-            for k in range(nd):
-                if dims[k] != tab[11 + k, j]: return j                   # the variable's shape
-            p = p64(a + DATA)[0]
-            if overlaps(p, tab[5, j] * tab[6, j], rng): return j        # not in a variable's or a slot's memory
-            tab[1, j] = p
-        for j in range(n):
-            if (p32(tab[9, j] + FLAGS)[0] & 0x400) == 0: return n + j   # a variable made read-only since
-        return -1
-
-    @jit
-    def check_ptrs(tab, rng):
-        "Gradients by data address in tab[1] (checked by the caller otherwise): -1, or the first that overlaps."
-        for j in range(tab.shape[1]):
-            if overlaps(tab[1, j], tab[5, j] * tab[6, j], rng): return j
-        return -1
-
-    k = {"check_ids": check_ids, "check_ptrs": check_ptrs, "layout": _layout(), "threads": numba.get_num_threads()}
-    for S in (np.float32, np.float64): k[S] = _loop_steps(numba, jit, pjit, caster(numba.from_dtype(np.dtype(S))), S, check_ids)
-    _LOOP["k"] = k
-    return k
-
-
-# %% ../nbs/08_kernels.ipynb #mt-steps
-# (a long cell: the chunk body and the four entry points that share it, compiled together for one dtype)
-def _loop_steps(numba, jit, pjit, cast, S, check_ids):
-    "The step on a table of float `S` tensors: `adam_inplace_fast`'s loop body on each chunk, alpha computed in `S`."
-    @jit
-    def chunk(tab, j, a, b, alpha, c1, c2, eps, wd, lr, ams):
-        n, o = b - a, a * tab[6, j]          # elements a..b of tensor j: views from 0, so the loop vectorizes
-        x = numba.carray(cast(tab[0, j] + o), n); g = numba.carray(cast(tab[1, j] + o), n)
-        m = numba.carray(cast(tab[2, j] + o), n); v = numba.carray(cast(tab[3, j] + o), n)
-        if tab[10, j]:
-            for i in range(n): x[i] = x[i] - (x[i] * wd) * lr                    # decoupled weight decay first
-        if ams:
-            h = numba.carray(cast(tab[4, j] + o), n)
-            for i in range(n):
-                gi = g[i]; mi = m[i] + (gi - m[i]) * c1; vi = v[i] + (gi * gi - v[i]) * c2
-                m[i] = mi; v[i] = vi; hi = np.maximum(h[i], vi); h[i] = hi
-                x[i] = x[i] - (mi * alpha) / (np.sqrt(hi) + eps)
-        else:
-            for i in range(n):
-                gi = g[i]; mi = m[i] + (gi - m[i]) * c1; vi = v[i] + (gi * gi - v[i]) * c2
-                m[i] = mi; v[i] = vi
-                x[i] = x[i] - (mi * alpha) / (np.sqrt(vi) + eps)
-
-    @jit
-    def alpha(sc, t):
-        "Keras 3's `lr * sqrt(1 - beta_2**t) / (1 - beta_1**t)`, each operation in `S` (as `bias_corrected_step_size`)."
-        one, st = S(1), S(t)
-        return sc[4] * np.sqrt(one - sc[6] ** st) / (one - sc[5] ** st)
-
-    @jit
-    def update(tab, chunks, sc, t, ams):
-        "One step on every chunk, in one thread; `sc` = (c1, c2, epsilon, weight_decay, lr, beta_1, beta_2) in `S`."
-        a = alpha(sc, t)
-        for c in range(chunks.shape[0]):
-            chunk(tab, chunks[c, 0], chunks[c, 1], chunks[c, 2], a, sc[0], sc[1], sc[2], sc[3], sc[4], ams)
-
-    @pjit
-    def pupdate(tab, chunks, sc, t, ams):
-        "`update` with the chunks shared by the threads."
-        a = alpha(sc, t)
-        for c in numba.prange(chunks.shape[0]):
-            chunk(tab, chunks[c, 0], chunks[c, 1], chunks[c, 2], a, sc[0], sc[1], sc[2], sc[3], sc[4], ams)
-
-    @jit
-    def step_ids(gids, tab, rng, lay, chunks, sc, t, ams):
-        "`check_ids`, then `update` if every gradient passed: one call per step."
-        r = check_ids(gids, tab, rng, lay)
-        if r < 0: update(tab, chunks, sc, t, ams)
-        return r
-
-    @pjit
-    def pstep_ids(gids, tab, rng, lay, chunks, sc, t, ams):
-        "`check_ids`, then `pupdate`."
-        r = check_ids(gids, tab, rng, lay)
-        if r < 0:
-            a = alpha(sc, t)
-            for c in numba.prange(chunks.shape[0]):
-                chunk(tab, chunks[c, 0], chunks[c, 1], chunks[c, 2], a, sc[0], sc[1], sc[2], sc[3], sc[4], ams)
-        return r
-    return dict(update=update, pupdate=pupdate, step_ids=step_ids, pstep_ids=pstep_ids, alpha=alpha)
+def loop_constants(S, c1, c2, epsilon, weight_decay, lr, beta_1, beta_2) -> np.ndarray:
+    "The `sc` array of the compiled step, in dtype `S` (its last entry, the step t, is set before each call)."
+    return np.array([c1, c2, epsilon, weight_decay, lr, beta_1, beta_2, 1, 0], S)
 
 
 # %% ../nbs/08_kernels.ipynb #mt-table
@@ -560,7 +453,8 @@ def loop_table(xs: list, ms: list, vs: list, vhats: list | None = None, decay: l
         tab[[ROW["x"], ROW["m"], ROW["v"], ROW["vhat"]], j] = ps[0], ps[1], ps[2], ps[-1]
         tab[ROW["size"], j], tab[ROW["itemsize"], j], tab[ROW["ndim"], j] = size, item, x.ndim
         tab[ROW["dims"]:ROW["dims"] + x.ndim, j] = tuple(x.shape)
-        if numpy: tab[ROW["descr"], j], tab[ROW["xid"], j] = id(x.dtype), id(x)
+        if numpy:      # NumPy's own dtype object (an unpickled array has an equal copy; fresh gradients have NumPy's)
+            tab[ROW["descr"], j], tab[ROW["xid"], j] = id(np.dtype(x.dtype.type)), id(x)
         tab[ROW["decay"], j] = bool(decay[j]) if decay is not None else 0
         ranges += [(p, p + size * item) for p in ps if size]
     ranges.sort()

@@ -13,7 +13,7 @@ LAYERS = [                          # lowest first
     {"_optional", "_site", "backend"},
     {"rules"},
     {"schedules"},
-    {"kernels", "cuda"},
+    {"kernels", "cuda", "_loopk"},
     {"_fastpath"},
     {"optimizer"},
     {"adam"},
