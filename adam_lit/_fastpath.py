@@ -50,13 +50,18 @@ def _flat_apply(self, grads, variables) -> bool:
     if variables is not None: variables = list(variables)
     ran = _run_plan(self, grads, variables)
     if ran is not None: return ran
+    if len(vs) == 1 and not _same_as_last(self, grads):   # one variable, a new gradient array: the training-loop step
+        self._flat_grads = (list(grads), None)            # (the same array twice in a row: the flat path and its plan)
+        if self._loop_apply(grads, variables):
+            self._flat_steps += 1
+            return True
     if variables is not None:
         variables = list(variables)
         if len(variables) != len(vs) or any(a is not b for a, b in zip(variables, vs)): return False
     if (len(grads) != len(vs) or self.clipnorm or self.global_clipnorm or self.gradient_accumulation_steps
             or self.use_ema or not self._flat_kernel_ok()):
         return False
-    if getattr(type(self).update_step, "__module__", "") not in _RULES: return False   # a subclass's own rule: its code
+    if not _rule_ok(self): return False                  # a subclass's own rule: its code
     if self.weight_decay is not None and not all(self._use_weight_decay(i) for i in range(len(vs))): return False
     cached = self._flat_grads
     if len(vs) == 1:
@@ -93,6 +98,11 @@ def _flat_apply(self, grads, variables) -> bool:
         if step is not None: self._plan = (list(grads), step, finite)
     return True
 
+def _same_as_last(self, grads) -> bool:
+    "Whether `grads` are the arrays of the previous flat call."
+    c = self._flat_grads
+    return c is not None and len(c[0]) == len(grads) and all(a is b for a, b in zip(grads, c[0]))
+
 def _root(a):
     "The array that owns `a`'s memory."
     return a if a.base is None else a.base
@@ -107,7 +117,7 @@ class _Loop:
         if opt._dist is not None or opt.communicator is not None or not opt._flat_kernel_ok(): return None
         if (opt.clipnorm or opt.clipvalue or opt.global_clipnorm or opt.gradient_accumulation_steps or opt.use_ema
                 or opt.loss_scale_factor is not None or opt.gradient_nan_policy != "propagate" or opt._wide): return None
-        if getattr(type(opt).update_step, "__module__", "") not in _RULES: return None   # a subclass's own rule: its code
+        if not _rule_ok(opt): return None                   # a subclass's own rule: its code
         if any(callable(getattr(opt, n)) for n in opt._hyper_specs()): return None
         spec = opt._learning_rate
         if callable(spec) and not isinstance(spec, LearningRateSchedule): return None
@@ -140,7 +150,10 @@ class _Loop:
         self.single = self.groups[0] if len(self.groups) == 1 and torch is None else None
         return self
 
-_RULES = ("adam_lit.adam", "adam_lit.lazyadam")     # the rules the compiled step reproduces (dense gradients)
+def _rule_ok(opt) -> bool:
+    "Whether `opt`'s `update_step` is the one its class says the compiled steps reproduce (`_loop_rule`), not an override."
+    cls = type(opt)
+    return getattr(cls, "_loop_rule", None) is not None and cls._loop_rule is getattr(cls, "update_step", None)
 
 def _numpy_ok(a) -> bool:
     return type(a) is np.ndarray and a.flags.c_contiguous and a.dtype in (np.float32, np.float64)

@@ -272,6 +272,8 @@ def _sparse_in_place(self: Adam, g, x, slots, lr, t, hyper):
 @_patch_adam
 def _flat_kernel_ok(self: Adam) -> bool: return self.numerics in ("keras", "legacy")
 
+Adam._loop_rule = Adam.update_step     # the rule the compiled steps reproduce: a subclass that overrides it keeps its own
+
 @_patch_adam
 def _flat_plan(self: Adam, x, g, slots, S):
     "`_update_in_place` on these flat buffers, its constants computed once: a callable of the raw iteration count (or None)."

@@ -7,7 +7,6 @@ Docs: https://adam-lit.github.io/adam_lit/optimizer.html.md"""
 # %% ../nbs/03_optimizer.ipynb #8f5f0975
 from __future__ import annotations
 
-import importlib.util
 import math
 import numbers
 import re
@@ -541,10 +540,9 @@ def build(self, var_list: list, names: list | None = None) -> None:
     self._variables, self._names, self._names_given, self._xp, self._wide = var_list, names, given, xp, wide
     self._index = {id(v): i for i, v in enumerate(var_list)}
     if wide: base = None         # moments in another dtype than the variables: no flat buffers
-    elif len(var_list) == 1:     # one contiguous CuPy variable (or NumPy without numba) is its own flat buffer
-        v0, am = var_list[0], array_module(var_list[0])
-        loop = am is np and importlib.util.find_spec("numba") is not None     # (NumPy: the training-loop step)
-        base = v0.reshape(-1) if am is not None and v0.flags.c_contiguous and not loop else None
+    elif len(var_list) == 1:     # one contiguous NumPy or CuPy variable is its own flat buffer
+        v0 = var_list[0]
+        base = v0.reshape(-1) if array_module(v0) is not None and v0.flags.c_contiguous else None
     else: base = tiled_base(var_list)
     self._flat = {"x": base} if base is not None else None      # the variables tile one buffer: flat slots too
     own = set(self._own_slot_names())

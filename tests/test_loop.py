@@ -65,9 +65,9 @@ def test_loop_gives_the_pipelines_bits(name, dtype, counted):
     dts = [dtype] * len(shapes) if dtype != "mixed" else [("float32", "float64")[i % 2] for i in range(len(shapes))]
     init = _arrays(shapes, dts, 0)
     gsets = [_arrays(shapes, dts, 1 + k) for k in range(6)]
-    o, xs = MAKES[name](), [a.copy() for a in init]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)       # the legacy `lr` keyword
+        o, xs = MAKES[name](), [a.copy() for a in init]
         for gs in gsets: o.apply(gs, xs)
         ref_x, ref_w = _pipeline(MAKES[name], init, gsets)
     assert counted[0] == len(gsets)
@@ -145,6 +145,7 @@ def test_reconfiguration_and_copies(counted):
     gsets = [_arrays([(50,), (3, 4)], ["float64"] * 2, k) for k in range(1, 9)]
     o, xs = Adam(weight_decay=0.1), [a.copy() for a in init]
     r, ys = Adam(weight_decay=0.1), [a.copy() for a in init]
+    r.build(ys)
     for k, gs in enumerate(gsets):
         if k == 2:
             o.exclude_from_weight_decay(var_list=[xs[1]]); r.exclude_from_weight_decay(var_list=[ys[1]])
