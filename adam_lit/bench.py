@@ -84,9 +84,9 @@ def cases(quick: bool = False) -> list:
             Case("1e7", "numpy", "1 tensor", ((q(10_000_000, 50_000),),)),
             Case("1000x1000", "numpy", "many tensors", ((1000,),) * q(1000, 10)),
             Case("transformer", "numpy", "transformer-like", q(transformer_shapes(), transformer_shapes(100, 16, 16))),
-            Case("torch 2.1M", "torch", "two layers", two),
-            Case("torch 4.8k", "torch", "small MLP", MLP),
-            Case("jax 2.1M", "jax", "two layers", two),
+            Case("torch-2.1M", "torch", "two layers", two),
+            Case("torch-4.8k", "torch", "small MLP", MLP),
+            Case("jax-2.1M", "jax", "two layers", two),
             Case("lazy", "lazy", "table", ((q(1_000_000, 10_000), 64),), rows=q(1000, 100))]
 
 def _label(n: int) -> str:
@@ -599,7 +599,8 @@ def _brief(e: BaseException) -> str:
     "One line about an error: its type, the first line of its message, and the line of adam_lit it was raised from."
     msg = (str(e).strip().splitlines() or [""])[0]
     msg = msg if len(msg) <= 120 else msg[:117] + "..."
-    frames = [f for f in traceback.extract_tb(e.__traceback__) if f"{os.sep}adam_lit{os.sep}" in f.filename]
+    frames = [f for f in traceback.extract_tb(e.__traceback__)       # adam_lit's own lines, not this harness's
+              if f"{os.sep}adam_lit{os.sep}" in f.filename and os.path.basename(f.filename) != "bench.py"]
     where = f" ({os.path.basename(frames[-1].filename)}, line {frames[-1].lineno})" if frames else ""
     return f"{type(e).__name__}: {msg}{where}"
 
@@ -856,8 +857,8 @@ def _seven(r):
     return f"{text}; {100 * share:.0f} % of the roofline", (None if ok is None else ok and share >= 0.8)
 
 def _jax(r):
-    text, ok = _vs(r, "jax 2.1M", ["optax jit"], 0.8, lit="adam_lit jit")
-    c = _case(r, "jax 2.1M")
+    text, ok = _vs(r, "jax-2.1M", ["optax jit"], 0.8, lit="adam_lit jit")
+    c = _case(r, "jax-2.1M")
     if c is None or ok is False: return text, ok
     bits = c.get("bits")
     text += "; bits " + ("not compared" if bits is None else "identical to Keras jit" if bits == 0 else f"differ from Keras jit in {bits} parameters")
@@ -876,7 +877,7 @@ CHECKS = {    # case of TARGETS -> measurement of a run: (text, met: True, False
     "NumPy, 1e7": _seven,
     "NumPy, 1000 tensors of 1000": lambda r: _vs(r, "1000x1000", ["torch fused", "torch foreach"], 3.0),
     "NumPy, transformer-like 78 tensors, 4.7M": lambda r: _vs(r, "transformer", ["torch fused"], 1.0),
-    "torch CPU tensors, 4 tensors 2.1M and 4.8k": lambda r: _both(_vs(r, "torch 2.1M", ["torch fused"], 0.9), _vs(r, "torch 4.8k", ["torch fused"], 0.9)),
+    "torch CPU tensors, 4 tensors 2.1M and 4.8k": lambda r: _both(_vs(r, "torch-2.1M", ["torch fused"], 0.9), _vs(r, "torch-4.8k", ["torch fused"], 0.9)),
     "JAX, jitted `stateless_apply`, 4 tensors 2.1M": _jax,
     "LazyAdam, 1e6 x 64, 1000 rows": lambda r: _vs(r, "lazy", ["Adam, dense"], 100, lit="LazyAdam"),
     "per-step allocation, dense": _alloc,
@@ -972,7 +973,8 @@ def plot(
     if others:
         cx = axes.pop(0)
         cx.barh(range(len(others)), [r for _, _, r in others], color=["C2" if r >= 1 else "C3" for _, _, r in others])
-        cx.set_yticks(range(len(others)), [f"{c['label']}: {k}" for c, k, _ in others], fontsize=8)
+        short = {"torch": "torch tensors", "jax": "JAX", "lazy": "sparse"}
+        cx.set_yticks(range(len(others)), [f"{short.get(c['group'], c['group'])}, {c['label']}: {k}" for c, k, _ in others], fontsize=8)
         cx.axvline(1, color="k", lw=1); cx.invert_yaxis()
         cx.set(xscale="log", xlabel="peer time ÷ adam_lit time (above 1: adam_lit faster)"); cx.grid(True, axis="x", which="both", alpha=0.3)
     m = results["machine"]
