@@ -595,6 +595,7 @@ def _available_memory():
     except (OSError, ValueError): pass
     return None
 
+# %% ../nbs/10_bench.ipynb #8b69e58e
 def _brief(e: BaseException) -> str:
     "One line about an error: its type, the first line of its message, and the line of adam_lit it was raised from."
     msg = (str(e).strip().splitlines() or [""])[0]
@@ -604,8 +605,6 @@ def _brief(e: BaseException) -> str:
     where = f" ({os.path.basename(frames[-1].filename)}, line {frames[-1].lineno})" if frames else ""
     return f"{type(e).__name__}: {msg}{where}"
 
-# %% ../nbs/10_bench.ipynb #8b69e58d
-# (a long cell: one function: every case of `adam-lit bench`, so what a run does reads in one place)
 NUMPY_IMPLS = ("adam_lit", "adam_lit (same grads)", "adam_lit flat (same grads)", "naive NumPy", "LazyAdam", "Adam, dense")  # tracemalloc sees theirs
 
 def _run_case(c: Case, reps, min_time, interleave, probe) -> dict:
@@ -639,6 +638,8 @@ def _run_case(c: Case, reps, min_time, interleave, probe) -> dict:
             del steps; gc.collect()
     return case
 
+# %% ../nbs/10_bench.ipynb #8b69e58d
+# (a long cell: longer than one screen only by its docstring, which lists every parameter)
 def run(
     reps: int = 7,
     quick: bool = False,
