@@ -263,3 +263,21 @@ def test_targets_are_judged_as_written():
     assert {m for _, _, _, m in B.targets({"quick": False, "cases": []})} == {"not measured"}
     res["quick"] = True
     assert {m for _, _, _, m in B.targets(res)} == {"quick run", "not measured"}
+
+
+def test_gpu_results_still_tabulate_and_plot(tmp_path):
+    "A result shaped as `run_gpu` returns it (no groups, no errors): the tables, the GPU target and the plot still work."
+    need("matplotlib")
+    times = lambda k: {n: (1 + i) * 1e-4 * k for i, n in enumerate(B.GPU_IMPLS)}
+    cases = [{"label": B._label(n), "tensors": 1, "size": n, "params": n, "times": times(1), "alloc": {}, "interleaved": True,
+              "floor": 28 * n / 3e12} for n in B.GPU_SIZES]
+    cases += [{"label": f"{k} × {n}", "tensors": k, "size": n, "params": k * n, "times": times(2), "alloc": {}, "interleaved": True,
+               "floor": 28 * k * n / 3e12, "flat_steps": 1} for k, n in B.GPU_SHAPES]
+    bw = {"bytes_per_s": 3e12, "method": "CuPy copy", "all": {"CuPy copy": 3e12}, "n": 1, "samples": 1, "median": 3e12,
+          "lowest": 3e12, "peak": 3.35e12}
+    res = {"date": "d", "reps": 1, "impls": list(B.GPU_IMPLS), "gpu": True, "cases": cases, "bandwidth": bw, "seconds": 1.0,
+           "machine": {"gpu": "G", "cpu": "G", "sms": 1, "memory_gib": 1.0, "cupy": "x", "cores": "1 SMs"}}
+    text = B.tables(res)
+    assert "### CuPy arrays on the GPU" in text and "Peer time ÷ adam_lit time" in text and "Share of the roofline" in text
+    assert len(B.gpu_targets(res)) == 2
+    assert B.plot(res, tmp_path / "gpu.png").stat().st_size > 10_000
