@@ -378,7 +378,8 @@ def make_adam_lit_jit(params: list, sets: list):
     return _make_jitted(opt, ps, gsets)
 
 def make_keras_jit(params: list, sets: list):
-    "Keras 3's `jax.jit(opt.stateless_apply)` (JAX backend), as `make_adam_lit_jit`."
+    "Keras 3's `jax.jit(opt.stateless_apply)` (JAX backend, unless Keras was imported with another), as `make_adam_lit_jit`."
+    os.environ.setdefault("KERAS_BACKEND", "jax")       # read when Keras is first imported
     import keras
     if keras.backend.backend() != "jax": raise RuntimeError(f"Keras's backend is {keras.backend.backend()!r}, not 'jax'")
     ps, gsets = _jax_arrays(params, sets)
