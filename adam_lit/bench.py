@@ -704,11 +704,12 @@ def _fmt_time(s) -> str:
     if s is None: return "—"
     return f"{s * 1e6:.3g} µs" if s < 1e-3 else f"{s * 1e3:.3g} ms" if s < 1 else f"{s:.3g} s"
 
-def _md(header, rows) -> str:
+def _md(header, rows, left=1) -> str:
+    "A markdown table; its first `left` columns aligned left, the others (numbers) right."
     cols = list(zip(*([header] + rows)))
     w = [max(len(str(c)) for c in col) for col in cols]
-    line = lambda r: "| " + " | ".join(str(c).rjust(w[i]) if i else str(c).ljust(w[i]) for i, c in enumerate(r)) + " |"
-    return "\n".join([line(header), "|" + "|".join("-" * (x + 1) + ":" if i else ":" + "-" * (x + 1) for i, x in enumerate(w)) + "|"]
+    line = lambda r: "| " + " | ".join(str(c).rjust(w[i]) if i >= left else str(c).ljust(w[i]) for i, c in enumerate(r)) + " |"
+    return "\n".join([line(header), "|" + "|".join("-" * (x + 1) + ":" if i >= left else ":" + "-" * (x + 1) for i, x in enumerate(w)) + "|"]
                      + [line(r) for r in rows])
 
 def _groups(results) -> list:
@@ -919,7 +920,7 @@ def print_targets(
     file : file-like or None
         Where to print (None: stdout).
     """
-    print(_md(["case", "target", "measured", "met?"], [list(r) for r in targets(results)]), file=file)
+    print(_md(["case", "target", "measured", "met?"], [list(r) for r in targets(results)], left=4), file=file)
 
 # %% ../nbs/10_bench.ipynb #a3baf100
 # (a long cell: one figure of three panels, each a few lines)
