@@ -990,60 +990,60 @@ def plot(
 # (a long cell: the GPU cases side by side, each a few lines, so the comparison reads in one place)
 GPU_SIZES = (10_000, 100_000, 1_000_000, 10_000_000, 100_000_000)
 GPU_SHAPES = ((1000, 1000), (100, 1_000_000))      # (tensors, elements per tensor)
-GPU_IMPLS = ("adam_lit", "adam_lit flat", "adam_lit kernel", "naive CuPy", "torch foreach", "torch fused", "optax jit")
+GPU_IMPLS = ("adam_lit", "adam_lit (same grads)", "adam_lit flat (same grads)", "adam_lit kernel", "naive CuPy",
+             "adam_lit on torch", "torch foreach", "torch fused", "optax jit")
 
 def _gpu_factories() -> dict:
-    "The GPU implementations available here: name -> factory of a step on a list of (param, grad) CuPy pairs."
+    "The GPU implementations available here: name -> factory of a step from `(params, sets)` (CuPy arrays; the next gradient set at each step)."
     import cupy as cp
-    from adam_lit.adam import Adam
     from adam_lit.kernels import flatten
-    def lit(pairs):
-        opt = Adam(learning_rate=LR, beta_1=B1, beta_2=B2, epsilon=EPS)
-        ps, gs = [p for p, _ in pairs], [g for _, g in pairs]
-        def step(): opt.apply(gs, ps)
-        return step
-    def lit_flat(pairs):
-        (_, ps), (_, gs) = flatten([p for p, _ in pairs]), flatten([g for _, g in pairs])
-        opt = Adam(learning_rate=LR, beta_1=B1, beta_2=B2, epsilon=EPS)
+    def same(params, sets, flat=False):
+        (_, ps), (_, gs) = (flatten(params), flatten(sets[0])) if flat else ((None, list(params)), (None, sets[0]))
+        opt = _adam()
         def step(): opt.apply(gs, ps)
         step.flat_steps = lambda: opt._flat_steps
         return step
-    def kernel(pairs):
+    def kernel(params, sets):
         from adam_lit.cuda import adam_inplace_cupy
         from adam_lit.rules import bias_corrected_step_size, moment_constants
         c1, c2 = moment_constants(B1, B2, np.float32)
         alpha = bias_corrected_step_size(LR, B1, B2, 1, np.float32)
-        state = [(p, g, cp.zeros_like(p), cp.zeros_like(p)) for p, g in pairs]
+        state, nxt = [(p, cp.zeros_like(p), cp.zeros_like(p)) for p in params], rotation(sets)
         def step():
-            for p, g, m, v in state: adam_inplace_cupy(p, g, m, v, alpha=alpha, c1=c1, c2=c2, epsilon=EPS)
+            for (p, m, v), g in zip(state, nxt()): adam_inplace_cupy(p, g, m, v, alpha=alpha, c1=c1, c2=c2, epsilon=EPS)
         return step
-    naive = lambda pairs: make_naive([p for p, _ in pairs], [[g for _, g in pairs]], cp)      # the same gradients at every step
-    f = {"adam_lit": lit, "adam_lit flat": lit_flat, "adam_lit kernel": kernel, "naive CuPy": naive}
+    f = {"adam_lit": make_adam_lit, "adam_lit (same grads)": same, "adam_lit flat (same grads)": lambda p, s: same(p, s, flat=True),
+         "adam_lit kernel": kernel, "naive CuPy": lambda params, sets: make_naive(params, sets, cp)}
     if _installed("torch"):
         def torch_(mode):
-            def make(pairs):
+            def make(params, sets):
                 import torch
-                ps = [torch.nn.Parameter(torch.from_dlpack(p.copy())) for p, _ in pairs]
-                for p, (_, g) in zip(ps, pairs): p.grad = torch.from_dlpack(g.copy())
-                opt = torch.optim.Adam(ps, lr=LR, betas=(B1, B2), eps=EPS, **{mode: True})
-                def step(): opt.step()
+                ps = [torch.nn.Parameter(torch.from_dlpack(p)) for p in params]
+                nxt = rotation([[torch.from_dlpack(g) for g in gs] for gs in sets])
+                if mode == "adam_lit":
+                    opt = _adam()
+                    def step(): opt.apply(nxt(), ps)
+                else:
+                    opt = torch.optim.Adam(ps, lr=LR, betas=(B1, B2), eps=EPS, **{mode: True})
+                    def step():
+                        for p, g in zip(ps, nxt()): p.grad = g
+                        opt.step()
                 step.sync = torch.cuda.synchronize
                 return step
             return make
-        f.update({"torch foreach": torch_("foreach"), "torch fused": torch_("fused")})
+        f.update({"adam_lit on torch": torch_("adam_lit"), "torch foreach": torch_("foreach"), "torch fused": torch_("fused")})
     if _installed("optax") and _installed("jax"):
-        def optax_(pairs):
+        def optax_(params, sets):
             import jax, optax
             dev = jax.devices("gpu")[0]
             opt = optax.adam(LR, b1=B1, b2=B2, eps=EPS)
-            params = [jax.device_put(cp.asnumpy(p), dev) for p, _ in pairs]
-            grads = [jax.device_put(cp.asnumpy(g), dev) for _, g in pairs]
-            box = [params, opt.init(params)]
+            ps = [jax.device_put(cp.asnumpy(p), dev) for p in params]
+            box, nxt = [ps, opt.init(ps)], rotation([[jax.device_put(cp.asnumpy(g), dev) for g in gs] for gs in sets])
             def update(params, grads, state):
                 updates, state = opt.update(grads, state, params)
                 return optax.apply_updates(params, updates), state
             update = jax.jit(update, donate_argnums=(0, 2))
-            def step(): box[0], box[1] = update(box[0], grads, box[1])
+            def step(): box[0], box[1] = update(box[0], nxt(), box[1])
             step.sync = lambda: jax.block_until_ready(box[0])
             return step
         f["optax jit"] = optax_
@@ -1145,7 +1145,7 @@ def run_gpu(
     min_time: float = 0.02,
     log: Callable[[str], object] | None = None,
 ) -> dict:
-    """`run` on the GPU: one fp32 Adam step of every GPU implementation on every case, side by side in this process.
+    """`run` on the GPU: one fp32 Adam step of every GPU implementation on every case, side by side in this process, the next of `K_SETS` gradient sets at each step.
 
     Parameters
     ----------
@@ -1186,17 +1186,22 @@ def run_gpu(
     for k, n in [(1, int(n)) for n in sizes] + [(int(k), int(n)) for k, n in shapes]:
         rng = cp.random.default_rng(0)
         p0s = [rng.standard_normal(n, dtype=cp.float32) for _ in range(k)]
-        gs = [rng.standard_normal(n, dtype=cp.float32) for _ in range(k)]
+        sets = [[rng.standard_normal(n, dtype=cp.float32) for _ in range(k)] for _ in range(K_SETS)]
         case = {"label": _label(n) if k == 1 else f"{k} × {n:,}".replace(",", " "), "tensors": k, "size": n,
-                "params": k * n, "times": {}, "alloc": {}, "interleaved": True,
+                "params": k * n, "times": {}, "alloc": {}, "interleaved": True, "errors": {},
                 "floor": BYTES_PER_PARAM * k * n / bw["bytes_per_s"]}
-        steps = {name: fs[name]([(p.copy(), g) for p, g in zip(p0s, gs)]) for name in names}
+        steps = {}
+        for name in names:          # built and stepped once: a failure is reported, the run goes on
+            try:
+                s = fs[name]([p.copy() for p in p0s], sets); s(); steps[name] = s
+            except Exception as e: case["errors"][name] = _brief(e)
         case["times"] = time_gpu(steps, reps=reps, min_time=min_time)
-        if "adam_lit flat" in steps: case["flat_steps"] = steps["adam_lit flat"].flat_steps()
+        if "adam_lit flat (same grads)" in steps: case["flat_steps"] = steps["adam_lit flat (same grads)"].flat_steps()
         del steps; cp.get_default_memory_pool().free_all_blocks()
-        log(f"{case['label']:>14}: " + ", ".join(f"{name} {_fmt_time(case['times'][name])}" for name in names))
+        log(f"{case['label']:>14}: " + ", ".join(f"{name} {_fmt_time(t)}" for name, t in case["times"].items())
+            + "".join(f"; {name} failed" for name in case["errors"]))
         res["cases"].append(case)
-        del p0s, gs
+        del p0s, sets
     res["seconds"] = time.perf_counter() - wall0
     return res
 
@@ -1212,10 +1217,11 @@ def gpu_targets(results: dict) -> list:
     bw, rows = results["bandwidth"], []
     for k, n in ((1, 10**8), (100, 10**6)):
         c = next((c for c in results["cases"] if (c["tensors"], c["size"]) == (k, n)), None)
-        if c is None or "adam_lit flat" not in c["times"]:
+        name = "adam_lit" if k == 1 else "adam_lit flat (same grads)"     # one tensor: the training loop's step
+        if c is None or name not in c["times"]:
             rows.append((f"{_label(k * n)} parameters ({'one tensor' if k == 1 else f'{k} tensors, one flat buffer'}): "
                          "≥ 85 % of HBM bandwidth", "—", "not measured")); continue
-        t = c["times"]["adam_lit flat"]
+        t = c["times"][name]
         got = BYTES_PER_PARAM * c["params"] / t
         ref = bw["peak"] or bw["bytes_per_s"]
         rows.append((f"{c['label']} parameters ({'one tensor' if k == 1 else 'one flat buffer'}): ≥ 85 % of HBM bandwidth",
