@@ -459,13 +459,15 @@ def bench(
     out: str = "adam_lit_bench.png",
     file: TextIO | None = None,
     gpu: bool = False,
+    cases: list[str] | None = None,
+    json_path: str | None = None,
 ):
     """Run `adam_lit.bench`, print its tables and targets, write the plot.
 
     Parameters
     ----------
     quick : bool
-        Small sizes only (seconds).
+        Every case with tiny shapes (seconds).
     reps : int or None
         Timed repetitions per case, the median is kept (None: 7, 3 with `quick`).
     out : str
@@ -474,6 +476,10 @@ def bench(
         Where the tables go (None: stdout).
     gpu : bool
         Time the CuPy kernels on the GPU instead (`bench.run_gpu`).
+    cases : list of str or None
+        Keys of the CPU cases to run (None: all of `bench.cases()`).
+    json_path : str or None
+        Also write the results there, as JSON.
 
     Returns
     -------
@@ -488,9 +494,13 @@ def bench(
         res = B.run_gpu(reps=reps or (3 if quick else 7), log=log, **kw)
         B.print_gpu_table(res, file=file)
     else:
-        res = B.run(quick=quick, reps=reps or (3 if quick else 7), log=log)
+        res = B.run(quick=quick, reps=reps or (3 if quick else 7), keys=cases, log=log)
         B.print_table(res, file=file)
         print(file=file); B.print_targets(res, file=file)
+    if json_path is not None:
+        import json
+        with open(json_path, "w") as f: json.dump(res, f, indent=1, default=str)
+        print(f"\nresults: {json_path}", file=file)
     try: print(f"\nplot: {B.plot(res, out)}", file=file)
     except ImportError as e: print(f"\nno plot: {e}", file=file)
     return res
@@ -498,6 +508,7 @@ def bench(
 # %% ../nbs/05_cli.ipynb #4cbb713a
 def _parser() -> argparse.ArgumentParser:
     "The `adam-lit` command's parser: the `demo` and `bench` subcommands and their options."
+    from adam_lit.bench import cases as bench_cases
     parser = argparse.ArgumentParser(prog="adam-lit", description="adam_lit: Adam, AMSGrad and LazyAdam for array programmers.")
     sub = parser.add_subparsers(dest="command")
     d = sub.add_parser("demo", help="the seed example; Adam and AMSGrad on a logistic regression; LazyAdam and Adam on an embedding factorisation")
@@ -508,8 +519,11 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--plot", default="adam_lit_demo.png", help="path of the PNG plot (default adam_lit_demo.png; needs matplotlib)")
     d.add_argument("--no-plot", action="store_true", help="write no plot")
     d.add_argument("--no-progress", action="store_true", help="no progress bars (they need tqdm and a terminal)")
-    b = sub.add_parser("bench", help="time one fp32 Adam step against naive NumPy, PyTorch, Optax and the memory roofline")
-    b.add_argument("--quick", action="store_true", help="small sizes only (seconds, for tests)")
+    b = sub.add_parser("bench", help="time one fp32 Adam step in a training loop against naive NumPy, PyTorch, Keras, Optax and the memory roofline")
+    b.add_argument("--quick", action="store_true", help="every case with tiny shapes (seconds, for tests)")
+    b.add_argument("--cases", nargs="+", metavar="KEY", default=None,
+                   help="run only these cases: " + ", ".join(c.key for c in bench_cases()) + " (default: all)")
+    b.add_argument("--json", default=None, metavar="PATH", help="also write the results to PATH as JSON")
     b.add_argument("--out", default="adam_lit_bench.png", help="path of the PNG plot (default adam_lit_bench.png)")
     b.add_argument("--reps", type=int, default=None, help="timed repetitions per case, the median is kept (default 7, 3 with --quick)")
     b.add_argument("--gpu", action="store_true", help="time the CuPy kernels on the GPU against naive CuPy, PyTorch and Optax there")
@@ -535,7 +549,11 @@ def main(
     args = parser.parse_args(argv)
     if args.command == "bench":
         if args.reps is not None and args.reps < 1: parser.error("--reps must be at least 1")
-        try: bench(quick=args.quick, reps=args.reps, out=args.out, gpu=args.gpu)
+        from adam_lit.bench import cases as bench_cases
+        unknown = sorted(set(args.cases or ()) - {c.key for c in bench_cases()})
+        if unknown: parser.error(f"--cases: unknown case {unknown[0]!r} (the cases: {', '.join(c.key for c in bench_cases())})")
+        if args.cases and args.gpu: parser.error("--cases selects CPU cases; it does not apply with --gpu")
+        try: bench(quick=args.quick, reps=args.reps, out=args.out, gpu=args.gpu, cases=args.cases, json_path=args.json)
         except RuntimeError as e:
             if not args.gpu: raise
             parser.error(str(e))

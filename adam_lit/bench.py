@@ -1,4 +1,4 @@
-"""`adam-lit bench`: one fp32 Adam step, side by side in one process, for 1e3 to 3e7 parameters and for many small tensors: adam_lit's paths, naive NumPy, `torch.optim.Adam` (foreach and fused), `optax.adam` under `jax.jit`, and the memory-bandwidth floor measured in the same run; `adam-lit bench --gpu`: the same on a CUDA GPU, up to 1e8 parameters.
+"""`adam-lit bench`: one fp32 Adam step as a training loop takes it (fresh gradient arrays every step, separate tensors), side by side in one process: NumPy arrays from one tensor of 1e4 to a transformer-like list of 78 tensors, PyTorch CPU tensors, JAX arrays under `jax.jit`, and a sparse embedding-table update; against naive NumPy, `torch.optim.Adam` (foreach and fused), `torch.optim.SparseAdam`, Keras 3 and `optax.adam` under `jax.jit`, and the memory-bandwidth floor measured in the same run; `adam-lit bench --gpu`: the same step on a CUDA GPU.
 
 Docs: https://adam-lit.github.io/adam_lit/bench.html.md"""
 
@@ -8,31 +8,97 @@ Docs: https://adam-lit.github.io/adam_lit/bench.html.md"""
 from __future__ import annotations
 
 import gc
+import itertools
 import math
 import os
 import platform
 import statistics
 import time
+import traceback
 import tracemalloc
 from collections.abc import Callable
-from typing import TextIO
+from typing import NamedTuple, TextIO
 
 import numpy as np
 
 # %% auto #0
-__all__ = ['LR', 'B1', 'B2', 'EPS', 'BYTES_PER_PARAM', 'SIZES', 'SHAPES', 'QUICK_SIZES', 'QUICK_SHAPES', 'IMPLS', 'make_fused',
-           'make_numpy', 'NUMPY_IMPLS', 'GPU_SIZES', 'GPU_SHAPES', 'GPU_IMPLS', 'time_step', 'time_interleaved',
-           'make_naive', 'make_adam_lit', 'make_adam_lit_flat', 'make_optax', 'factories', 'StreamProbe', 'bandwidth',
-           'machine', 'run', 'tables', 'print_table', 'targets', 'print_targets', 'plot', 'time_gpu', 'gpu_bandwidth',
-           'gpu_machine', 'run_gpu', 'gpu_targets', 'print_gpu_table']
+__all__ = ['LR', 'B1', 'B2', 'EPS', 'BYTES_PER_PARAM', 'K_SETS', 'MLP', 'TWO_LAYERS', 'GROUPS', 'IMPLS', 'NUMPY_IMPLS', 'TARGETS',
+           'CHECKS', 'GPU_SIZES', 'GPU_SHAPES', 'GPU_IMPLS', 'transformer_shapes', 'Case', 'cases', 'time_step',
+           'time_interleaved', 'grad_sets', 'sparse_sets', 'rotation', 'make_naive', 'make_adam_lit',
+           'make_adam_lit_same', 'make_adam_lit_flat', 'make_optax', 'make_adam_lit_torch', 'make_adam_lit_jit',
+           'make_keras_jit', 'make_lazy', 'make_dense_table', 'make_torch_sparse', 'factories', 'skipped',
+           'StreamProbe', 'bandwidth', 'machine', 'run', 'tables', 'print_table', 'parse_targets', 'targets',
+           'print_targets', 'plot', 'time_gpu', 'gpu_bandwidth', 'gpu_machine', 'run_gpu', 'gpu_targets',
+           'print_gpu_table']
 
 # %% ../nbs/10_bench.ipynb #beeeca7a
 LR, B1, B2, EPS = 1e-3, 0.9, 0.999, 1e-7
 BYTES_PER_PARAM = 28        # fp32 Adam: reads p, g, m, v; writes p, m, v
-SIZES = (1_000, 10_000, 100_000, 1_000_000, 10_000_000, 30_000_000)
-SHAPES = ((1000, 1000), (100, 100_000))         # (tensors, elements per tensor)
-QUICK_SIZES, QUICK_SHAPES = (1_000, 10_000), ((10, 1000),)
-IMPLS = ("adam_lit", "adam_lit flat", "adam_lit fused", "adam_lit NumPy", "naive NumPy", "torch foreach", "torch fused", "optax jit")
+K_SETS = 4                  # gradient sets, rotated: step k gets set k % K_SETS
+MLP = ((64, 64), (64,), (64, 10), (10,))                          # a 64 -> 64 -> 10 network: 4 810 parameters
+TWO_LAYERS = ((1024, 1024), (1024,), (1024, 1024), (1024,))       # two 1024-wide layers: 2 099 200 parameters
+
+def transformer_shapes(
+    vocab: int = 10_000,
+    context: int = 512,
+    d: int = 192,
+    layers: int = 6,
+    classes: int = 10,
+) -> tuple:
+    """The parameter shapes of a small GPT-like transformer: 4 + 12 per layer tensors (78 and 4 689 802 parameters by default).
+
+    Parameters
+    ----------
+    vocab, context, d, layers, classes : int
+        Vocabulary (token embeddings), context length (position embeddings), width, number of layers, classes of the head.
+    """
+    layer = ((d,), (d,), (d, 3 * d), (3 * d,), (d, d), (d,),             # layer norm, attention QKV and projection
+             (d,), (d,), (d, 4 * d), (4 * d,), (4 * d, d), (d,))         # layer norm, MLP
+    return ((vocab, d), (context, d)) + layer * layers + ((d,), (d,), (d, classes), (classes,))
+
+# %% ../nbs/10_bench.ipynb #c0a5e502
+class Case(NamedTuple):
+    "One benchmark case: `key`, `group` (numpy, torch, jax or lazy: which implementations run it), `name`, `shapes`, `rows` (touched rows, sparse case)."
+    key: str
+    group: str
+    name: str
+    shapes: tuple
+    rows: int | None = None
+
+GROUPS = {"numpy": "NumPy arrays", "torch": "PyTorch CPU tensors", "jax": "JAX arrays under jax.jit",
+          "lazy": "Sparse rows of an embedding table"}
+
+def cases(quick: bool = False) -> list:
+    """The benchmark's cases in order; `quick`: the same cases with tiny shapes (for the tests, not for the targets).
+
+    Parameters
+    ----------
+    quick : bool
+        Tiny shapes.
+    """
+    q = lambda full, small: small if quick else full
+    two = q(TWO_LAYERS, ((64, 64), (64,), (64, 64), (64,)))
+    return [Case("1e4", "numpy", "1 tensor", ((10_000,),)),
+            Case("mlp", "numpy", "small MLP", MLP),
+            Case("1e6", "numpy", "1 tensor", ((q(1_000_000, 20_000),),)),
+            Case("1e7", "numpy", "1 tensor", ((q(10_000_000, 50_000),),)),
+            Case("1000x1000", "numpy", "many tensors", ((1000,),) * q(1000, 10)),
+            Case("transformer", "numpy", "transformer-like", q(transformer_shapes(), transformer_shapes(100, 16, 16))),
+            Case("torch-2.1M", "torch", "two layers", two),
+            Case("torch-4.8k", "torch", "small MLP", MLP),
+            Case("jax-2.1M", "jax", "two layers", two),
+            Case("lazy", "lazy", "table", ((q(1_000_000, 10_000), 64),), rows=q(1000, 100))]
+
+def _label(n: int) -> str:
+    e = int(math.floor(math.log10(n))); m = n / 10 ** e
+    return f"{m:g}e{e}" if m != 1 else f"1e{e}"
+
+def _describe(c: Case) -> str:
+    "The case as a table row names it: `1e6`, `1000 × 1 000`, `small MLP (4 tensors)`, `1e6 × 64 table, 1000 rows`."
+    if c.rows is not None: return f"{_label(c.shapes[0][0])} × {c.shapes[0][1]} table, {c.rows} rows"
+    if len(c.shapes) == 1: return _label(math.prod(c.shapes[0]))
+    if len(set(c.shapes)) == 1 and len(c.shapes[0]) == 1: return f"{len(c.shapes)} × {c.shapes[0][0]:,}".replace(",", " ")
+    return f"{c.name} ({len(c.shapes)} tensors)"
 
 # %% ../nbs/10_bench.ipynb #f6060f43
 def time_step(
@@ -117,17 +183,55 @@ def time_interleaved(
         if enabled: gc.enable()
     return {k: statistics.median(v) for k, v in ts.items()}
 
+# %% ../nbs/10_bench.ipynb #d2500001
+def grad_sets(
+    shapes: tuple,
+    k: int = K_SETS,
+    seed: int = 1,
+) -> list:
+    """`k` sets of float32 gradients of the given shapes, independent standard normals: distinct arrays, distinct values.
+
+    Parameters
+    ----------
+    shapes : tuple of shapes
+        One shape per tensor.
+    k : int
+        Number of sets.
+    seed : int
+        Seed of the generator.
+    """
+    rng = np.random.default_rng(seed)
+    return [[rng.standard_normal(s, np.float32) for s in shapes] for _ in range(k)]
+
+def sparse_sets(
+    rows: int,
+    width: int,
+    touched: int,
+    k: int = K_SETS,
+    seed: int = 2,
+) -> list:
+    "`k` row-sparse gradients of a `(rows, width)` table: `(indices, values)`, `touched` random rows each (repeats allowed)."
+    rng = np.random.default_rng(seed)
+    return [(rng.integers(0, rows, touched), rng.standard_normal((touched, width), np.float32)) for _ in range(k)]
+
+def rotation(sets: list) -> Callable[[], object]:
+    "A zero-argument callable that returns `sets[0]`, `sets[1]`, ..., `sets[-1]`, `sets[0]`, ...: the next step's gradients."
+    return itertools.cycle(sets).__next__
+
 # %% ../nbs/10_bench.ipynb #7c23af30
 def make_naive(
-    pairs: list,
+    params: list,
+    sets: list,
     xp=np,
 ):
     """Adam in textbook NumPy (or CuPy) expressions: every operation allocates a new array.
 
     Parameters
     ----------
-    pairs : list
-        `(p, g)` pairs of float32 arrays: the step's own copies of the parameters, and the gradients (only read).
+    params : list
+        Float32 arrays: the step's own copies of the parameters.
+    sets : list
+        Gradient sets (lists of arrays shaped as `params`), one per step in turn (`rotation`).
     xp : module
         `numpy`, or `cupy` for the GPU benchmark.
 
@@ -136,13 +240,13 @@ def make_naive(
     callable
         One step per call; its `params()` returns the current parameters.
     """
-    ps, gs = [p for p, _ in pairs], [g for _, g in pairs]
+    ps = list(params)
     ms, vs = [xp.zeros_like(p) for p in ps], [xp.zeros_like(p) for p in ps]
-    t = [0]
+    t, nxt = [0], rotation(sets)
     def step():
         t[0] += 1
         a = LR * math.sqrt(1 - B2 ** t[0]) / (1 - B1 ** t[0])
-        for k, g in enumerate(gs):
+        for k, g in enumerate(nxt()):
             ms[k] = B1 * ms[k] + (1 - B1) * g
             vs[k] = B2 * vs[k] + (1 - B2) * (g * g)
             ps[k] = ps[k] - a * ms[k] / (xp.sqrt(vs[k]) + EPS)
@@ -150,89 +254,183 @@ def make_naive(
     return step
 
 # %% ../nbs/10_bench.ipynb #e9da59a2
-def make_adam_lit(pairs: list):
-    """adam_lit's default path: `Adam().apply(grads, params)` on NumPy arrays.
+def _adam():
+    from adam_lit.adam import Adam
+    return Adam(learning_rate=LR, beta_1=B1, beta_2=B2, epsilon=EPS)
+
+def make_adam_lit(
+    params: list,
+    sets: list,
+):
+    """adam_lit in a training loop: `Adam().apply(grads, params)` on NumPy arrays, the next gradient set at each step.
 
     Parameters
     ----------
-    pairs : list
-        `(p, g)` pairs of float32 arrays (as `make_naive`'s).
+    params : list
+        Float32 arrays (updated in place).
+    sets : list
+        Gradient sets, one per step in turn.
     """
-    from adam_lit.adam import Adam
-    opt = Adam(learning_rate=LR, beta_1=B1, beta_2=B2, epsilon=EPS)
-    ps, gs = [p for p, _ in pairs], [g for _, g in pairs]
+    opt, ps, nxt = _adam(), list(params), rotation(sets)
+    def step(): opt.apply(nxt(), ps)
+    step.params = lambda: ps
+    return step
+
+def make_adam_lit_same(params: list, sets: list):
+    "`make_adam_lit` given the same gradient arrays (set 0) at every step: the cached plan, not a training loop."
+    opt, ps, gs = _adam(), list(params), sets[0]
     def step(): opt.apply(gs, ps)
     step.params = lambda: ps
     return step
 
-def make_adam_lit_flat(pairs: list):
-    """adam_lit's default path on parameters and gradients that tile one flat buffer each: one kernel call per step.
-
-    Parameters
-    ----------
-    pairs : list
-        `(p, g)` pairs of float32 arrays, copied into the flat buffers.
-    """
-    from adam_lit.adam import Adam
+def make_adam_lit_flat(params: list, sets: list):
+    "`make_adam_lit_same` on parameters and gradients (set 0) copied into one flat buffer each (`kernels.flatten`): one kernel call per step."
     from adam_lit.kernels import flatten
-    _, ps = flatten([p for p, _ in pairs]); _, gs = flatten([g for _, g in pairs])
-    opt = Adam(learning_rate=LR, beta_1=B1, beta_2=B2, epsilon=EPS)
+    (_, ps), (_, gs) = flatten(params), flatten(sets[0])
+    opt = _adam()
     def step(): opt.apply(gs, ps)
     step.params = lambda: ps
     return step
-
-def _make_kernel(name):
-    def make(pairs):
-        from adam_lit import kernels
-        from adam_lit.rules import bias_corrected_step_size, moment_constants
-        fn = getattr(kernels, name)
-        c1, c2 = moment_constants(B1, B2, np.float32)
-        alpha = bias_corrected_step_size(LR, B1, B2, 1, np.float32)
-        state = [(p, g, np.zeros_like(p), np.zeros_like(p)) for p, g in pairs]
-        def step():
-            for p, g, m, v in state: fn(p, g, m, v, alpha=alpha, c1=c1, c2=c2, epsilon=EPS)
-        step.params = lambda: [p for p, _ in pairs]
-        return step
-    make.__doc__ = f"`kernels.{name}` called once per tensor."
-    return make
-
-make_fused, make_numpy = _make_kernel("adam_inplace_fast"), _make_kernel("adam_inplace")
 
 # %% ../nbs/10_bench.ipynb #effd614c
 def _make_torch(mode):
-    def make(pairs):
+    def make(params, sets):
         import torch
-        ps = [torch.nn.Parameter(torch.from_numpy(p)) for p, _ in pairs]
-        for p, (_, g) in zip(ps, pairs): p.grad = torch.from_numpy(g)
+        ps = [torch.nn.Parameter(torch.from_numpy(p)) for p in params]
+        nxt = rotation([[torch.from_numpy(g) for g in gs] for gs in sets])
         opt = torch.optim.Adam(ps, lr=LR, betas=(B1, B2), eps=EPS, **{mode: True})
-        def step(): opt.step()
-        step.params = lambda: [p for p, _ in pairs]       # the tensors share their memory
+        def step():
+            for p, g in zip(ps, nxt()): p.grad = g
+            opt.step()
+        step.params = lambda: [p.detach().numpy() for p in ps]
         return step
-    make.__doc__ = f"`torch.optim.Adam({mode}=True)` on CPU tensors."
+    make.__doc__ = f"`torch.optim.Adam({mode}=True)` on CPU tensors, the next gradient set as `p.grad` at each step."
     return make
 
-def make_optax(pairs: list):
-    """`optax.adam` under `jax.jit` on the CPU, parameters and state donated.
+def _jax_arrays(params, sets):
+    import jax
+    cpu = jax.devices("cpu")[0]
+    return [jax.device_put(p, cpu) for p in params], [[jax.device_put(g, cpu) for g in gs] for gs in sets]
+
+def make_optax(
+    params: list,
+    sets: list,
+):
+    """`optax.adam` under `jax.jit` on the CPU, parameters and state donated, the next gradient set at each step.
 
     Parameters
     ----------
-    pairs : list
-        `(p, g)` pairs of float32 arrays, copied onto JAX's CPU device.
+    params : list
+        Float32 arrays, copied onto JAX's CPU device.
+    sets : list
+        Gradient sets, copied onto JAX's CPU device.
     """
     import jax, optax
-    cpu = jax.devices("cpu")[0]
     opt = optax.adam(LR, b1=B1, b2=B2, eps=EPS)
-    params = [jax.device_put(p, cpu) for p, _ in pairs]
-    grads = [jax.device_put(g, cpu) for _, g in pairs]
-    box = [params, opt.init(params)]
+    ps, gsets = _jax_arrays(params, sets)
+    box, nxt = [ps, opt.init(ps)], rotation(gsets)
     def update(params, grads, state):
         updates, state = opt.update(grads, state, params)
         return optax.apply_updates(params, updates), state
     update = jax.jit(update, donate_argnums=(0, 2))
     def step():
-        box[0], box[1] = update(box[0], grads, box[1])
+        box[0], box[1] = update(box[0], nxt(), box[1])
         jax.block_until_ready(box[0])
     step.params = lambda: [np.asarray(p) for p in box[0]]
+    return step
+
+# %% ../nbs/10_bench.ipynb #7a3c0002
+def make_adam_lit_torch(
+    params: list,
+    sets: list,
+):
+    """adam_lit's `Adam().apply(grads, params)` on `torch.nn.Parameter`s, the next set of gradient tensors at each step.
+
+    Parameters
+    ----------
+    params : list
+        Float32 arrays, wrapped (not copied) as parameters.
+    sets : list
+        Gradient sets, wrapped as CPU tensors.
+    """
+    import torch
+    ps = [torch.nn.Parameter(torch.from_numpy(p)) for p in params]
+    opt, nxt = _adam(), rotation([[torch.from_numpy(g) for g in gs] for gs in sets])
+    def step(): opt.apply(nxt(), ps)
+    step.params = lambda: [p.detach().numpy() for p in ps]
+    return step
+
+# %% ../nbs/10_bench.ipynb #7a3c0004
+def _make_jitted(opt, ps, gsets):
+    import jax
+    f = jax.jit(opt.stateless_apply, donate_argnums=(0, 2))
+    box, nxt = [ps, [getattr(v, "value", v) for v in opt.variables]], rotation(gsets)
+    def step():
+        box[0], box[1] = f(box[1], nxt(), box[0])
+        jax.block_until_ready(box[0])
+    step.params = lambda: [np.asarray(p) for p in box[0]]
+    return step
+
+def make_adam_lit_jit(params: list, sets: list):
+    "adam_lit's `jax.jit(opt.stateless_apply)` on JAX CPU arrays, parameters and optimizer variables donated, the next gradient set at each step."
+    ps, gsets = _jax_arrays(params, sets)
+    opt = _adam(); opt.build(ps)
+    return _make_jitted(opt, ps, gsets)
+
+def make_keras_jit(params: list, sets: list):
+    "Keras 3's `jax.jit(opt.stateless_apply)` (JAX backend, unless Keras was imported with another), as `make_adam_lit_jit`."
+    os.environ.setdefault("KERAS_BACKEND", "jax")       # read when Keras is first imported
+    import keras
+    if keras.backend.backend() != "jax": raise RuntimeError(f"Keras's backend is {keras.backend.backend()!r}, not 'jax'")
+    ps, gsets = _jax_arrays(params, sets)
+    opt = keras.optimizers.Adam(learning_rate=LR, beta_1=B1, beta_2=B2, epsilon=EPS)
+    opt.build([keras.Variable(p) for p in ps])
+    return _make_jitted(opt, ps, gsets)
+
+# %% ../nbs/10_bench.ipynb #7a3c0006
+def make_lazy(
+    params: list,
+    sets: list,
+):
+    """`LazyAdam().apply([IndexedSlices], [table])`, the next row-sparse gradient at each step.
+
+    Parameters
+    ----------
+    params : list
+        One float32 table, `(rows, width)` (updated in place).
+    sets : list
+        `(indices, values)` pairs (`sparse_sets`), one per step in turn.
+    """
+    from adam_lit.backend import IndexedSlices
+    from adam_lit.lazyadam import LazyAdam
+    table = params[0]
+    opt = LazyAdam(learning_rate=LR, beta_1=B1, beta_2=B2, epsilon=EPS)
+    nxt = rotation([IndexedSlices(v, i, table.shape) for i, v in sets])
+    def step(): opt.apply([nxt()], [table])
+    step.params = lambda: [table]
+    return step
+
+def _dense(table, i, v):
+    d = np.zeros_like(table); np.add.at(d, i, v)
+    return d
+
+def make_dense_table(params: list, sets: list):
+    "A dense `Adam().apply` on the table, the next gradient of `sets` made dense (`K_SETS` table-sized arrays) at each step."
+    table, opt = params[0], _adam()
+    nxt = rotation([[_dense(table, i, v)] for i, v in sets])
+    def step(): opt.apply(nxt(), [table])
+    step.params = lambda: [table]
+    return step
+
+def make_torch_sparse(params: list, sets: list):
+    "`torch.optim.SparseAdam` on the table as a parameter, the next gradient as a sparse COO tensor at each step."
+    import torch
+    p = torch.nn.Parameter(torch.from_numpy(params[0]))
+    nxt = rotation([torch.sparse_coo_tensor(torch.from_numpy(i)[None], torch.from_numpy(v), tuple(p.shape), check_invariants=True) for i, v in sets])
+    opt = torch.optim.SparseAdam([p], lr=LR, betas=(B1, B2), eps=EPS)
+    def step():
+        p.grad = nxt(); opt.step()
+    step.params = lambda: [p.detach().numpy()]
     return step
 
 # %% ../nbs/10_bench.ipynb #6e04e95e
@@ -240,21 +438,32 @@ def _installed(name):
     import importlib.util
     return importlib.util.find_spec(name) is not None
 
-def factories() -> dict:
-    """The implementations installed here.
+IMPLS = {   # group -> (name, factory, libraries it needs); the first of a group is adam_lit's
+    "numpy": (("adam_lit", make_adam_lit, ()), ("adam_lit (same grads)", make_adam_lit_same, ()),
+              ("adam_lit flat (same grads)", make_adam_lit_flat, ()), ("naive NumPy", make_naive, ()),
+              ("torch foreach", _make_torch("foreach"), ("torch",)), ("torch fused", _make_torch("fused"), ("torch",)),
+              ("optax jit", make_optax, ("jax", "optax"))),
+    "torch": (("adam_lit", make_adam_lit_torch, ("torch",)), ("torch foreach", _make_torch("foreach"), ("torch",)),
+              ("torch fused", _make_torch("fused"), ("torch",))),
+    "jax": (("adam_lit jit", make_adam_lit_jit, ("jax",)), ("Keras jit", make_keras_jit, ("jax", "keras")),
+            ("optax jit", make_optax, ("jax", "optax"))),
+    "lazy": (("LazyAdam", make_lazy, ()), ("Adam, dense", make_dense_table, ()), ("torch SparseAdam", make_torch_sparse, ("torch",))),
+}
 
-    Returns
-    -------
-    dict
-        Name -> factory (`make_adam_lit`, ...): each takes a list of `(p, g)` pairs and returns a step callable.
+def factories(group: str = "numpy") -> dict:
+    """The implementations of `group` installed here: name -> factory of a step from `(params, sets)`.
+
+    Parameters
+    ----------
+    group : str
+        A key of `IMPLS`.
     """
-    f = {"adam_lit": make_adam_lit}
-    from adam_lit import kernels
-    if hasattr(kernels, "flatten"): f["adam_lit flat"] = make_adam_lit_flat
-    f.update({"adam_lit fused": make_fused, "adam_lit NumPy": make_numpy, "naive NumPy": make_naive})
-    if _installed("torch"): f.update({"torch foreach": _make_torch("foreach"), "torch fused": _make_torch("fused")})
-    if _installed("optax") and _installed("jax"): f["optax jit"] = make_optax
-    return f
+    return {name: f for name, f, libs in IMPLS[group] if all(map(_installed, libs))}
+
+def skipped(group: str = "numpy") -> dict:
+    "The implementations of `group` not installed here: name -> why."
+    return {name: f"{', '.join(l for l in libs if not _installed(l))} not installed" for name, _, libs in IMPLS[group]
+            if not all(map(_installed, libs))}
 
 # %% ../nbs/10_bench.ipynb #fba8b62c
 # (a long cell: the bandwidth probe and its kernels together: the roofline is defined by what they time)
@@ -378,10 +587,6 @@ def _cpu_seconds():
     except (OSError, ValueError, AttributeError):
         return None
 
-def _label(n: int) -> str:
-    e = int(math.floor(math.log10(n))); m = n / 10 ** e
-    return f"{m:g}e{e}" if m != 1 else f"1e{e}"
-
 def _available_memory():
     "Bytes of memory available now (Linux's MemAvailable), or None."
     try:
@@ -391,34 +596,69 @@ def _available_memory():
     except (OSError, ValueError): pass
     return None
 
-# %% ../nbs/10_bench.ipynb #8b69e58d
-# (a long cell: one function: every timed case of `adam-lit bench` side by side, so the comparison reads in one place)
-NUMPY_IMPLS = ("adam_lit", "adam_lit flat", "adam_lit fused", "adam_lit NumPy", "naive NumPy")     # whose allocations tracemalloc sees
+# %% ../nbs/10_bench.ipynb #8b69e58e
+def _brief(e: BaseException) -> str:
+    "One line about an error: its type, the first line of its message, and the line of adam_lit it was raised from."
+    msg = (str(e).strip().splitlines() or [""])[0]
+    msg = msg if len(msg) <= 120 else msg[:117] + "..."
+    frames = [f for f in traceback.extract_tb(e.__traceback__)       # adam_lit's own lines, not this harness's
+              if f"{os.sep}adam_lit{os.sep}" in f.filename and os.path.basename(f.filename) != "bench.py"]
+    where = f" ({os.path.basename(frames[-1].filename)}, line {frames[-1].lineno})" if frames else ""
+    return f"{type(e).__name__}: {msg}{where}"
 
+NUMPY_IMPLS = ("adam_lit", "adam_lit (same grads)", "adam_lit flat (same grads)", "naive NumPy", "LazyAdam", "Adam, dense")  # tracemalloc sees theirs
+
+def _run_case(c: Case, reps, min_time, interleave, probe) -> dict:
+    fs = factories(c.group)
+    names = list(fs)
+    rng = np.random.default_rng(0)
+    p0s = [rng.standard_normal(s, np.float32) for s in c.shapes]
+    sets = sparse_sets(*c.shapes[0], c.rows) if c.rows else grad_sets(c.shapes)
+    params = sum(math.prod(s) for s in c.shapes)
+    case = {"key": c.key, "group": c.group, "label": _describe(c), "tensors": len(c.shapes), "params": params,
+            "rows": c.rows, "impls": [n for n, _, _ in IMPLS[c.group]], "times": {}, "alloc": {}, "errors": {},
+            "skipped": skipped(c.group)}
+    case["floor_params"] = c.rows * c.shapes[0][1] if c.rows else params
+    arrays = 1 + 3 * len(names) + K_SETS          # p0; p, m, v of each; the sets (the sparse case: the dense step's)
+    avail = _available_memory()
+    case["interleaved"] = together = interleave and (avail is None or 4 * params * arrays < avail / 2)
+    with np.errstate(all="ignore"):
+        for group in ([names] if together else [[n] for n in names]):
+            steps = {}
+            for name in group:
+                try:
+                    s = fs[name]([p.copy() for p in p0s], sets); s(); steps[name] = s
+                except Exception as e: case["errors"][name] = _brief(e)
+            if {"adam_lit jit", "Keras jit"} <= steps.keys():
+                a, b = steps["adam_lit jit"].params(), steps["Keras jit"].params()
+                case["bits"] = sum(int(np.sum(x.view(np.uint32) != y.view(np.uint32))) for x, y in zip(a, b))
+            if steps: case["times"].update(time_interleaved(steps, reps=reps, min_time=min_time, between=probe.sample))
+            for name in steps:
+                if name in NUMPY_IMPLS and c.group in ("numpy", "lazy"):
+                    tracemalloc.start(); steps[name](); case["alloc"][name] = tracemalloc.get_traced_memory()[1]; tracemalloc.stop()
+            del steps; gc.collect()
+    return case
+
+# %% ../nbs/10_bench.ipynb #8b69e58d
+# (a long cell: longer than one screen only by its docstring, which lists every parameter)
 def run(
-    sizes: tuple[int, ...] | None = None,
     reps: int = 7,
     quick: bool = False,
-    shapes: tuple[tuple[int, int], ...] | None = None,
-    impls: list[str] | None = None,
+    keys: list[str] | None = None,
     min_time: float | None = None,
     interleave: bool = True,
     log: Callable[[str], object] | None = None,
 ) -> dict:
-    """Time one fp32 Adam step of every implementation on every case, side by side in this process.
+    """Time one fp32 step of every implementation on every case, side by side in this process, fresh gradients at each step.
 
     Parameters
     ----------
-    sizes : tuple of int or None
-        Single-tensor sizes (None: `SIZES`, or `QUICK_SIZES` with `quick`).
     reps : int
         Timed rounds per case (each implementation's median is kept).
     quick : bool
-        Small sizes only, short repetitions (for tests).
-    shapes : tuple or None
-        `(tensors, elements)` cases (None: `SHAPES`, or `QUICK_SHAPES` with `quick`).
-    impls : list of str or None
-        Names of the implementations to run (None: all installed).
+        Every case with tiny shapes, short repetitions (for tests).
+    keys : list of str or None
+        The keys of the cases to run (None: all of `cases()`).
     min_time : float or None
         Seconds of one timed batch (None: 0.02, 0.002 with `quick`).
     interleave : bool
@@ -429,47 +669,30 @@ def run(
     Returns
     -------
     dict
-        `date`, `machine`, `reps`, `impls`, `cases` (each with its `times`, `alloc` and `floor`), `bandwidth`, `seconds` and `other_load` (cores other processes kept busy, on Linux).
+        `date`, `machine`, `reps`, `quick`, `cases` (each with its `times`, `errors`, `skipped`, `alloc` and `floor`), `bandwidth`, `seconds` and `other_load` (cores other processes kept busy, on Linux).
     """
-    sizes = (QUICK_SIZES if quick else SIZES) if sizes is None else tuple(sizes)
-    shapes = (QUICK_SHAPES if quick else SHAPES) if shapes is None else tuple(shapes)
     min_time = (2e-3 if quick else 2e-2) if min_time is None else min_time
-    fs = factories()
-    names = [k for k in fs if impls is None or k in impls]
     log = log or (lambda s: None)
-    res = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "machine": machine(), "reps": reps, "quick": quick, "impls": names}
+    res = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "machine": machine(), "reps": reps, "quick": quick, "k_sets": K_SETS}
     cpu0, wall0 = _cpu_seconds(), time.perf_counter()
     probe = StreamProbe(1 << 22 if quick else 1 << 25)
     probe.sample(2 if quick else 5)
     log(f"bandwidth {probe.result()['bytes_per_s'] / 1e9:.1f} GB/s ({probe.result()['method']})")
     res["cases"] = []
-    for k, n in [(1, int(n)) for n in sizes] + [(int(k), int(n)) for k, n in shapes]:
-        rng = np.random.default_rng(0)
-        p0s = [rng.standard_normal(n, np.float32) for _ in range(k)]
-        gs = [rng.standard_normal(n, np.float32) for _ in range(k)]
-        case = {"label": _label(n) if k == 1 else f"{k} × {n:,}".replace(",", " "), "tensors": k, "size": n,
-                "params": k * n, "times": {}, "alloc": {}}
-        avail = _available_memory()
-        together = interleave and (avail is None or 4 * k * n * 4 * len(names) < avail / 2)   # ~4 arrays each
-        case["interleaved"] = together
-        groups = [names] if together else [[name] for name in names]
-        with np.errstate(all="ignore"):
-            for group in groups:
-                steps = {name: fs[name]([(p.copy(), g) for p, g in zip(p0s, gs)]) for name in group}
-                case["times"].update(time_interleaved(steps, reps=reps, min_time=min_time, between=probe.sample))
-                for name in group:
-                    if name in NUMPY_IMPLS:
-                        tracemalloc.start(); steps[name](); case["alloc"][name] = tracemalloc.get_traced_memory()[1]; tracemalloc.stop()
-                del steps; gc.collect()
-        log(f"{case['label']:>14}: " + ", ".join(f"{name} {_fmt_time(case['times'][name])}" for name in names))
+    for c in cases(quick):
+        if keys is not None and c.key not in keys: continue
+        case = _run_case(c, reps, min_time, interleave, probe)
+        log(f"{GROUPS[c.group]}, {case['label']}: " + ", ".join(f"{k} {_fmt_time(v)}" for k, v in case["times"].items())
+            + "".join(f"; {k} failed" for k in case["errors"]))
         res["cases"].append(case)
-        del p0s, gs; gc.collect()
     probe.sample(2 if quick else 5)
     res["bandwidth"] = bw = probe.result()
     del probe; gc.collect()
     log(f"bandwidth {bw['bytes_per_s'] / 1e9:.1f} GB/s best ({bw['method']}), {bw['median'] / 1e9:.1f} median, "
         f"{bw['lowest'] / 1e9:.1f} lowest of {bw['samples']} samples")
-    for case in res["cases"]: case["floor"] = BYTES_PER_PARAM * case["params"] / bw["bytes_per_s"]
+    for case in res["cases"]:
+        case["floor"] = BYTES_PER_PARAM * case["floor_params"] / bw["bytes_per_s"]     # the sparse case: the touched rows'
+        if case["rows"]: case["dense_floor"] = BYTES_PER_PARAM * case["params"] / bw["bytes_per_s"]
     cpu1, wall = _cpu_seconds(), time.perf_counter() - wall0
     res["seconds"] = wall
     res["other_load"] = max(0.0, ((cpu1[0] - cpu0[0]) - (cpu1[1] - cpu0[1])) / wall) if cpu0 and cpu1 else None
@@ -481,44 +704,69 @@ def _fmt_time(s) -> str:
     if s is None: return "—"
     return f"{s * 1e6:.3g} µs" if s < 1e-3 else f"{s * 1e3:.3g} ms" if s < 1 else f"{s:.3g} s"
 
-def _md(header, rows) -> str:
+def _md(header, rows, left=1) -> str:
+    "A markdown table; its first `left` columns aligned left, the others (numbers) right."
     cols = list(zip(*([header] + rows)))
     w = [max(len(str(c)) for c in col) for col in cols]
-    line = lambda r: "| " + " | ".join(str(c).rjust(w[i]) if i else str(c).ljust(w[i]) for i, c in enumerate(r)) + " |"
-    return "\n".join([line(header), "|" + "|".join("-" * (x + 1) + ":" if i else ":" + "-" * (x + 1) for i, x in enumerate(w)) + "|"]
+    line = lambda r: "| " + " | ".join(str(c).rjust(w[i]) if i >= left else str(c).ljust(w[i]) for i, c in enumerate(r)) + " |"
+    return "\n".join([line(header), "|" + "|".join("-" * (x + 1) + ":" if i >= left else ":" + "-" * (x + 1) for i, x in enumerate(w)) + "|"]
                      + [line(r) for r in rows])
 
+def _groups(results) -> list:
+    "`(group, title, cases, implementation names)` for each group of the run, in order (a GPU run is one group)."
+    out = {}
+    for c in results["cases"]: out.setdefault(c.get("group"), []).append(c)
+    return [(g, GROUPS.get(g, "CuPy arrays on the GPU"), cs,
+             list(dict.fromkeys(n for c in cs for n in c.get("impls", results.get("impls", []))))) for g, cs in out.items()]
+
+def _cell(c, k, fmt) -> str:
+    if k in c["times"]: return fmt(c["times"][k])
+    return "failed" if k in c.get("errors", {}) else "skipped" if k in c.get("skipped", {}) else "—"
+
+def _ratio(c, k, lit) -> str:
+    t = c["times"]
+    return f"{t[k] / t[lit]:.2f}" if k in t and lit in t else _cell(c, k, str) if k not in t else "—"
+
 def tables(results: dict) -> str:
-    """The run's tables as markdown: time, time relative to torch fused, share of the roofline, peak allocation.
+    """The run's tables as markdown, group by group: time, peer time ÷ adam_lit time, share of the roofline, notes; then the bandwidth and the peak allocation.
 
     Parameters
     ----------
     results : dict
         What `run` (or `run_gpu`) returns.
     """
-    names, cases = results["impls"], results["cases"]
-    ref = "torch fused" if "torch fused" in names else None
-    head = ["case", "params"] + names
-    base = lambda c: [c["label"], f"{c['params']:,}".replace(",", " ")]
-    t = _md(head + ["roofline"], [base(c) + [_fmt_time(c["times"][k]) for k in names] + [_fmt_time(c["floor"])] for c in cases])
-    rel = (_md(head, [base(c) + [f"{c['times'][k] / c['times'][ref]:.2f}×" for k in names] for c in cases]) if ref
-           else "(torch is not installed: no torch fused reference)")
-    roof = _md(head, [base(c) + [f"{100 * c['floor'] / c['times'][k]:.0f} %" for k in names] for c in cases])
-    bw = results["bandwidth"]
-    return (f"**Median time of one fp32 Adam step**\n\n{t}\n\n**Time ÷ time of torch fused** (below 1: faster)\n\n{rel}\n\n"
-            f"**Share of the roofline** (floor ÷ time; floor = {BYTES_PER_PARAM} B/param ÷ {bw['bytes_per_s'] / 1e9:.1f} GB/s, "
-            f"the best sample, of {bw['method']})\n\n{roof}\n\n"
-            f"Streaming bandwidth, best sample of each kernel: {', '.join(f'{k} {v / 1e9:.1f}' for k, v in bw['all'].items())} GB/s; "
-            f"over the run's {bw['samples']} samples the best kernel gave {bw['median'] / 1e9:.1f} GB/s in the median and "
-            f"{bw['lowest'] / 1e9:.1f} GB/s at the lowest." + _alloc_table(results))
+    out, bw = [], results["bandwidth"]
+    for g, title, cs, names in _groups(results):
+        lit = names[0]
+        base = lambda c: [c["label"], f"{c['params']:,}".replace(",", " ")]
+        roof = "roofline (touched rows)" if g == "lazy" else "roofline"
+        out.append(f"### {title}\n\n**Median time of one step**\n\n"
+                   + _md(["case", "params"] + names + [roof], [base(c) + [_cell(c, k, _fmt_time) for k in names] + [_fmt_time(c["floor"])] for c in cs]))
+        out.append(f"**Peer time ÷ {lit} time** (above 1: {lit} is faster)\n\n"
+                   + _md(["case", "params"] + names[1:], [base(c) + [_ratio(c, k, lit) for k in names[1:]] for c in cs]))
+        if g in ("numpy", None):
+            share = lambda c, k: f"{100 * c['floor'] / c['times'][k]:.0f} %" if k in c["times"] else _cell(c, k, str)
+            out.append(f"**Share of the roofline** (floor ÷ time; floor = {BYTES_PER_PARAM} B/param ÷ {bw['bytes_per_s'] / 1e9:.1f} GB/s, "
+                       f"the best sample, of {bw['method']})\n\n" + _md(["case", "params"] + names, [base(c) + [share(c, k) for k in names] for c in cs]))
+        notes = [f"- `{k}`, {c['label']}: failed: {e}" for c in cs for k, e in c.get("errors", {}).items()]
+        why = {k: r for c in cs for k, r in c.get("skipped", {}).items()}
+        notes += [f"- `{k}`: skipped ({r})" for k, r in why.items()]
+        notes += [f"- after one step, `adam_lit jit` and `Keras jit` differ in {c['bits']} of {c['params']:,} parameters".replace(",", " ")
+                  + (" (bit-identical)" if c["bits"] == 0 else "") for c in cs if "bits" in c]
+        notes += [f"- dense floor of {c['label']}: {_fmt_time(c['dense_floor'])}" for c in cs if "dense_floor" in c]
+        if notes: out.append("\n".join(notes))
+    out.append(f"Streaming bandwidth, best sample of each kernel: {', '.join(f'{k} {v / 1e9:.1f}' for k, v in bw['all'].items())} GB/s; "
+               f"over the run's {bw['samples']} samples the best kernel gave {bw['median'] / 1e9:.1f} GB/s in the median and "
+               f"{bw['lowest'] / 1e9:.1f} GB/s at the lowest.")
+    return "\n\n".join(out) + _alloc_table(results)
 
 def _fmt_bytes(b) -> str:
     if b is None: return "—"
     return f"{b / 1024:.1f} KiB" if b < 1 << 20 else f"{b / (1 << 20):.1f} MiB"
 
 def _alloc_table(results) -> str:
-    cases = results["cases"]
-    names = [k for k in results["impls"] if any(k in c["alloc"] for c in cases)]
+    cases = [c for c in results["cases"] if c["alloc"]]
+    names = list(dict.fromkeys(k for c in cases for k in c["alloc"]))
     if not names: return ""
     rows = [[c["label"], f"{c['params']:,}".replace(",", " ")] + [_fmt_bytes(c["alloc"].get(k)) for k in names] for c in cases]
     return f"\n\n**Peak allocation of one step** (tracemalloc; NumPy's allocations)\n\n{_md(['case', 'params'] + names, rows)}"
@@ -540,64 +788,123 @@ def print_table(
     other = results.get("other_load")
     print(f"{m['cpu']}, {m['cores']} cores, {results['date']}; median of {results['reps']} repetitions; "
           f"run of {results['seconds']:.0f} s" + (f", other processes busy {other:.2f} cores on average meanwhile" if other is not None else "")
-          + "\n", file=file)
+          + (f"; fresh gradients at every step ({results['k_sets']} sets in turn)" if "k_sets" in results else "")
+          + ("; QUICK RUN: tiny shapes, not the cases the targets name" if results.get("quick") else "") + "\n", file=file)
     seq = [c["label"] for c in results["cases"] if not c.get("interleaved", True)]
     if seq: print(f"(timed one implementation after the other, not interleaved: {', '.join(seq)})\n", file=file)
     print(tables(results), file=file)
 
 # %% ../nbs/10_bench.ipynb #e977e132
-# (a long cell: longer than one screen only by its docstrings, which list every parameter (for help() and the parameter table))
-def _case(results, k, n):
-    for c in results["cases"]:
-        if (c["tensors"], c["size"]) == (k, n): return c
+TARGETS = """
+| case | target |
+|---|---|
+| NumPy, 1 tensor of 1e4 | ≤ 10 µs per step |
+| NumPy, small MLP (4 tensors, 4.8k) | ≤ 20 µs per step |
+| NumPy, 1e6 | ≥ 1.5x torch fused |
+| NumPy, 1e7 | ≥ 0.95x torch fused (≥ 80 % of the memory roofline) |
+| NumPy, 1000 tensors of 1000 | ≥ 3x torch best |
+| NumPy, transformer-like 78 tensors, 4.7M | ≥ 1.0x torch fused |
+| torch CPU tensors, 4 tensors 2.1M and 4.8k | ≥ 0.9x torch fused |
+| JAX, jitted `stateless_apply`, 4 tensors 2.1M | ≥ 0.8x jitted optax.adam; bit-identical to Keras 3 under jit |
+| LazyAdam, 1e6 x 64, 1000 rows | ≥ 100x faster than a dense step |
+| per-step allocation, dense | ≤ 1 MiB |
+"""
 
-def _speed(r) -> str: return f"{r:.2f} × faster" if r >= 1 else f"{1 / r:.2f} × slower"
+def parse_targets(md: str = TARGETS) -> list:
+    """The rows `(case, target)` of a two-column markdown table (a header row, a rule, then one row per target).
 
-def targets(results: dict) -> list:
-    """Rows `(target, measured, met)` for adam_lit's CPU targets; `met` is 'yes', 'no' or 'not measured'.
+    Parameters
+    ----------
+    md : str
+        The table.
+    """
+    lines = [l.strip() for l in md.strip().splitlines()]
+    if len(lines) < 2 or set(lines[1]) - set("|-: "):
+        raise ValueError("a targets table is a header row, a |---| rule and one row per target")
+    rows = [tuple(x.strip() for x in l.strip("|").split("|")) for l in lines[2:]]
+    bad = [l for l, r in zip(lines[2:], rows) if len(r) != 2 or not all(r)]
+    if bad: raise ValueError(f"a target row has two non-empty cells: {bad[0]!r}")
+    return rows
 
-    The optimizer's targets are read on the faster of its two paths in the run (`adam_lit`, `adam_lit flat`),
-    named in the row.
+# %% ../nbs/10_bench.ipynb #e977e133
+# (a long cell: one measurement per target of the table above, each a few lines, so the list reads in one place)
+def _case(results, key):
+    return next((c for c in results["cases"] if c.get("key") == key), None)
+
+def _vs(results, key, peers, bound, lit="adam_lit"):
+    "`(text, met)`: the fastest of `peers` over `lit` on case `key`, against `bound` (met None: not measured)."
+    c = _case(results, key)
+    if c is None: return "—", None
+    if lit in c["errors"]: return f"{lit} failed: {c['errors'][lit]}", False
+    t = c["times"]; got = [p for p in peers if p in t]
+    if lit not in t or not got: return "—", None
+    p = min(got, key=t.get)
+    return f"{t[p] / t[lit]:.2f}x ({lit} {_fmt_time(t[lit])}, {p} {_fmt_time(t[p])})", t[p] / t[lit] >= bound
+
+def _at_most(results, key, bound):
+    c = _case(results, key)
+    if c is None or "adam_lit" not in c["times"]: return "—", None
+    t = c["times"]; x = t["adam_lit"]
+    same = f"; same grads {_fmt_time(t['adam_lit (same grads)'])}" if "adam_lit (same grads)" in t else ""
+    return f"adam_lit {_fmt_time(x)}{same}", x <= bound
+
+def _both(*checks):
+    texts, oks = zip(*checks)
+    return "; ".join(texts), (False if False in oks else None if None in oks else True)
+
+def _seven(r):
+    text, ok = _vs(r, "1e7", ["torch fused"], 0.95)
+    c = _case(r, "1e7")
+    if c is None or "adam_lit" not in c["times"]: return text, None
+    share = c["floor"] / c["times"]["adam_lit"]
+    return f"{text}; {100 * share:.0f} % of the roofline", (None if ok is None else ok and share >= 0.8)
+
+def _jax(r):
+    text, ok = _vs(r, "jax-2.1M", ["optax jit"], 0.8, lit="adam_lit jit")
+    c = _case(r, "jax-2.1M")
+    if c is None or ok is False: return text, ok
+    bits = c.get("bits")
+    text += "; bits " + ("not compared" if bits is None else "identical to Keras jit" if bits == 0 else f"differ from Keras jit in {bits} parameters")
+    return text, (None if ok is None or bits is None else ok and bits == 0)
+
+def _alloc(r):
+    c = _case(r, "1e6")
+    if c is None or "adam_lit" not in c["alloc"]: return "—", None
+    peak = c["alloc"]["adam_lit"]
+    return f"peak {_fmt_bytes(peak)} (adam_lit, 1e6)", peak <= 1 << 20
+
+CHECKS = {    # case of TARGETS -> measurement of a run: (text, met: True, False or None for not measured)
+    "NumPy, 1 tensor of 1e4": lambda r: _at_most(r, "1e4", 10e-6),
+    "NumPy, small MLP (4 tensors, 4.8k)": lambda r: _at_most(r, "mlp", 20e-6),
+    "NumPy, 1e6": lambda r: _vs(r, "1e6", ["torch fused"], 1.5),
+    "NumPy, 1e7": _seven,
+    "NumPy, 1000 tensors of 1000": lambda r: _vs(r, "1000x1000", ["torch fused", "torch foreach"], 3.0),
+    "NumPy, transformer-like 78 tensors, 4.7M": lambda r: _vs(r, "transformer", ["torch fused"], 1.0),
+    "torch CPU tensors, 4 tensors 2.1M and 4.8k": lambda r: _both(_vs(r, "torch-2.1M", ["torch fused"], 0.9), _vs(r, "torch-4.8k", ["torch fused"], 0.9)),
+    "JAX, jitted `stateless_apply`, 4 tensors 2.1M": _jax,
+    "LazyAdam, 1e6 x 64, 1000 rows": lambda r: _vs(r, "lazy", ["Adam, dense"], 100, lit="LazyAdam"),
+    "per-step allocation, dense": _alloc,
+}
+
+def targets(
+    results: dict,
+    md: str = TARGETS,
+) -> list:
+    """Rows `(case, target, measured, met)` for each target of `md`; `met` is 'yes', 'no', 'not measured' or 'quick run'.
 
     Parameters
     ----------
     results : dict
         What `run` returns.
+    md : str
+        The targets table (`parse_targets`); each case needs a measurement in `CHECKS`.
     """
     rows = []
-    def add(target, case, impls, measure):
-        if case is None or any(i not in case["times"] for i in impls) or not any(i in case["times"] for i in LIT):
-            rows.append((target, "—", "not measured")); return
-        t = case["times"]
-        lit = min((i for i in LIT if i in t), key=t.get)
-        text, ok = measure(t, case, lit, t[lit])
-        rows.append((target, text, "yes" if ok else "no"))
-    LIT = ("adam_lit", "adam_lit flat")
-    c7, c6, c4 = _case(results, 1, 10**7), _case(results, 1, 10**6), _case(results, 1, 10**4)
-    bw = results["bandwidth"]
-    add("N = 1e7: time ≤ 1.05 × torch fused", c7, ["torch fused"],
-        lambda t, c, lit, x: (f"{x / t['torch fused']:.2f} × ({lit} {_fmt_time(x)} vs {_fmt_time(t['torch fused'])})",
-                              x <= 1.05 * t["torch fused"]))
-    add("N = 1e7: ≥ 80 % of the roofline", c7, [],
-        lambda t, c, lit, x: (f"{100 * c['floor'] / x:.0f} % ({lit} {_fmt_time(x)}, floor {_fmt_time(c['floor'])}; at the run's "
-                              f"median bandwidth {100 * c['floor'] * bw['bytes_per_s'] / bw['median'] / x:.0f} %)", c["floor"] / x >= 0.8))
-    add("N = 1e6: ≥ 1.5 × faster than torch fused", c6, ["torch fused"],
-        lambda t, c, lit, x: (f"{_speed(t['torch fused'] / x)} ({lit} {_fmt_time(x)} vs {_fmt_time(t['torch fused'])})",
-                              t["torch fused"] / x >= 1.5))
-    add("N = 1e4: ≤ 10 µs per step", c4, [], lambda t, c, lit, x: (f"{lit} {_fmt_time(x)}", x <= 10e-6))
-    add("1000 × 1000: ≥ 2 × faster than torch's best", _case(results, 1000, 1000), ["torch foreach", "torch fused"],
-        lambda t, c, lit, x: (f"{_speed(min(t['torch foreach'], t['torch fused']) / x)} ({lit} {_fmt_time(x)} vs "
-                              f"{_fmt_time(min(t['torch foreach'], t['torch fused']))})", min(t["torch foreach"], t["torch fused"]) / x >= 2))
-    add("pure NumPy at 1e7: ≤ 3.5 × torch fused", c7, ["adam_lit NumPy", "torch fused"],
-        lambda t, c, lit, x: (f"{t['adam_lit NumPy'] / t['torch fused']:.2f} × ({_fmt_time(t['adam_lit NumPy'])} vs "
-                              f"{_fmt_time(t['torch fused'])})", t["adam_lit NumPy"] <= 3.5 * t["torch fused"]))
-    allocs = [(c["label"], k, c["alloc"][k]) for c in results["cases"] for k in LIT if k in c["alloc"]]
-    if allocs:
-        lab, k, peak = max(allocs, key=lambda a: a[2])
-        rows.append(("a step allocates ≤ 1 MiB whatever N", f"peak {peak / 1024:.1f} KiB ({k} at {lab}; sizes up to "
-                     f"{max(c['params'] for c in results['cases']):,})".replace(",", " "), "yes" if peak <= 1 << 20 else "no"))
-    else: rows.append(("a step allocates ≤ 1 MiB whatever N", "—", "not measured"))
-    rows.append(("GPU: ≥ 85 % of HBM bandwidth at 1e8", "—", "not measured (CPU benchmark)"))
+    for case, target in parse_targets(md):
+        if case not in CHECKS: raise ValueError(f"no measurement for the target {case!r} (add one to CHECKS)")
+        text, ok = CHECKS[case](results)
+        met = "not measured" if ok is None else "quick run" if results.get("quick") else "yes" if ok else "no"
+        rows.append((case, target, text, met))
     return rows
 
 def print_targets(
@@ -613,15 +920,15 @@ def print_targets(
     file : file-like or None
         Where to print (None: stdout).
     """
-    print(_md(["target", "measured", "met?"], [list(r) for r in targets(results)]).replace("|-", "|:-", 0), file=file)
+    print(_md(["case", "target", "measured", "met?"], [list(r) for r in targets(results)], left=4), file=file)
 
 # %% ../nbs/10_bench.ipynb #a3baf100
-# (a long cell: longer than one screen only by its docstrings, which list every parameter (for help() and the parameter table))
+# (a long cell: one figure of three panels, each a few lines)
 def plot(
     results: dict,
     path="adam_lit_bench.png",
 ):
-    """Write the run as a PNG: ns per parameter against N (log-log), and the many-tensor cases as bars.
+    """Write the run as a PNG: ns per parameter against N (log-log), the many-tensor cases as bars, the other groups' ratios.
 
     Parameters
     ----------
@@ -639,29 +946,40 @@ def plot(
         from matplotlib.figure import Figure
     except ImportError as e:
         raise ImportError("the plot needs matplotlib: pip install matplotlib") from e
-    names, cases = results["impls"], results["cases"]
-    single = [c for c in cases if c["tensors"] == 1]
-    many = [c for c in cases if c["tensors"] > 1]
-    fig = Figure(figsize=(10, 5.2), layout="constrained")
-    ax, bx = fig.subplots(1, 2, width_ratios=[3, 2]) if many else (fig.subplots(), None)
+    groups = _groups(results)
+    _, _, main, names = groups[0]
+    others = [(c, k, c["times"][k] / c["times"][ns[0]]) for _, _, cs, ns in groups[1:] for c in cs for k in ns[1:]
+              if k in c["times"] and ns[0] in c["times"]]
+    single, many = [c for c in main if c["tensors"] == 1], [c for c in main if c["tensors"] > 1]
+    panels = [p for p in (single, many, others) if p]
+    fig = Figure(figsize=(5 + 3.5 * len(panels), 5.4), layout="constrained")
+    axes = list(np.atleast_1d(fig.subplots(1, len(panels))))
     colors = {k: f"C{i}" for i, k in enumerate(names)}
     ns = lambda c, s: 1e9 * s / c["params"]
     if single:
-        xs = [c["params"] for c in single]
+        ax = axes.pop(0); xs = [c["params"] for c in single]
         for k in names:
-            ax.plot(xs, [ns(c, c["times"][k]) for c in single], "o-", color=colors[k], label=k, lw=2 if k == "adam_lit" else 1.2)
-        ax.plot(xs, [ns(c, c["floor"]) for c in single], "k--", label="roofline (28 B/param)")
+            pts = [(x, ns(c, c["times"][k])) for x, c in zip(xs, single) if k in c["times"]]
+            if pts: ax.plot(*zip(*pts), "o-", color=colors[k], label=k, lw=2 if k == names[0] else 1.2)
+        ax.plot(xs, [ns(c, c["floor"]) for c in single], "k--", label=f"roofline ({BYTES_PER_PARAM} B/param)")
         ax.set(xscale="log", yscale="log", xlabel="parameters N (one tensor)", ylabel="ns per parameter per step")
         ax.grid(True, which="both", alpha=0.3)
-        fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncols=5, fontsize=10)  # below both panels: the colours are the bars' too
+        fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncols=5, fontsize=9)
     if many:
-        w = 0.8 / len(names)
+        bx, w = axes.pop(0), 0.8 / len(names)
         for i, k in enumerate(names):
-            bx.bar([j + (i - (len(names) - 1) / 2) * w for j in range(len(many))], [ns(c, c["times"][k]) for c in many],
-                   w, color=colors[k], label=k)
+            bx.bar([j + (i - (len(names) - 1) / 2) * w for j in range(len(many))],
+                   [ns(c, c["times"][k]) if k in c["times"] else 0 for c in many], w, color=colors[k], label=None if single else k)
         for j, c in enumerate(many): bx.hlines(ns(c, c["floor"]), j - 0.45, j + 0.45, colors="k", linestyles="--")
-        bx.set_xticks(range(len(many)), [f"{c['label']}\n(tensors × elements)" for c in many])
+        bx.set_xticks(range(len(many)), [c["label"].replace(" (", "\n(") for c in many], fontsize=8)
         bx.set(yscale="log", ylabel="ns per parameter per step"); bx.grid(True, axis="y", which="both", alpha=0.3)
+    if others:
+        cx = axes.pop(0)
+        cx.barh(range(len(others)), [r for _, _, r in others], color=["C2" if r >= 1 else "C3" for _, _, r in others])
+        short = {"torch": "torch tensors", "jax": "JAX", "lazy": "sparse"}
+        cx.set_yticks(range(len(others)), [f"{short.get(c['group'], c['group'])}, {c['label']}: {k}" for c, k, _ in others], fontsize=8)
+        cx.axvline(1, color="k", lw=1); cx.invert_yaxis()
+        cx.set(xscale="log", xlabel="peer time ÷ adam_lit time (above 1: adam_lit faster)"); cx.grid(True, axis="x", which="both", alpha=0.3)
     m = results["machine"]
     who = f"{m['gpu']} (GPU)" if results.get("gpu") else f"{m['cpu']}, {m['cores']} cores"
     fig.suptitle(f"One fp32 Adam step: {who}, {results['date']}; roofline {results['bandwidth']['bytes_per_s'] / 1e9:.1f} GB/s", fontsize=11)
@@ -672,60 +990,60 @@ def plot(
 # (a long cell: the GPU cases side by side, each a few lines, so the comparison reads in one place)
 GPU_SIZES = (10_000, 100_000, 1_000_000, 10_000_000, 100_000_000)
 GPU_SHAPES = ((1000, 1000), (100, 1_000_000))      # (tensors, elements per tensor)
-GPU_IMPLS = ("adam_lit", "adam_lit flat", "adam_lit kernel", "naive CuPy", "torch foreach", "torch fused", "optax jit")
+GPU_IMPLS = ("adam_lit", "adam_lit (same grads)", "adam_lit flat (same grads)", "adam_lit kernel", "naive CuPy",
+             "adam_lit on torch", "torch foreach", "torch fused", "optax jit")
 
 def _gpu_factories() -> dict:
-    "The GPU implementations available here: name -> factory of a step on a list of (param, grad) CuPy pairs."
+    "The GPU implementations available here: name -> factory of a step from `(params, sets)` (CuPy arrays; the next gradient set at each step)."
     import cupy as cp
-    from adam_lit.adam import Adam
     from adam_lit.kernels import flatten
-    def lit(pairs):
-        opt = Adam(learning_rate=LR, beta_1=B1, beta_2=B2, epsilon=EPS)
-        ps, gs = [p for p, _ in pairs], [g for _, g in pairs]
-        def step(): opt.apply(gs, ps)
-        return step
-    def lit_flat(pairs):
-        (_, ps), (_, gs) = flatten([p for p, _ in pairs]), flatten([g for _, g in pairs])
-        opt = Adam(learning_rate=LR, beta_1=B1, beta_2=B2, epsilon=EPS)
+    def same(params, sets, flat=False):
+        (_, ps), (_, gs) = (flatten(params), flatten(sets[0])) if flat else ((None, list(params)), (None, sets[0]))
+        opt = _adam()
         def step(): opt.apply(gs, ps)
         step.flat_steps = lambda: opt._flat_steps
         return step
-    def kernel(pairs):
+    def kernel(params, sets):
         from adam_lit.cuda import adam_inplace_cupy
         from adam_lit.rules import bias_corrected_step_size, moment_constants
         c1, c2 = moment_constants(B1, B2, np.float32)
         alpha = bias_corrected_step_size(LR, B1, B2, 1, np.float32)
-        state = [(p, g, cp.zeros_like(p), cp.zeros_like(p)) for p, g in pairs]
+        state, nxt = [(p, cp.zeros_like(p), cp.zeros_like(p)) for p in params], rotation(sets)
         def step():
-            for p, g, m, v in state: adam_inplace_cupy(p, g, m, v, alpha=alpha, c1=c1, c2=c2, epsilon=EPS)
+            for (p, m, v), g in zip(state, nxt()): adam_inplace_cupy(p, g, m, v, alpha=alpha, c1=c1, c2=c2, epsilon=EPS)
         return step
-    naive = lambda pairs: make_naive(pairs, cp)
-    f = {"adam_lit": lit, "adam_lit flat": lit_flat, "adam_lit kernel": kernel, "naive CuPy": naive}
+    f = {"adam_lit": make_adam_lit, "adam_lit (same grads)": same, "adam_lit flat (same grads)": lambda p, s: same(p, s, flat=True),
+         "adam_lit kernel": kernel, "naive CuPy": lambda params, sets: make_naive(params, sets, cp)}
     if _installed("torch"):
         def torch_(mode):
-            def make(pairs):
+            def make(params, sets):
                 import torch
-                ps = [torch.nn.Parameter(torch.from_dlpack(p.copy())) for p, _ in pairs]
-                for p, (_, g) in zip(ps, pairs): p.grad = torch.from_dlpack(g.copy())
-                opt = torch.optim.Adam(ps, lr=LR, betas=(B1, B2), eps=EPS, **{mode: True})
-                def step(): opt.step()
+                ps = [torch.nn.Parameter(torch.from_dlpack(p)) for p in params]
+                nxt = rotation([[torch.from_dlpack(g) for g in gs] for gs in sets])
+                if mode == "adam_lit":
+                    opt = _adam()
+                    def step(): opt.apply(nxt(), ps)
+                else:
+                    opt = torch.optim.Adam(ps, lr=LR, betas=(B1, B2), eps=EPS, **{mode: True})
+                    def step():
+                        for p, g in zip(ps, nxt()): p.grad = g
+                        opt.step()
                 step.sync = torch.cuda.synchronize
                 return step
             return make
-        f.update({"torch foreach": torch_("foreach"), "torch fused": torch_("fused")})
+        f.update({"adam_lit on torch": torch_("adam_lit"), "torch foreach": torch_("foreach"), "torch fused": torch_("fused")})
     if _installed("optax") and _installed("jax"):
-        def optax_(pairs):
+        def optax_(params, sets):
             import jax, optax
             dev = jax.devices("gpu")[0]
             opt = optax.adam(LR, b1=B1, b2=B2, eps=EPS)
-            params = [jax.device_put(cp.asnumpy(p), dev) for p, _ in pairs]
-            grads = [jax.device_put(cp.asnumpy(g), dev) for _, g in pairs]
-            box = [params, opt.init(params)]
+            ps = [jax.device_put(cp.asnumpy(p), dev) for p in params]
+            box, nxt = [ps, opt.init(ps)], rotation([[jax.device_put(cp.asnumpy(g), dev) for g in gs] for gs in sets])
             def update(params, grads, state):
                 updates, state = opt.update(grads, state, params)
                 return optax.apply_updates(params, updates), state
             update = jax.jit(update, donate_argnums=(0, 2))
-            def step(): box[0], box[1] = update(box[0], grads, box[1])
+            def step(): box[0], box[1] = update(box[0], nxt(), box[1])
             step.sync = lambda: jax.block_until_ready(box[0])
             return step
         f["optax jit"] = optax_
@@ -827,7 +1145,7 @@ def run_gpu(
     min_time: float = 0.02,
     log: Callable[[str], object] | None = None,
 ) -> dict:
-    """`run` on the GPU: one fp32 Adam step of every GPU implementation on every case, side by side in this process.
+    """`run` on the GPU: one fp32 Adam step of every GPU implementation on every case, side by side in this process, the next of `K_SETS` gradient sets at each step.
 
     Parameters
     ----------
@@ -868,17 +1186,22 @@ def run_gpu(
     for k, n in [(1, int(n)) for n in sizes] + [(int(k), int(n)) for k, n in shapes]:
         rng = cp.random.default_rng(0)
         p0s = [rng.standard_normal(n, dtype=cp.float32) for _ in range(k)]
-        gs = [rng.standard_normal(n, dtype=cp.float32) for _ in range(k)]
+        sets = [[rng.standard_normal(n, dtype=cp.float32) for _ in range(k)] for _ in range(K_SETS)]
         case = {"label": _label(n) if k == 1 else f"{k} × {n:,}".replace(",", " "), "tensors": k, "size": n,
-                "params": k * n, "times": {}, "alloc": {}, "interleaved": True,
+                "params": k * n, "times": {}, "alloc": {}, "interleaved": True, "errors": {},
                 "floor": BYTES_PER_PARAM * k * n / bw["bytes_per_s"]}
-        steps = {name: fs[name]([(p.copy(), g) for p, g in zip(p0s, gs)]) for name in names}
+        steps = {}
+        for name in names:          # built and stepped once: a failure is reported, the run goes on
+            try:
+                s = fs[name]([p.copy() for p in p0s], sets); s(); steps[name] = s
+            except Exception as e: case["errors"][name] = _brief(e)
         case["times"] = time_gpu(steps, reps=reps, min_time=min_time)
-        if "adam_lit flat" in steps: case["flat_steps"] = steps["adam_lit flat"].flat_steps()
+        if "adam_lit flat (same grads)" in steps: case["flat_steps"] = steps["adam_lit flat (same grads)"].flat_steps()
         del steps; cp.get_default_memory_pool().free_all_blocks()
-        log(f"{case['label']:>14}: " + ", ".join(f"{name} {_fmt_time(case['times'][name])}" for name in names))
+        log(f"{case['label']:>14}: " + ", ".join(f"{name} {_fmt_time(t)}" for name, t in case["times"].items())
+            + "".join(f"; {name} failed" for name in case["errors"]))
         res["cases"].append(case)
-        del p0s, gs
+        del p0s, sets
     res["seconds"] = time.perf_counter() - wall0
     return res
 
@@ -893,11 +1216,12 @@ def gpu_targets(results: dict) -> list:
     """
     bw, rows = results["bandwidth"], []
     for k, n in ((1, 10**8), (100, 10**6)):
-        c = _case(results, k, n)
-        if c is None or "adam_lit flat" not in c["times"]:
+        c = next((c for c in results["cases"] if (c["tensors"], c["size"]) == (k, n)), None)
+        name = "adam_lit" if k == 1 else "adam_lit flat (same grads)"     # one tensor: the training loop's step
+        if c is None or name not in c["times"]:
             rows.append((f"{_label(k * n)} parameters ({'one tensor' if k == 1 else f'{k} tensors, one flat buffer'}): "
                          "≥ 85 % of HBM bandwidth", "—", "not measured")); continue
-        t = c["times"]["adam_lit flat"]
+        t = c["times"][name]
         got = BYTES_PER_PARAM * c["params"] / t
         ref = bw["peak"] or bw["bytes_per_s"]
         rows.append((f"{c['label']} parameters ({'one tensor' if k == 1 else 'one flat buffer'}): ≥ 85 % of HBM bandwidth",
