@@ -87,7 +87,7 @@ def keras_schedule(s):
     return getattr(keras.optimizers.schedules, type(s).__name__).from_config(s.get_config())
 
 
-def run_both(dtype, kw, steps=20, exclude=None, seed=0, gscale=1.0):
+def run_both(dtype, kw, steps=20, exclude=None, seed=0, gscale=1.0, none_at=None):
     """Keras's and adam_lit's jitted `stateless_apply`, `steps` calls each, outputs fed back in; asserts the same bits
     of every variable and optimizer variable after every call; returns adam_lit's final state."""
     keras = keras_jax()
@@ -112,8 +112,9 @@ def run_both(dtype, kw, steps=20, exclude=None, seed=0, gscale=1.0):
     same_state(aov, kov, "initial state")
 
     for step, g in enumerate(gs):
-        ktv, kov = kstep(kov, [jnp.asarray(x) for x in g], ktv)
-        atv, aov = astep(aov, [jnp.asarray(x) for x in g], atv)
+        g = [None if (none_at is not None and j == none_at and step % 2) else jnp.asarray(x) for j, x in enumerate(g)]
+        ktv, kov = kstep(kov, g, ktv)
+        atv, aov = astep(aov, g, atv)
         for j, (a, k) in enumerate(zip(atv, ktv)):
             assert same_bits(a, k), f"call {step}: variable {j} differs from Keras's jitted step"
         same_state(aov, kov, f"call {step}", aopt.variable_names)
@@ -168,6 +169,14 @@ def test_jit_float64_matches_keras(float64_mode, case):
 def test_jit_weight_decay_exclusions_match_keras(float32_mode):
     aopt, atv, _ = run_both(np.float32, dict(weight_decay=0.1), exclude=["bias"])
     assert [aopt._use_weight_decay(i) for i in range(3)] == [True, False, True]
+
+
+@pytest.mark.filterwarnings("ignore:Gradients do not exist")
+@pytest.mark.parametrize("case", ["default", "accumulation", "ema_overwrite", "everything"])
+def test_jit_missing_gradients_match_keras(float32_mode, case):
+    """A variable without a gradient on every other call (Keras's JAX backend under jit: no update and no decay for it;
+    with accumulation its accumulator keeps its sum through an update)."""
+    run_both(np.float32, CASES[case], none_at=1)
 
 
 def test_jit_small_gradients_match_keras(float32_mode):
