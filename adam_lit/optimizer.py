@@ -1435,6 +1435,8 @@ def _compute_traced(self, xp, xs: list, slots: dict, idx: list, grads: list, it,
     if self.use_ema: xs = self._ema_traced(xp, xs, slots, it)
     return xs, slots, ok
 
+
+# %% ../nbs/03_optimizer.ipynb #opt-traced3
 @_patch
 def _ema_traced(self, xp, xs: list, slots: dict, raw_it) -> list:
     "`_ema` for a traced counter, in Keras 3's operations (JAX backend)."

@@ -424,6 +424,8 @@ def _cosine_traced(self, step, xp, dt):
     t = xp.minimum(t, T + W)
     return jax.lax.cond(t < W, lambda: (target - lr) * (t / W) + lr, lambda: decay(t - W, target))
 
+
+# %% ../nbs/02_schedules.ipynb #sched-jit2
 _TRACED_RATES = {ExponentialDecay: _exp_traced, PiecewiseConstantDecay: _piecewise_traced, InverseTimeDecay: _inverse_traced,
                  PolynomialDecay: _poly_traced, CosineDecay: _cosine_traced}
 
