@@ -1367,6 +1367,9 @@ def _stateless_traced(self, xp, optimizer_variables, n_head, pairs, hyper, xs):
     """`stateless_apply` inside `jax.jit`: the counter and the learning rate are traced arrays, the pipeline runs as
     Keras 3's JAX backend runs it (`_compute_traced`); nothing is read on the host."""
     c0 = optimizer_variables[0]
+    if _is_bool(c0) or (hasattr(c0, "dtype") and not _is_int_array(c0)) or not (hasattr(c0, "dtype") or _is_real(c0)):
+        raise ArgumentTypeError(f"optimizer_variables[0] (the iteration counter) must be an integer array, got "
+                                f"{describe(c0) if hasattr(c0, 'dtype') else repr(c0)}")
     it = c0 if hasattr(c0, "dtype") else xp.asarray(c0, dtype=default_int(xp))
     if n_head == 2: hyper = dict(hyper, learning_rate=optimizer_variables[1])    # the rate held in the state, traced
     slots = {(s.index, s.name): a for s, a in zip(self._slots, optimizer_variables[n_head:])}

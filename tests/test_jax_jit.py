@@ -312,6 +312,13 @@ def test_refused_under_jit(kw, message):
         jax.jit(opt.stateless_apply)(opt.variables, [jnp.ones(3, jnp.float32)], tv)
 
 
+def test_counter_must_be_an_integer_array_under_jit():
+    opt, tv = built()
+    ov = opt.variables
+    with pytest.raises(TypeError, match=r"optimizer_variables\[0\] \(the iteration counter\) must be an integer array, got shape \(\) and dtype float32"):
+        jax.jit(opt.stateless_apply)([jnp.float32(0)] + ov[1:], [jnp.ones(3, jnp.float32)], tv)
+
+
 def test_indexed_slices_refused_under_jit():
     opt, tv = built()
     g = IndexedSlices(jnp.ones((1,), jnp.float32), jnp.asarray([1]), (3,))      # (built outside: it checks its indices)
