@@ -20,8 +20,8 @@ from .backend import (ArgumentTypeError, IndexedSlices, RowUpdate, as_row_sparse
                               check_variables, default_int, describe, host_float, namespace)
 from .kernels import array_module, flat_like, tiled_base
 from ._fastpath import _flat_apply, _loop_apply
-from .rules import _FAITHFUL, _check_numerics
-from .schedules import LearningRateSchedule, deserialize, serialize
+from .rules import _FAITHFUL, _check_numerics, _check_traceable_numerics, _traced
+from .schedules import LearningRateSchedule, _traced_rate, deserialize, serialize
 
 # %% auto #0
 __all__ = ['NAN_POLICIES', 'check_float', 'check_hyper', 'check_int', 'NonFiniteGradientError', 'Optimizer', 'build', 'add_slot',
@@ -445,6 +445,38 @@ def _listed(value, what: str, hint: str = "[x]") -> list:
                                 f"{tuple(value.shape)}{tail}")
     return list(value)
 
+# %% ../nbs/03_optimizer.ipynb #opt-tree
+def _is_tree(value) -> bool:
+    "Whether `value` is a nested structure (a dict, or a list or tuple holding a dict, list or tuple) rather than a flat list."
+    if isinstance(value, dict): return True
+    return isinstance(value, (list, tuple)) and not hasattr(value, "shape") and any(
+        isinstance(v, (dict, list, tuple)) and not hasattr(v, "shape") for v in value)
+
+def _tree_leaves(tree, path=()) -> list:
+    "`[(path, leaf)]` of nested dicts (keys sorted, as JAX orders them), lists and tuples; anything else is a leaf."
+    if isinstance(tree, dict):
+        try: keys = sorted(tree)
+        except TypeError: raise ArgumentTypeError(f"a dict of variables needs sortable keys (JAX's order), got {list(tree)!r}") from None
+        return [leaf for k in keys for leaf in _tree_leaves(tree[k], path + (k,))]
+    if isinstance(tree, (list, tuple)) and not hasattr(tree, "shape"):
+        return [leaf for k, t in enumerate(tree) for leaf in _tree_leaves(t, path + (k,))]
+    return [(path, tree)]
+
+def _tree_rebuild(tree, leaves):
+    "`tree`'s structure with its leaves replaced, in `_tree_leaves` order, by the iterator `leaves`."
+    if isinstance(tree, dict):
+        new = {k: _tree_rebuild(tree[k], leaves) for k in sorted(tree)}
+        return type(tree)((k, new[k]) for k in tree)
+    if isinstance(tree, (list, tuple)) and not hasattr(tree, "shape"):
+        items = [_tree_rebuild(t, leaves) for t in tree]
+        return type(tree)(*items) if hasattr(tree, "_fields") else type(tree)(items)
+    return next(leaves)
+
+def _path_name(path) -> str | None:
+    "A leaf's name from its path (`'dense/w'`), if a dict key is on it."
+    return "/".join(map(str, path)) if any(not isinstance(k, int) for k in path) else None
+
+
 # %% ../nbs/03_optimizer.ipynb #opt-extent
 def _extent(v):
     """`(first byte, end byte, exact, loose)` of the memory `v` spans: `exact` a NumPy view of it for `np.shares_memory`
@@ -514,20 +546,24 @@ def build(self, var_list: list, names: list | None = None) -> None:
 
     Parameters
     ----------
-    var_list : list of arrays
-        The variables, recorded by identity; a list, not a bare array.
+    var_list : list of arrays, or a pytree of arrays
+        The variables, recorded by identity; a list (not a bare array), or nested dicts, lists and tuples of arrays.
     names : list of str, optional
-        One name per variable (default: each array's `name`, else `variable_<i>`).
+        One name per variable (default: a pytree leaf's path of dict keys, else the array's `name`, else `variable_<i>`).
     """
     if self.communicator is not None and not self._dist_local:     # a collective: every rank builds together
         return _distributed("build")(self, var_list, names)
+    tree_names = None
+    if _is_tree(var_list):
+        leaves = _tree_leaves(var_list)
+        var_list, tree_names = [v for _, v in leaves], [_path_name(p) for p, _ in leaves]
     var_list = _listed(var_list, "var_list")
     xp = check_variables(var_list, writeable=False)
     if self.built:
         if len(var_list) == len(self._variables) and all(a is b for a, b in zip(var_list, self._variables)): return
         raise ValueError(f"optimizer '{self.name}' was built on {len(self._variables)} variables and cannot be rebuilt "
                          "on another list; create a new optimizer for new variables")
-    if names is None: names = [getattr(v, "name", None) for v in var_list]
+    if names is None: names = [t or getattr(v, "name", None) for t, v in zip(tree_names or [None] * len(var_list), var_list)]
     if isinstance(names, str): raise ArgumentTypeError(f"Argument `names` must be a list of str (one per variable), got the str {names!r}")
     names = list(names)
     if len(names) != len(var_list): raise ValueError(f"got {len(names)} names for {len(var_list)} variables")
@@ -1043,7 +1079,7 @@ def _update(self, xp, base: list, xs: list, slots: dict, idx: list, grads: list,
     has one) and rounded back; with a fused kernel (`_fast_update`) the decay is left to the kernel."""
     n = self.gradient_accumulation_steps
     it = raw_it // n if n else raw_it
-    wide, lrs = self._wide, {}
+    wide, lrs, traced = self._wide, {}, not isinstance(raw_it, numbers.Integral)   # (a traced counter: inside jax.jit)
     self._check_precision([(i, host_float(xp, wide.get(i, xs[i].dtype))) for i in idx], hyper)
     for i, g in zip(idx, grads):
         x, hyp, wdt, master = xs[i], hyper, wide.get(i), None
@@ -1052,7 +1088,8 @@ def _update(self, xp, base: list, xs: list, slots: dict, idx: list, grads: list,
             x = master if master is not None else xp.astype(x, wdt)
             g = _rewrap(g, xp.astype(_values(g), wdt))
         S = host_float(xp, x.dtype)
-        if S not in lrs: lrs[S] = self._lr_at(S, raw_it, hyper["learning_rate"])
+        if S not in lrs: lrs[S] = (self._lr_traced(xp, raw_it, hyper["learning_rate"], x.dtype) if traced
+                                   else self._lr_at(S, raw_it, hyper["learning_rate"]))
         fast = inplace and wdt is None and x is base[i] and self._fast_update(x, g)
         if self.weight_decay is not None and self._use_weight_decay(i):
             if fast or self._decays_rows_only(g): hyp = dict(hyper, weight_decay=float(S(self.weight_decay)))
@@ -1252,10 +1289,10 @@ def stateless_apply(self, optimizer_variables: list, grads: list, trainable_vari
     ----------
     optimizer_variables : list of arrays
         The state, shaped like `variables` (counter, learning rate for a float rate, slots).
-    grads : list of arrays
-        One gradient (or None) per trainable variable.
-    trainable_variables : list of arrays
-        The variables' current values, in build order.
+    grads : list of arrays, or a pytree
+        One gradient (or None) per trainable variable, in the structure of `trainable_variables`.
+    trainable_variables : list of arrays, or a pytree
+        The variables' current values, in build order (a pytree: its leaves in JAX's order); returned in this structure.
     """
     if self.communicator is not None:
         raise NotImplementedError(f"stateless_apply is not available on optimizer '{self.name}', which has a communicator: "
@@ -1264,8 +1301,7 @@ def stateless_apply(self, optimizer_variables: list, grads: list, trainable_vari
         raise ValueError(f"To call `stateless_apply`, {type(self).__name__} must be built (i.e. its variables must have "
                          "been created). You can build it via `optimizer.build(trainable_variables)`.")
     optimizer_variables = _listed(optimizer_variables, "optimizer_variables", "; pass a list shaped like `opt.variables`")
-    grads = _listed(grads, "grads", "[g]")
-    trainable_variables = _listed(trainable_variables, "trainable_variables")
+    trainable_variables, grads, rebuild = _flatten_pair(trainable_variables, grads)
     n_head = 1 + self._has_lr_variable()
     if len(optimizer_variables) != n_head + len(self._slots):
         raise ValueError(f"Argument `optimizer_variables` must be a list of arrays corresponding 1:1 to "
@@ -1280,8 +1316,13 @@ def stateless_apply(self, optimizer_variables: list, grads: list, trainable_vari
         if tuple(a.shape) != tuple(s.array.shape) or a.dtype != s.array.dtype:
             raise ValueError(f"optimizer variable {k} (slot {s.name!r} of variable {s.index}) has {describe(a)}, "
                              f"expected {describe(s.array)}")
+    traced = _traced(*optimizer_variables, *trainable_variables, *[_values(g) for g in grads if g is not None])
+    if traced: self._check_traceable([(k, g, None) for k, g in enumerate(grads) if g is not None])   # inside jax.jit
     xp, variables, pairs, hyper, _ = self._prepare_stateless(grads, trainable_variables)
     namespace(*trainable_variables, *optimizer_variables[n_head:], what="trainable and optimizer variables")
+    if traced:
+        new_xs, new_state = self._stateless_traced(xp, optimizer_variables, n_head, pairs, hyper, trainable_variables)
+        return rebuild(new_xs), new_state
     if n_head == 2:    # as in Keras, the learning rate is the one held in `optimizer_variables`
         hyper["learning_rate"] = check_float("learning_rate", float(optimizer_variables[1]), low=0)
     c0 = optimizer_variables[0]      # a 0-d integer array, or a Python int (returned as an array of the default integer dtype)
@@ -1290,13 +1331,27 @@ def stateless_apply(self, optimizer_variables: list, grads: list, trainable_vari
     _check_counter(xp, raw_it + 1, cdt, "optimizer_variables[0]")
     slots = {(s.index, s.name): a for s, a in zip(self._slots, optimizer_variables[n_head:])}
     out = self._compute(xp, trainable_variables, slots, [i for i, _, _ in pairs], [g for _, g, _ in pairs], raw_it, hyper)
-    if out is None: return trainable_variables, optimizer_variables      # gradient_nan_policy="skip": the same values, counter included
+    if out is None: return rebuild(trainable_variables), optimizer_variables      # gradient_nan_policy="skip": the same values, counter included
     new_xs, new_slots = out
     head = [xp.asarray(raw_it + 1, dtype=cdt)] + optimizer_variables[1:n_head]
     new_xs = [_materialize(b, x) for b, x in zip(trainable_variables, new_xs)]
-    return new_xs, head + [_materialize(slots[(s.index, s.name)], new_slots[(s.index, s.name)]) for s in self._slots]
+    return rebuild(new_xs), head + [_materialize(slots[(s.index, s.name)], new_slots[(s.index, s.name)]) for s in self._slots]
 
 # %% ../nbs/03_optimizer.ipynb #opt-stateless3
+def _flatten_pair(variables, grads):
+    """`(variables, grads, rebuild)` as flat lists: a pytree of variables gives its leaves (the gradients must have its
+    structure, `None` leaves allowed), and `rebuild` puts new leaves back into that structure (a flat list stays a list)."""
+    if not _is_tree(variables):
+        return (_listed(variables, "trainable_variables"), _listed(grads, "grads", "[g]"), lambda leaves: leaves)
+    vl, gl = _tree_leaves(variables), _tree_leaves(grads)
+    if [p for p, _ in vl] != [p for p, _ in gl]:
+        paths_g = {p for p, _ in gl}
+        first = next((p for p, _ in vl if p not in paths_g), None)
+        raise ValueError("Argument `grads` must have the structure of `trainable_variables` (one gradient or None per "
+                         f"leaf): {'/'.join(map(str, first)) if first else 'extra leaves'} "
+                         f"{'has no gradient' if first else 'in grads'}")
+    return [v for _, v in vl], [g for _, g in gl], lambda leaves: _tree_rebuild(variables, iter(leaves))
+
 @_patch
 def _prepare_stateless(self, grads, variables):
     grads = list(grads)
@@ -1307,6 +1362,101 @@ def _prepare_stateless(self, grads, variables):
     if not pairs: raise ValueError("No gradients provided for any variable.")
     for k, g, v in pairs: check_gradient(g, v, k, xp)
     return xp, variables, pairs, self._hyper_values(), [k for k, g in enumerate(grads) if g is None]
+
+# %% ../nbs/03_optimizer.ipynb #opt-traced
+@_patch
+def _stateless_traced(self, xp, optimizer_variables, n_head, pairs, hyper, xs):
+    """`stateless_apply` inside `jax.jit`: the counter and the learning rate are traced arrays, the pipeline runs as
+    Keras 3's JAX backend runs it (`_compute_traced`); nothing is read on the host."""
+    c0 = optimizer_variables[0]
+    if _is_bool(c0) or (hasattr(c0, "dtype") and not _is_int_array(c0)) or not (hasattr(c0, "dtype") or _is_real(c0)):
+        raise ArgumentTypeError(f"optimizer_variables[0] (the iteration counter) must be an integer array, got "
+                                f"{describe(c0) if hasattr(c0, 'dtype') else repr(c0)}")
+    it = c0 if hasattr(c0, "dtype") else xp.asarray(c0, dtype=default_int(xp))
+    if n_head == 2: hyper = dict(hyper, learning_rate=optimizer_variables[1])    # the rate held in the state, traced
+    slots = {(s.index, s.name): a for s, a in zip(self._slots, optimizer_variables[n_head:])}
+    new_xs, new_slots, ok = self._compute_traced(xp, list(xs), slots, [i for i, _, _ in pairs], [g for _, g, _ in pairs], it, hyper)
+    head = [it + 1] + list(optimizer_variables[1:n_head])
+    new_state = head + [new_slots[(s.index, s.name)] for s in self._slots]
+    if ok is None: return new_xs, new_state
+    keep = lambda new, old: [xp.where(ok, a, b) for a, b in zip(new, old)]       # gradient_nan_policy="skip"
+    return keep(new_xs, xs), [xp.where(ok, it + 1, it)] + keep(new_state[1:], optimizer_variables[1:])
+
+@_patch
+def _check_traceable(self, pairs):
+    "What cannot run inside `jax.jit`, refused at trace time with the reason."
+    _check_traceable_numerics(self.numerics)
+    if self.gradient_nan_policy == "raise":
+        raise NotImplementedError("gradient_nan_policy='raise' cannot raise inside jax.jit (whether a gradient is finite "
+                                  "is a traced value); use 'skip' (the step leaves every value as it was) or call it eagerly")
+    if self.decay: raise NotImplementedError("the legacy `decay` does not run under jax.jit; use a LearningRateSchedule")
+    for k, g, _ in pairs:
+        if isinstance(g, IndexedSlices):
+            raise NotImplementedError(f"gradient {k} is an IndexedSlices: row-sparse gradients do not run under jax.jit; "
+                                      "pass the dense gradient")
+
+@_patch
+def _lr_traced(self, xp, raw_it, lr, dtype):
+    """This step's learning rate as a 0-d array of `dtype`, as Keras 3's `ops.cast(self.learning_rate, dtype)`: the rate
+    held in the state, a callable's value, or a schedule of the traced raw count computed in floatx."""
+    if isinstance(lr, LearningRateSchedule): lr = _traced_rate(lr, raw_it, xp, getattr(xp, self._floatx().__name__))
+    if hasattr(lr, "dtype"): return lr if lr.dtype == dtype else xp.astype(lr, dtype)
+    return xp.asarray(lr, dtype=dtype)
+
+
+# %% ../nbs/03_optimizer.ipynb #opt-traced2
+@_patch
+def _compute_traced(self, xp, xs: list, slots: dict, idx: list, grads: list, it, hyper: dict):
+    """`_compute` for a traced counter `it`, in the order of Keras 3's JAX backend (`JaxOptimizer._backend_apply_gradients`):
+    with accumulation, the sums and the averaged gradients through `jax.lax.cond`, the update computed every call and
+    kept on the N-th; the EMA with a momentum of `cast(iterations != 0) * ema_momentum` and its overwrite as
+    `average * on + x * off`. Returns `(xs, slots, ok)`: `ok` a traced bool for gradient_nan_policy "skip", else None."""
+    import jax
+    cond = jax.lax.cond
+    base, xs, slots = xs, list(xs), dict(slots)
+    raw = grads
+    grads = self._unscale(grads)
+    n = self.gradient_accumulation_steps
+    if n:
+        is_update = (it + 1) % n == 0
+        accs = [slots[(i, "gradient_accumulator")] for i in idx]
+        new_accs = cond(is_update, lambda: [xp.zeros(a.shape, dtype=a.dtype) for a in accs],
+                        lambda: [g + a for g, a in zip(grads, accs)])
+        grads = cond(is_update, lambda: [(g + a) / n for g, a in zip(grads, accs)], lambda: list(grads))
+    grads = self._clip_local(xp, grads)
+    ok = None
+    if self.gradient_nan_policy == "skip":
+        finite = lambda arrays: [xp.all(xp.isfinite(a)) for a in arrays]
+        seen = finite(grads) if not n else [xp.where(is_update, a, b) for a, b in zip(finite(grads), finite(new_accs))]
+        ok = xp.all(xp.stack(finite(raw) + seen))
+    before_xs, before_slots = list(xs), dict(slots)
+    self._update(xp, base, xs, slots, idx, grads, it, hyper, False)
+    if n:
+        new_x = cond(is_update, lambda: [xs[i] for i in idx], lambda: [before_xs[i] for i in idx])
+        for i, x in zip(idx, new_x): xs[i] = x
+        keys = list(slots)
+        slots = dict(zip(keys, cond(is_update, lambda: [slots[k] for k in keys], lambda: [before_slots[k] for k in keys])))
+        for i, a in zip(idx, new_accs): slots[(i, "gradient_accumulator")] = a
+    if self.use_ema: xs = self._ema_traced(xp, xs, slots, it)
+    return xs, slots, ok
+
+
+# %% ../nbs/03_optimizer.ipynb #opt-traced3
+@_patch
+def _ema_traced(self, xp, xs: list, slots: dict, raw_it) -> list:
+    "`_ema` for a traced counter, in Keras 3's operations (JAX backend)."
+    n = self.gradient_accumulation_steps
+    it = raw_it // n if n else raw_it
+    for i, x in enumerate(xs):
+        mom = xp.astype(it != 0, x.dtype) * self.ema_momentum
+        slots[(i, "average")] = mom * slots[(i, "average")] + (1 - mom) * x
+    f = self.ema_overwrite_frequency
+    if f:
+        over = (it + 1) % f == 0
+        on, off = xp.astype(over, xp.int32), xp.astype(xp.logical_not(over), xp.int32)
+        xs = [slots[(i, "average")] * xp.astype(on, x.dtype) + x * xp.astype(off, x.dtype) for i, x in enumerate(xs)]
+    return xs
+
 
 # %% ../nbs/03_optimizer.ipynb #75742569
 # (a long cell: longer than one screen only by its docstrings, which list every parameter (for help() and the parameter table))

@@ -8,6 +8,7 @@ Docs: https://adam-lit.github.io/adam_lit/rules.html.md"""
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 import numpy as np
 from array_api_compat import array_namespace
@@ -77,6 +78,36 @@ def moment_constants(beta_1: float, beta_2: float, precision: type = np.float64,
         return float(S(1) - _hyper(beta_1, S, numerics)), float(S(1) - _hyper(beta_2, S, numerics))
     return float(S(1.0 - beta_1)), float(S(1.0 - beta_2))
 
+# %% ../nbs/01_rules.ipynb #rules-jit
+def _traced(*values) -> bool:
+    "Whether any of `values` is a JAX tracer (inside `jax.jit`, `vmap`, `grad`); JAX is not imported for it."
+    jax = sys.modules.get("jax")
+    if jax is None: return False
+    tracer = jax.core.Tracer
+    return any(isinstance(v, tracer) for v in values)
+
+def _traced_step_size(xp, learning_rate, beta_1: float, beta_2: float, t, like):
+    """Keras 3's `alpha = lr * sqrt(1 - beta_2**t) / (1 - beta_1**t)` as array operations in `like`'s dtype, in
+    Keras's order: for a traced step `t` (an integer array) or learning rate (a 0-d array or a float)."""
+    dt = like.dtype
+    lr = xp.astype(learning_rate, dt) if hasattr(learning_rate, "dtype") else xp.asarray(learning_rate, dtype=dt)
+    st = xp.astype(t, dt) if hasattr(t, "dtype") else xp.asarray(t, dtype=dt)
+    p1 = xp.asarray(beta_1, dtype=dt) ** st
+    p2 = xp.asarray(beta_2, dtype=dt) ** st
+    return lr * xp.sqrt(1 - p2) / (1 - p1)
+
+def _step_size(xp, learning_rate, beta_1, beta_2, t, like, S, numerics):
+    "The rules' alpha: on the host (`bias_corrected_step_size`), or as array operations for traced values."
+    if not _traced(t, learning_rate): return bias_corrected_step_size(learning_rate, beta_1, beta_2, t, S, numerics)
+    _check_traceable_numerics(numerics)
+    return _traced_step_size(xp, learning_rate, beta_1, beta_2, t, like)
+
+def _check_traceable_numerics(numerics):
+    if numerics != "keras":
+        raise NotImplementedError(f"numerics={numerics!r} does not run under jax.jit: only numerics='keras' (Keras 3's "
+                                  "JAX graph) traces; call the step outside jax.jit for the other numerics")
+
+
 # %% ../nbs/01_rules.ipynb #c33fc258
 def _check_numerics(numerics):
     if not isinstance(numerics, str) or numerics not in NUMERICS:
@@ -121,9 +152,10 @@ def adam_step(x: Any, g: Any, m: Any, v: Any, *, learning_rate: float = 0.001, b
     _check_numerics(numerics)
     xp = array_namespace(x, g, m, v)
     if numerics in _FAITHFUL:
+        if _traced(t, learning_rate): _check_traceable_numerics(numerics)
         return _PRESET_RULES[numerics](xp, x, g, m, v, None, learning_rate, beta_1, beta_2, epsilon, t)[:3]
     S = host_float(xp, x.dtype)
-    alpha = bias_corrected_step_size(learning_rate, beta_1, beta_2, t, S, numerics)
+    alpha = _step_size(xp, learning_rate, beta_1, beta_2, t, x, S, numerics)
     m, v = _moments(xp, g, m, v, *moment_constants(beta_1, beta_2, S, numerics))
     return _move(xp, x, m, v, alpha, epsilon), m, v
 
@@ -197,9 +229,10 @@ def amsgrad_step(x: Any, g: Any, m: Any, v: Any, vhat: Any, *, learning_rate: fl
     _check_numerics(numerics)
     xp = array_namespace(x, g, m, v, vhat)
     if numerics in _FAITHFUL:
+        if _traced(t, learning_rate): _check_traceable_numerics(numerics)
         return _PRESET_RULES[numerics](xp, x, g, m, v, vhat, learning_rate, beta_1, beta_2, epsilon, t)
     S = host_float(xp, x.dtype)
-    alpha = bias_corrected_step_size(learning_rate, beta_1, beta_2, t, S, numerics)
+    alpha = _step_size(xp, learning_rate, beta_1, beta_2, t, x, S, numerics)
     m, v = _moments(xp, g, m, v, *moment_constants(beta_1, beta_2, S, numerics))
     vhat = xp.maximum(vhat, v)
     return _move(xp, x, m, vhat, alpha, epsilon), m, v, vhat

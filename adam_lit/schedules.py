@@ -384,6 +384,68 @@ class CosineDecayRestarts(_KerasSchedule):
         return {"initial_learning_rate": self.initial_learning_rate, "first_decay_steps": self.first_decay_steps,
                 "t_mul": self.t_mul, "m_mul": self.m_mul, "alpha": self.alpha, "name": self.name}
 
+# %% ../nbs/02_schedules.ipynb #sched-jit
+def _exp_traced(self, step, xp, dt):
+    p = xp.astype(step, dt) / xp.asarray(self.decay_steps, dtype=dt)
+    if self.staircase: p = xp.floor(p)
+    return xp.asarray(self.initial_learning_rate, dtype=dt) * xp.asarray(self.decay_rate, dtype=dt) ** p
+
+def _piecewise_traced(self, step, xp, dt):
+    "Keras's sum of `cast(step in range) * value` (the boundaries cast to the step's integer dtype)."
+    b = [xp.astype(xp.asarray(x), step.dtype) for x in self.boundaries]
+    v = [xp.asarray(x, dtype=dt) for x in self.values]
+    out = xp.asarray(0, dtype=dt)
+    out = out + xp.astype(step <= b[0], dt) * v[0]
+    out = out + xp.astype(step > b[-1], dt) * v[-1]
+    for lo, hi, val in zip(b[:-1], b[1:], v[1:-1]): out = out + xp.astype((step > lo) & (step <= hi), dt) * val
+    return out
+
+def _inverse_traced(self, step, xp, dt):
+    p = xp.astype(step, dt) / xp.asarray(self.decay_steps, dtype=dt)
+    if self.staircase: p = xp.floor(p)
+    return xp.asarray(self.initial_learning_rate, dtype=dt) / (xp.asarray(1, dtype=dt) + xp.asarray(self.decay_rate, dtype=dt) * p)
+
+def _poly_traced(self, step, xp, dt):
+    lr, end = xp.asarray(self.initial_learning_rate, dtype=dt), xp.asarray(self.end_learning_rate, dtype=dt)
+    t, T = xp.astype(step, dt), xp.asarray(self.decay_steps, dtype=dt)
+    if self.cycle: T = T * xp.where(t == 0, 1.0, xp.ceil(t / self.decay_steps))
+    else: t = xp.minimum(t, T)
+    return (lr - end) * (1 - t / T) ** xp.asarray(self.power, dtype=dt) + end
+
+def _cosine_traced(self, step, xp, dt):
+    "Keras's `CosineDecay.__call__`: `_decay_function`, and with a warmup `ops.cond` (here `jax.lax.cond`)."
+    lr, T, t = xp.asarray(self.initial_learning_rate, dtype=dt), xp.asarray(self.decay_steps, dtype=dt), xp.astype(step, dt)
+    def decay(t, start):
+        cosine = 0.5 * (1.0 + xp.cos(xp.asarray(math.pi, dtype=dt) * (t / T)))
+        return start * ((1 - self.alpha) * cosine + self.alpha)
+    if self.warmup_target is None: return decay(xp.minimum(t, T), lr)
+    import jax
+    target, W = xp.asarray(self.warmup_target, dtype=dt), xp.asarray(self.warmup_steps, dtype=dt)
+    t = xp.minimum(t, T + W)
+    return jax.lax.cond(t < W, lambda: (target - lr) * (t / W) + lr, lambda: decay(t - W, target))
+
+
+# %% ../nbs/02_schedules.ipynb #sched-jit2
+_TRACED_RATES = {ExponentialDecay: _exp_traced, PiecewiseConstantDecay: _piecewise_traced, InverseTimeDecay: _inverse_traced,
+                 PolynomialDecay: _poly_traced, CosineDecay: _cosine_traced}
+
+def _traced_rate(schedule, step, xp, dtype):
+    """`schedule` at the traced integer `step` (inside `jax.jit`) as a 0-d array of `dtype`, with `xp`'s operations in
+    Keras 3's order; a clear error for a schedule that cannot compute on a traced step."""
+    f = _TRACED_RATES.get(type(schedule))
+    if f is not None: return f(schedule, step, xp, dtype)
+    name = type(schedule).__name__
+    if isinstance(schedule, _KerasSchedule):
+        raise NotImplementedError(f"learning rate schedule {name} does not run under jax.jit yet (its step is a traced "
+                                  f"value); traceable: {', '.join(c.__name__ for c in _TRACED_RATES)}")
+    try: value = schedule(step)
+    except Exception as e:
+        raise TypeError(f"learning rate schedule {name} cannot compute on a traced step (inside jax.jit the step is a "
+                        f"traced array, not a number): write its __call__ with array operations ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else ''})") from e
+    return xp.astype(value, dtype) if hasattr(value, "dtype") else xp.asarray(value, dtype=dtype)
+
+
 # %% ../nbs/02_schedules.ipynb #cdae3620
 SCHEDULES = {c.__name__: c for c in (ExponentialDecay, PiecewiseConstantDecay, PolynomialDecay,
                                      InverseTimeDecay, CosineDecay, CosineDecayRestarts)}
