@@ -10,10 +10,10 @@ import pytest
 PKG = pathlib.Path(__file__).resolve().parent.parent / "adam_lit"
 
 LAYERS = [                          # lowest first
-    {"_optional", "_site", "backend"},
+    {"_optional", "_site", "backend", "_loopk"},
     {"rules"},
     {"schedules"},
-    {"kernels", "cuda", "_loopk"},
+    {"kernels", "cuda"},
     {"_fastpath"},
     {"optimizer"},
     {"adam"},
