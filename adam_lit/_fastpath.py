@@ -136,7 +136,7 @@ class _Loop:
         if made is None: return None
         self = cls()
         self.tab, self.rng = made
-        self.vs, self.n, self.torch, self.k, self.ams = vs, len(vs), torch, k, bool(opt.amsgrad)
+        self.vs, self.n, self.torch, self.k, self.ams, self.spec = vs, len(vs), torch, k, bool(opt.amsgrad), spec
         self.shapes = [x.shape for x in vs]
         self.dtypes = [x.dtype for x in vs]
         hyper = opt._hyper_values()
@@ -174,6 +174,7 @@ def _loop_step(self: _Loop, opt, grads, variables) -> bool:
     if len(grads) != n: return False
     if variables is not None and (len(variables) != n or not all(map(operator.is_, variables, self.vs))): return False
     t = opt._iterations + 1
+    if opt._learning_rate is not self.spec and not self._new_rate(opt): return False
     for g in self.groups:
         if not g.set_lr(opt, t - 1): return False
     if self.torch is None:
@@ -206,7 +207,18 @@ def _torch_grads(self: _Loop, grads) -> bool:
         tab[1, j] = g.data_ptr()
     return self.k["check_ptrs"](tab, self.rng) < 0
 
-_Loop.__call__, _Loop._torch_grads = _loop_step, _torch_grads
+def _new_rate(self: _Loop, opt) -> bool:
+    """`opt.learning_rate` was set since the table was made (a scheduler of a framework does it every step): a new float
+    rate is rounded into each group's constants; anything else decides the plan again (False: the pipeline this time)."""
+    spec = opt._learning_rate
+    if callable(spec) or opt.decay or not all(isinstance(g.lr_const, float) for g in self.groups):
+        object.__setattr__(opt, "_loop", None); return False
+    for g in self.groups:
+        g.lr_const = opt._lr_at(g.S, 0, spec); g.sc[4] = g.lr_const
+    self.spec = spec
+    return True
+
+_Loop.__call__, _Loop._torch_grads, _Loop._new_rate = _loop_step, _torch_grads, _new_rate
 
 
 # %% ../nbs/03a_fastpath.ipynb #fp-loop-group

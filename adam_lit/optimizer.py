@@ -332,7 +332,8 @@ class Optimizer:
             bounds = self._hyper_specs().get(name)      # `opt.beta_1 = ...`: checked as the constructor checks it
             if bounds is not None: value = check_hyper(name, value, **bounds)
             object.__setattr__(self, "_plan", None)
-            object.__setattr__(self, "_loop", None)             # (and the training-loop plan of adam_lit._fastpath)
+            if name not in ("learning_rate", "_learning_rate"):     # (the training-loop plan of adam_lit._fastpath reads a new float rate itself)
+                object.__setattr__(self, "_loop", None)
             object.__setattr__(self, "_config_cache", None)     # (adam_lit.distributed's digest of the config)
         object.__setattr__(self, name, value)
 
