@@ -20,7 +20,7 @@ LAYERS = [                          # lowest first
     {"lazyadam"},
     {"checkpoint"},
     {"distributed"},
-    {"interop", "driver", "bench"},
+    {"interop", "driver", "bench", "torch", "optax", "keras"},
     {"__main__"},
 ]
 LEVEL = {m: k for k, layer in enumerate(LAYERS) for m in layer}
