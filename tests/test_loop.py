@@ -236,3 +236,27 @@ def test_torch_gradients_it_does_not_take(counted):
     assert bool(torch.all(ps[0] != 0))
     o.apply([torch.ones(4, 3), torch.ones(3)], ps)                      # the new table's
     assert counted[0] == before + 1
+
+
+def test_a_new_float_rate_every_step(counted):
+    "A framework's scheduler sets the rate before every step: read into the plan, the pipeline's bits, no rebuild."
+    init = _arrays([(30,), (4, 4)], ["float32", "float64"], 0)
+    gsets = [_arrays([(30,), (4, 4)], ["float32", "float64"], k) for k in range(1, 7)]
+    rates = [0.1, 0.05, 0.05, 1e-3, 0.0, 0.3]
+    o, xs = Adam(weight_decay=0.01), [a.copy() for a in init]
+    r, ys = Adam(weight_decay=0.01), [a.copy() for a in init]
+    r.build(ys)
+    plans = set()
+    for lr, gs in zip(rates, gsets):
+        o.learning_rate = lr
+        o.apply(gs, xs)
+        plans.add(id(o._loop))
+        r.learning_rate = lr
+        object.__setattr__(r, "_loop", False)
+        r.apply(gs, ys)
+    assert counted[0] == len(gsets) and len(plans) == 1
+    assert all(np.array_equal(a, b) for a, b in zip(xs + [np.asarray(w) for w in o.variables],
+                                                    ys + [np.asarray(w) for w in r.variables]))
+    o.learning_rate = lambda: 0.01          # a callable: the plan is dropped and the pipeline runs
+    o.apply(gsets[0], xs)
+    assert o._loop is False or o._loop is None
