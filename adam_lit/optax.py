@@ -14,7 +14,7 @@ from typing import Any, Callable, NamedTuple
 import numpy as np
 
 from .backend import ArgumentTypeError
-from .rules import _move, _moments, _optax_rule, _traced_step_size, lazy_adam_rows, moment_constants
+from .rules import _move, _moments, _traced_step_size, lazy_adam_rows, moment_constants
 from .schedules import LearningRateSchedule, _traced_rate
 
 def _libs():
@@ -104,13 +104,6 @@ def _keras_leaf(g, m, v, vh, x, lr, t, b1, b2, eps, wd):
     else: x2 = _move(jnp, x0, m, v if vh is None else vh, alpha, eps)
     return (x2 if wd is None else x2 - x), m, v, vh
 
-def _optax_leaf(g, m, v, vh, x, lr, t, b1, b2, eps, wd):
-    "`optax.adam` / `optax.amsgrad` / `optax.adamw` (eps_root=0) for one leaf: `(-lr * (u + wd * x), m, v, vh)`."
-    _, jnp, _ = _libs()
-    u, m, v, vh = _optax_rule(jnp, jnp.full_like(g, -0.0), g, m, v, vh, -1.0, b1, b2, eps, t)
-    if wd is not None: u = u + _const(wd, g.dtype) * x
-    return (-lr) * u, m, v, vh
-
 # %% ../nbs/18_optax.ipynb #0a7e1c13
 def _lazy_leaf(g, m, v, vh, x, lr, t, b1, b2, eps, wd, rows):
     "`rules.lazy_adam_rows` on the rows `rows` (indices, or a boolean mask) of a table: returns `(u, m, v, vh)`."
@@ -143,7 +136,7 @@ def _leaves(tree, treedef, what):
     return leaves
 
 def _check_leaf(k, g, m, v, x, r):
-    "Update `k` and what goes with it: a float array; moments and parameter of its shape and dtype; a valid `rows`."
+    "Update `k` (an index and its pytree path) and what goes with it: a float array; moments and parameter alike; `rows`."
     _, jnp, _ = _libs()
     if not hasattr(g, "dtype") or not jnp.issubdtype(g.dtype, jnp.floating):
         raise ArgumentTypeError(f"update {k} must be a floating-point array, got {type(g).__name__} {getattr(g, 'dtype', '')}")
@@ -153,8 +146,8 @@ def _check_leaf(k, g, m, v, x, r):
                              f"{tuple(a.shape)} and dtype {a.dtype}")
     if r is not None and (g.ndim < 1 or not hasattr(r, "dtype") or r.ndim != 1 or not (
             jnp.issubdtype(r.dtype, jnp.integer) or (r.dtype == jnp.bool_ and r.shape[0] == g.shape[0]))):
-        raise ValueError(f"rows {k} must be a 1-d integer array of row indices, or a boolean mask of the rows, of update "
-                         f"{k} (shape {tuple(g.shape)}); got {type(r).__name__} {getattr(r, 'dtype', '')} {tuple(getattr(r, 'shape', ()))}")
+        raise ValueError(f"rows of update {k} (shape {tuple(g.shape)}) must be a 1-d integer array of row indices or a "
+                         f"boolean mask of its rows; got {type(r).__name__} {getattr(r, 'dtype', '')} {tuple(getattr(r, 'shape', ()))}")
 
 def _update_fn(leaf_rule, learning_rate, b1, b2, eps, weight_decay, mask, amsgrad):
     "`update(updates, state, params, rows)`: the pytrees checked, every leaf stepped, the count incremented."
@@ -172,8 +165,9 @@ def _update_fn(leaf_rule, learning_rate, b1, b2, eps, weight_decay, mask, amsgra
         if mask is not None:
             decays = [weight_decay if bool(k) else None for k in _leaves(mask(params) if callable(mask) else mask, treedef, "mask")]
         rl = [None] * len(gl) if rows is None else _leaves(rows, treedef, "rows")
+        paths = [jax.tree_util.keystr(q) for q, _ in jax.tree_util.tree_flatten_with_path(updates, is_leaf=lambda z: z is None)[0]]
         for k, (g, m, v, x, r) in enumerate(zip(gl, ml, vl, xl, rl)):
-            if g is not None: _check_leaf(k, g, m, v, x, r)
+            if g is not None: _check_leaf(f"{k} ({paths[k]})" if paths[k] else k, g, m, v, x, r)
         count, lrs, out = state.count, {}, []
         for g, m, v, vh, x, wd, r in zip(gl, ml, vl, hl, xl, decays, rl):
             if g is None: out.append((None, m, v, vh)); continue
@@ -185,6 +179,17 @@ def _update_fn(leaf_rule, learning_rate, b1, b2, eps, weight_decay, mask, amsgra
     return update
 
 # %% ../nbs/18_optax.ipynb #0a7e1c16
+def _optax_own(learning_rate, b1, b2, eps, weight_decay, mask, amsgrad):
+    "`numerics='optax'`: Optax's own transformation (an adam_lit schedule given to it as a function of the count)."
+    _, jnp, optax = _libs()
+    if isinstance(learning_rate, LearningRateSchedule):
+        s = learning_rate
+        learning_rate = lambda count: _traced_rate(s, count, jnp, jnp.float32)
+    if weight_decay is not None:
+        if amsgrad: raise ValueError("numerics='optax' has no AMSGrad with weight decay (Optax has no amsgradw)")
+        return optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=mask)
+    return (optax.amsgrad if amsgrad else optax.adam)(learning_rate, b1=b1, b2=b2, eps=eps)
+
 def _transformation(learning_rate, b1, b2, eps, weight_decay, mask, amsgrad, numerics, lazy):
     "The GradientTransformation of every front end here: its arguments checked, then pure `init` and `update`."
     jax, jnp, optax = _libs()
@@ -197,11 +202,9 @@ def _transformation(learning_rate, b1, b2, eps, weight_decay, mask, amsgrad, num
     weight_decay = _number("weight_decay", weight_decay, low=0, allow_none=True)
     if mask is not None and weight_decay is None:
         raise ValueError("Argument `mask` selects the parameters that decay, but `weight_decay` is None")
-    if numerics != "keras" or lazy:
-        why = "lazy_adam" if lazy else f"numerics={numerics!r}"
-        b1, b2, eps = (_static(n, z, why) for n, z in (("b1", b1), ("b2", b2), ("eps", eps)))
-    update = _update_fn(_keras_leaf if numerics == "keras" else _optax_leaf, learning_rate, b1, b2, eps, weight_decay,
-                        mask, amsgrad)
+    if numerics == "optax": return _optax_own(learning_rate, b1, b2, eps, weight_decay, mask, amsgrad)
+    if lazy: b1, b2, eps = (_static(n, z, "lazy_adam") for n, z in (("b1", b1), ("b2", b2), ("eps", eps)))
+    update = _update_fn(_keras_leaf, learning_rate, b1, b2, eps, weight_decay, mask, amsgrad)
 
     def init(params):
         zeros = lambda: jax.tree.map(jnp.zeros_like, params)
