@@ -196,6 +196,22 @@ def test_inject_hyperparams_default_is_keras_with_the_float32_betas(f32):
         run_vs_keras(np.float32, dict(learning_rate=0.003), tx, inner=lambda st: st.inner_state)
 
 
+def test_inject_hyperparams_with_a_static_adam_lit_schedule():
+    "An adam_lit schedule named in static_args goes to the factory as it is: the bits of `adam(schedule)` itself."
+    sched = S.ExponentialDecay(0.01, 4, 0.7)
+    tx = optax.inject_hyperparams(alo.adam, static_args=("learning_rate", "b1", "b2", "eps"))(learning_rate=sched)
+    ref = alo.adam(sched)
+    x0, gs = data(np.float32, 10)
+    p = q = [jnp.asarray(x) for x in x0]
+    sp, sq = tx.init(p), ref.init(q)
+    fp, fq = alo_step(tx), alo_step(ref)
+    for g in gs:
+        g = [jnp.asarray(a) for a in g]
+        p, sp = fp(p, sp, g)
+        q, sq = fq(q, sq, g)
+    for a, b in zip(p, q): assert same_bits(a, b)
+
+
 # ------------------------------------------------------------------------------------------- weight decay
 def test_adamw_far_from_zero_is_bit_identical(mode):
     "Parameters of magnitude >= 0.5 (never halved in a step): AdamW's whole run, bit for bit, and `adam(weight_decay=)`."
