@@ -1,0 +1,508 @@
+"""`adam_lit.optax` (nbs/18_optax.ipynb): the Optax transformations against their oracles, bit for bit.
+
+- `adam`, `amsgrad` (Keras numerics): Keras 3's `Adam(...).stateless_apply` under `jax.jit` (JAX backend), 30 steps
+  with outputs fed back, the parameters after `optax.apply_updates` and every moment compared by their bytes, float32
+  and float64 (JAX 64-bit, Keras floatx float64); with Keras schedules, Optax schedules (Keras's float rate set to the
+  same value in its state each step) and `optax.inject_hyperparams`.
+- `adamw`: the claim exactly as stated on the page: the same bits as Keras's AdamW at every coordinate where
+  `x_new - x` is a float of the dtype (a whole run when parameters stay away from zero), and possibly not elsewhere.
+- `numerics="optax"`: `optax.adam`, `optax.amsgrad`, `optax.adamw`.
+- `lazy_adam`: adam_lit's `LazyAdam` on NumPy with `IndexedSlices` gradients, bit for bit op by op (called outside
+  jax.jit); under jax.jit within an ulp per operation (XLA contracts `m * b1 + g * c1` into a fused multiply-add).
+- `optax.chain`, one trace for many steps, pytrees, and the errors of bad arguments.
+"""
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+
+import numpy as np
+import pytest
+from conftest import need
+
+jax = need("jax")
+optax = need("optax")
+jnp = jax.numpy
+
+import adam_lit.optax as alo  # noqa: E402
+from adam_lit import schedules as S  # noqa: E402
+from adam_lit.backend import IndexedSlices  # noqa: E402
+from adam_lit.lazyadam import LazyAdam  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
+
+NAMES = ["kernel", "bias", "embeddings"]
+SHAPES = [(7, 5), (5,), (11,)]
+
+
+def keras_jax():
+    keras = need("keras", "the jitted Keras oracle")
+    if keras.backend.backend() != "jax":
+        pytest.skip(f"the jitted Keras oracle needs Keras's JAX backend (KERAS_BACKEND={keras.backend.backend()!r})")
+    return keras
+
+
+@pytest.fixture(params=["float32", "float64"])
+def mode(request):
+    "JAX 64-bit and Keras floatx for the dtype; restored afterwards."
+    keras = keras_jax()
+    prev_x64, prev_floatx = jax.config.read("jax_enable_x64"), keras.config.floatx()
+    jax.config.update("jax_enable_x64", request.param == "float64")
+    keras.config.set_floatx(request.param)
+    yield np.dtype(request.param).type
+    keras.config.set_floatx(prev_floatx)
+    jax.config.update("jax_enable_x64", prev_x64)
+
+
+@pytest.fixture
+def f32():
+    keras = keras_jax()
+    prev_x64, prev_floatx = jax.config.read("jax_enable_x64"), keras.config.floatx()
+    jax.config.update("jax_enable_x64", False)
+    keras.config.set_floatx("float32")
+    yield np.float32
+    keras.config.set_floatx(prev_floatx)
+    jax.config.update("jax_enable_x64", prev_x64)
+
+
+def same_bits(a, b) -> bool:
+    a, b = np.asarray(a), np.asarray(b)
+    return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+
+
+def data(dtype, steps, seed=0, gscale=1.0, xscale=1.0, offset=0.0):
+    rng = np.random.default_rng(seed)
+    x0 = [(rng.normal(size=s) * xscale + offset * np.sign(rng.normal(size=s))).astype(dtype) for s in SHAPES]
+    gs = [[(rng.normal(size=s) * gscale * (1 + k % 3)).astype(dtype) for s in SHAPES] for k in range(steps)]
+    return x0, gs
+
+
+class KerasRun:
+    "Keras 3's Adam/AdamW under jax.jit on three named variables: `step(grads, lr=None)`; `slot(name, i)`."
+    def __init__(self, x0, cls="Adam", **kw):
+        keras = keras_jax()
+        if isinstance(kw.get("learning_rate"), S.LearningRateSchedule):
+            s = kw["learning_rate"]
+            kw["learning_rate"] = getattr(keras.optimizers.schedules, type(s).__name__).from_config(s.get_config())
+        self.vars = [keras.Variable(x, name=n) for x, n in zip(x0, NAMES)]
+        self.opt = getattr(keras.optimizers, cls)(**kw, name="adam")
+        self.opt.build(self.vars)
+        self.f = jax.jit(self.opt.stateless_apply)
+        self.ov, self.tv = [v.value for v in self.opt.variables], [v.value for v in self.vars]
+        self.paths = [v.path for v in self.opt.variables]
+
+    def step(self, grads, lr=None):
+        if lr is not None: self.ov = [self.ov[0], jnp.asarray(lr, self.ov[1].dtype)] + self.ov[2:]
+        self.tv, self.ov = self.f(self.ov, grads, self.tv)
+
+    def slot(self, kind, i):
+        return self.ov[self.paths.index(f"adam/{NAMES[i]}_{kind}")]
+
+
+def alo_step(tx, **extra):
+    @jax.jit
+    def step(p, st, g):
+        u, st = tx.update(g, st, p, **extra)
+        return optax.apply_updates(p, u), st
+    return step
+
+
+def compare(k, p, st, when, amsgrad=False):
+    for i in range(len(p)):
+        assert same_bits(p[i], k.tv[i]), f"{when}: parameter {i} differs from Keras's"
+        assert same_bits(st.mu[i], k.slot("momentum", i)), f"{when}: mu {i} differs"
+        assert same_bits(st.nu[i], k.slot("velocity", i)), f"{when}: nu {i} differs"
+        if amsgrad: assert same_bits(st.nu_max[i], k.slot("velocity_hat", i)), f"{when}: nu_max {i} differs"
+
+
+def run_vs_keras(dtype, kkw, tx, steps=30, lr_of=None, inner=lambda st: st, cls="Adam", **dkw):
+    x0, gs = data(dtype, steps, **dkw)
+    k = KerasRun(x0, cls, **kkw)
+    p = [jnp.asarray(x) for x in x0]
+    st = tx.init(p)
+    f = alo_step(tx)
+    for n, g in enumerate(gs):
+        g = [jnp.asarray(a) for a in g]
+        k.step(g, None if lr_of is None else lr_of(n))
+        p, st = f(p, st, g)
+        compare(k, p, inner(st), f"step {n}", amsgrad=kkw.get("amsgrad", False))
+        assert int(inner(st).count) == n + 1
+    return p, st
+
+
+CASES = {
+    "default": ({}, {}),
+    "amsgrad": (dict(amsgrad=True), dict(amsgrad=True)),
+    "hyper": (dict(learning_rate=0.01, beta_1=0.8, beta_2=0.99, epsilon=1e-5), dict(learning_rate=0.01, b1=0.8, b2=0.99, eps=1e-5)),
+    "exponential": (dict(learning_rate=S.ExponentialDecay(0.01, 4, 0.7)), dict(learning_rate=S.ExponentialDecay(0.01, 4, 0.7))),
+    "staircase": (dict(learning_rate=S.ExponentialDecay(0.01, 4, 0.7, staircase=True)),
+                  dict(learning_rate=S.ExponentialDecay(0.01, 4, 0.7, staircase=True))),
+    "piecewise": (dict(learning_rate=S.PiecewiseConstantDecay([3, 9], [0.01, 0.003, 0.001])),
+                  dict(learning_rate=S.PiecewiseConstantDecay([3, 9], [0.01, 0.003, 0.001]))),
+    "inverse_time": (dict(learning_rate=S.InverseTimeDecay(0.01, 5, 0.5)), dict(learning_rate=S.InverseTimeDecay(0.01, 5, 0.5))),
+    "polynomial": (dict(learning_rate=S.PolynomialDecay(0.01, 12)), dict(learning_rate=S.PolynomialDecay(0.01, 12))),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_adam_matches_keras_jit(mode, case):
+    kkw, akw = CASES[case]
+    run_vs_keras(mode, kkw, alo.adam(**akw))
+
+
+def test_cosine_schedules_match_keras_float32(f32):
+    "(Not in float64: Keras's float64 `ops.cos` computes in float32; tests/test_jax_jit.py says why.)"
+    for s in (S.CosineDecay(0.01, 15, alpha=0.1), S.CosineDecay(0.0, 12, warmup_target=0.01, warmup_steps=4)):
+        run_vs_keras(np.float32, dict(learning_rate=s), alo.adam(learning_rate=s))
+
+
+def test_amsgrad_factory_and_small_gradients(f32):
+    run_vs_keras(np.float32, dict(amsgrad=True), alo.amsgrad(), gscale=1e-4, seed=1)
+    run_vs_keras(np.float32, {}, alo.adam(), gscale=1e3, seed=2)
+
+
+def test_optax_schedule_matches_keras_with_the_same_rate(mode):
+    """An Optax schedule (a callable of the count): Keras with its float rate set to that value before each step (the
+    value computed under jax.jit, as in the step: XLA's fused pow and its op-by-op pow differ at some counts)."""
+    sched = optax.exponential_decay(0.01, transition_steps=5, decay_rate=0.5)
+    jsched = jax.jit(sched)
+    lr_of = lambda n: np.asarray(jsched(jnp.asarray(n, jnp.int32)))
+    run_vs_keras(mode, {}, alo.adam(learning_rate=sched), lr_of=lr_of)
+
+
+def test_inject_hyperparams_learning_rate_changed_between_steps(mode):
+    "inject_hyperparams with b1, b2, eps static: Keras's bits with the learning rate changed in the state each step."
+    tx = optax.inject_hyperparams(alo.adam, static_args=("b1", "b2", "eps"))(learning_rate=0.01)
+    x0, gs = data(mode, 20)
+    k = KerasRun(x0, learning_rate=0.01)
+    p = [jnp.asarray(x) for x in x0]
+    st = tx.init(p)
+    f = alo_step(tx)
+    for n, g in enumerate(gs):
+        g = [jnp.asarray(a) for a in g]
+        lr = 0.01 / (1 + n)
+        st.hyperparams["learning_rate"] = jnp.asarray(lr, mode)
+        k.step(g, lr)
+        p, st = f(p, st, g)
+        compare(k, p, st.inner_state, f"step {n}")
+
+
+def test_inject_hyperparams_default_is_keras_with_the_float32_betas(f32):
+    """Without static_args, inject_hyperparams holds b1, b2, eps as float32 arrays: the bits of Keras constructed with
+    those float32 numbers (and not, in general, with 0.9, 0.999, 1e-7: checked to differ)."""
+    tx = optax.inject_hyperparams(alo.adam)(learning_rate=0.003)
+    b1, b2, eps = (float(np.float32(z)) for z in (0.9, 0.999, 1e-7))
+    run_vs_keras(np.float32, dict(learning_rate=0.003, beta_1=b1, beta_2=b2, epsilon=eps), tx, inner=lambda st: st.inner_state)
+    with pytest.raises(AssertionError):
+        run_vs_keras(np.float32, dict(learning_rate=0.003), tx, inner=lambda st: st.inner_state)
+
+
+def test_inject_hyperparams_with_a_static_adam_lit_schedule():
+    "An adam_lit schedule named in static_args goes to the factory as it is: the bits of `adam(schedule)` itself."
+    sched = S.ExponentialDecay(0.01, 4, 0.7)
+    tx = optax.inject_hyperparams(alo.adam, static_args=("learning_rate", "b1", "b2", "eps"))(learning_rate=sched)
+    ref = alo.adam(sched)
+    x0, gs = data(np.float32, 10)
+    p = q = [jnp.asarray(x) for x in x0]
+    sp, sq = tx.init(p), ref.init(q)
+    fp, fq = alo_step(tx), alo_step(ref)
+    for g in gs:
+        g = [jnp.asarray(a) for a in g]
+        p, sp = fp(p, sp, g)
+        q, sq = fq(q, sq, g)
+    for a, b in zip(p, q): assert same_bits(a, b)
+
+
+# ------------------------------------------------------------------------------------------- weight decay
+def test_adamw_far_from_zero_is_bit_identical(mode):
+    "Parameters of magnitude >= 0.5 (never halved in a step): AdamW's whole run, bit for bit, and `adam(weight_decay=)`."
+    run_vs_keras(mode, dict(weight_decay=0.05), alo.adamw(weight_decay=0.05), cls="AdamW", offset=0.5, xscale=0.3)
+    run_vs_keras(mode, dict(weight_decay=0.01, amsgrad=True, learning_rate=S.ExponentialDecay(0.01, 4, 0.7)),
+                 alo.adam(weight_decay=0.01, amsgrad=True, learning_rate=S.ExponentialDecay(0.01, 4, 0.7)),
+                 offset=0.5, xscale=0.3, seed=4)
+
+
+def test_adamw_exact_where_the_difference_is_a_float(f32):
+    """Near zero: from Keras's state at each step, the update of `adamw` gives Keras's new value at every coordinate
+    where `x2 - x` is a float32, and somewhere it does not (the claim is not wider than stated)."""
+    x0, gs = data(np.float32, 40, seed=7, xscale=0.003)
+    k = KerasRun(x0, "AdamW", weight_decay=0.1, learning_rate=0.01)
+    tx = alo.adamw(learning_rate=0.01, weight_decay=0.1)
+    upd = jax.jit(tx.update)
+    exact = inexact = missed = 0
+    for n, g in enumerate(gs):
+        g = [jnp.asarray(a) for a in g]
+        x = list(k.tv)
+        st = alo.AdamState(k.ov[0].astype(jnp.int32), [k.slot("momentum", i) for i in range(3)],
+                           [k.slot("velocity", i) for i in range(3)], None)
+        u, _ = upd(g, st, x)
+        mine = optax.apply_updates(x, u)
+        k.step(g)
+        for a, b, x_ in zip(mine, k.tv, x):
+            a, b, x_ = np.asarray(a), np.asarray(b), np.asarray(x_)
+            d = b.astype(np.float64) - x_.astype(np.float64)           # exact in float64
+            rep = d.astype(np.float32).astype(np.float64) == d
+            assert np.array_equal(a[rep].view(np.uint32), b[rep].view(np.uint32)), f"step {n}: a representable step differs"
+            exact += int(rep.sum()); inexact += int((~rep).sum()); missed += int((a[~rep] != b[~rep]).sum())
+    assert exact > 0 and inexact > 0 and missed > 0, (exact, inexact, missed)
+
+
+def test_weight_decay_mask(f32):
+    "`mask` (a pytree of bools or a callable): Keras's `exclude_from_weight_decay` for the masked-out variables."
+    x0, gs = data(np.float32, 15, offset=0.5, xscale=0.3)
+    for mask in ([True, False, True], lambda params: [True, False, True]):
+        k = KerasRun(x0, "AdamW", weight_decay=0.05)
+        k.opt.exclude_from_weight_decay(var_names=["bias"])
+        tx = alo.adamw(weight_decay=0.05, mask=mask)
+        p = [jnp.asarray(x) for x in x0]
+        st, f = tx.init(p), alo_step(tx)
+        for n, g in enumerate(gs):
+            g = [jnp.asarray(a) for a in g]
+            k.step(g)
+            p, st = f(p, st, g)
+            compare(k, p, st, f"step {n}")
+
+
+# ------------------------------------------------------------------------------------------- numerics="optax"
+@pytest.mark.parametrize("name", ["adam", "amsgrad", "adamw", "adamw_mask", "schedule"])
+def test_optax_numerics_match_optax(mode, name):
+    sched = optax.cosine_decay_schedule(0.01, 20)
+    mine, theirs = {
+        "adam": (alo.adam(0.01, numerics="optax"), optax.adam(0.01)),
+        "amsgrad": (alo.amsgrad(0.01, numerics="optax"), optax.amsgrad(0.01)),
+        "adamw": (alo.adamw(0.01, weight_decay=0.05, numerics="optax"), optax.adamw(0.01, weight_decay=0.05)),
+        "adamw_mask": (alo.adamw(0.01, weight_decay=0.05, mask=[True, False, True], numerics="optax"),
+                       optax.adamw(0.01, weight_decay=0.05, mask=[True, False, True])),
+        "schedule": (alo.adam(sched, b1=0.8, eps=1e-6, numerics="optax"), optax.adam(sched, b1=0.8, eps=1e-6)),
+    }[name]
+    x0, gs = data(mode, 25)
+    p = q = [jnp.asarray(x) for x in x0]
+    sa, so = mine.init(p), theirs.init(q)
+    fa, fo = alo_step(mine), alo_step(theirs)
+    for n, g in enumerate(gs):
+        g = [jnp.asarray(a) for a in g]
+        p, sa = fa(p, sa, g)
+        q, so = fo(q, so, g)
+        for i in range(3): assert same_bits(p[i], q[i]), f"step {n}: parameter {i} differs from optax's"
+
+
+# ------------------------------------------------------------------------------------------- chain, traces, eager
+def test_chain_clip_is_keras_on_optax_clipped_gradients(f32):
+    """`chain(clip_by_global_norm(c), adam())` is Keras's Adam fed Optax's clipped gradients, bit for bit. (Keras's own
+    `global_clipnorm` clips at the same place, before the moments, but rounds `g * (c * min(1/n, 1/c))` where Optax
+    rounds `(g / n) * c`: close, not the same bits.)"""
+    tx = optax.chain(optax.clip_by_global_norm(1.0), alo.adam(0.01))
+    clip = optax.clip_by_global_norm(1.0)
+    x0, gs = data(np.float32, 20, gscale=3.0)
+    k, kc = KerasRun(x0, learning_rate=0.01), KerasRun(x0, learning_rate=0.01, global_clipnorm=1.0)
+    p = [jnp.asarray(x) for x in x0]
+    st, f = tx.init(p), alo_step(tx)
+    for n, g in enumerate(gs):
+        g = [jnp.asarray(a) for a in g]
+        k.step(jax.jit(lambda g: clip.update(g, clip.init(g))[0])(g))
+        kc.step(g)
+        p, st = f(p, st, g)
+        compare(k, p, st[1], f"step {n}")
+        for a, b in zip(p, kc.tv): np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+
+
+def test_one_trace_for_many_steps():
+    "One jax.jit trace serves every step: a schedule and an injected, changing learning rate included."
+    for tx in (alo.adam(S.ExponentialDecay(0.01, 4, 0.7), weight_decay=0.01),
+               optax.inject_hyperparams(alo.adamw)(learning_rate=0.01)):
+        traces = []
+        def step(p, st, g):
+            traces.append(1)
+            u, st = tx.update(g, st, p)
+            return optax.apply_updates(p, u), st
+        f = jax.jit(step)
+        x0, gs = data(np.float32, 8)
+        p = [jnp.asarray(x) for x in x0]
+        st = tx.init(p)
+        for n, g in enumerate(gs):
+            if hasattr(st, "hyperparams"): st.hyperparams["learning_rate"] = jnp.asarray(0.01 / (n + 1), jnp.float32)
+            p, st = f(p, st, [jnp.asarray(a) for a in g])
+        assert len(traces) == 1
+
+
+def test_pytree_params(f32):
+    "A nested dict of parameters: the same bits as the flat list of its leaves (in JAX's order), structure kept."
+    rng = np.random.default_rng(3)
+    tree = {"dense": {"w": rng.normal(size=(3, 2)).astype(np.float32), "b": np.zeros(2, np.float32)},
+            "out": [rng.normal(size=(2,)).astype(np.float32)]}
+    p = jax.tree.map(jnp.asarray, tree)
+    flat = jax.tree.leaves(p)
+    tx = alo.adamw(0.1, weight_decay=0.1, mask={"dense": {"w": True, "b": False}, "out": [True]})
+    txf = alo.adamw(0.1, weight_decay=0.1, mask=[False, True, True])      # JAX's order: dense/b, dense/w, out/0
+    st, sf = tx.init(p), txf.init(flat)
+    f, ff = alo_step(tx), alo_step(txf)
+    for k in range(5):
+        g = jax.tree.map(lambda a: jnp.asarray(rng.normal(size=a.shape).astype(np.float32)), p)
+        p, st = f(p, st, g)
+        flat, sf = ff(flat, sf, jax.tree.leaves(g))
+    assert jax.tree.structure(p) == jax.tree.structure(tree) and jax.tree.structure(st.mu) == jax.tree.structure(tree)
+    for a, b in zip(jax.tree.leaves(p) + jax.tree.leaves(st.mu), flat + jax.tree.leaves(sf.mu)): assert same_bits(a, b)
+
+
+# ------------------------------------------------------------------------------------------- lazy_adam
+def lazy_case(dtype, steps, seed=0, n=40, d=4, k=12):
+    rng = np.random.default_rng(seed)
+    table = rng.normal(size=(n, d)).astype(dtype)
+    bias = rng.normal(size=(d,)).astype(dtype)
+    batches = []
+    for _ in range(steps):
+        idx = rng.integers(0, n, size=k)
+        idx[:3] = idx[3]                                   # repeats
+        vals = rng.normal(size=(k, d)).astype(dtype)
+        vals[4] = 0                                        # a touched row may have a zero gradient
+        gb = rng.normal(size=(d,)).astype(dtype)
+        batches.append((idx, vals, gb))
+    return table, bias, batches
+
+
+def ref_slot(ref, i, kind):
+    "The slot `kind` of variable `i` of adam_lit's optimizer `ref`, by its Keras name."
+    return ref.variables[ref.variable_names.index(f"{ref.name}/{ref._names[i]}_{kind}")]
+
+
+@pytest.mark.parametrize("kw", [{}, dict(amsgrad=True), dict(weight_decay=0.01), dict(learning_rate=0.01, b1=0.8, eps=1e-5)])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_lazy_adam_matches_lazyadam(kw, dtype):
+    """Rows given as a padded index array (repeats and padding), `update` called op by op: adam_lit's LazyAdam on NumPy
+    with the same rows as an IndexedSlices (its values summed per row in order: the dense gradient built by np.add.at
+    in the same order), bit for bit. The same steps under jax.jit: within a few ulps (XLA's fused multiply-adds)."""
+    dt = np.dtype(dtype).type
+    prev = jax.config.read("jax_enable_x64")
+    jax.config.update("jax_enable_x64", dtype == "float64")
+    try:
+        table, bias, batches = lazy_case(dt, 20)
+        keras_kw = {dict(b1="beta_1", b2="beta_2", eps="epsilon").get(a, a): v for a, v in kw.items()}
+        ref = LazyAdam(**keras_kw)
+        xs = [table.copy(), bias.copy()]
+        ref.build(xs)
+        tx = alo.lazy_adam(**kw)
+        p = [jnp.asarray(table), jnp.asarray(bias)]
+        st = tx.init(p)
+        f = lambda p, st, g, r: (lambda u, s: (optax.apply_updates(p, u), s))(*tx.update(g, st, p, rows=[r, None]))
+        fj = jax.jit(f)
+        pj, sj = p, st
+        for n, (idx, vals, gb) in enumerate(batches):
+            ref.apply([IndexedSlices(vals, idx, table.shape), gb], xs)
+            dense = np.zeros_like(table)
+            np.add.at(dense, idx, vals)
+            rows = np.concatenate([idx, [len(table)] * 3, [-1]]).astype(np.int32)      # padding: ignored
+            p, st = f(p, st, [jnp.asarray(dense), jnp.asarray(gb)], jnp.asarray(rows))
+            pj, sj = fj(pj, sj, [jnp.asarray(dense), jnp.asarray(gb)], jnp.asarray(rows))
+            for a, b in zip(pj, p): np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5 if dt is np.float32 else 1e-13)
+            for i in range(2):
+                assert same_bits(p[i], xs[i]), f"step {n}: parameter {i} differs from LazyAdam's"
+                assert same_bits(st.mu[i], ref_slot(ref, i, "momentum")), f"step {n}: mu {i} differs"
+                assert same_bits(st.nu[i], ref_slot(ref, i, "velocity")), f"step {n}: nu {i} differs"
+                if kw.get("amsgrad"): assert same_bits(st.nu_max[i], ref_slot(ref, i, "velocity_hat")), f"step {n}: nu_max {i}"
+    finally:
+        jax.config.update("jax_enable_x64", prev)
+
+
+def test_lazy_adam_mask_form(f32):
+    """Rows as a boolean mask (`touched_rows(grad)`): LazyAdam with the rows of non-zero gradient only; a listed row with
+    a zero gradient is the difference from the index form (it moves there, not here)."""
+    table, bias, batches = lazy_case(np.float32, 15)
+    ref = LazyAdam()
+    xs = [table.copy()]
+    ref.build(xs)
+    tx = alo.lazy_adam()
+    p, st = [jnp.asarray(table)], None
+    st = tx.init(p)
+    f = lambda p, st, g: (lambda u, s: (optax.apply_updates(p, u), s))(*tx.update(g, st, p, rows=[alo.touched_rows(g[0])]))
+    for n, (idx, vals, _) in enumerate(batches):
+        dense = np.zeros_like(table)
+        np.add.at(dense, idx, vals)
+        nz = np.flatnonzero(np.any(dense != 0, axis=1))
+        ref.apply([IndexedSlices(dense[nz], nz, table.shape)], xs)
+        p, st = f(p, st, [jnp.asarray(dense)])
+        assert same_bits(p[0], xs[0]), f"step {n}"
+    # the difference: a row listed with a zero gradient decays its moments in the index form, not in the mask form
+    r = int(np.flatnonzero(np.any(np.asarray(st.mu[0]) != 0, axis=1))[0])      # a row with a moment to decay
+    other = (r + 1) % len(table)
+    g = jnp.zeros_like(p[0]).at[other].set(1.0)
+    ui, si = tx.update([g], st, p, rows=[jnp.asarray([other, r])])
+    um, sm = tx.update([g], st, p, rows=[alo.touched_rows(g)])
+    assert not same_bits(si.mu[0][r], st.mu[0][r]) and same_bits(sm.mu[0][r], st.mu[0][r])
+    assert not same_bits(ui[0][r], jnp.full_like(ui[0][r], -0.0)) and same_bits(um[0][r], jnp.full_like(um[0][r], -0.0))
+
+
+def test_lazy_adam_untouched_rows_exact_and_signed_zero():
+    "Rows not listed: the update is -0.0, so `x + u` is `x` bit for bit, -0.0 included; their moments unchanged."
+    tx = alo.lazy_adam()
+    table = jnp.asarray(np.array([[-0.0, 1.0], [2.0, -0.0], [3.0, 4.0]], np.float32))
+    st = tx.init([table])
+    st = st._replace(mu=[st.mu[0] + 0.5], nu=[st.nu[0] + 0.25])
+    u, st2 = jax.jit(lambda g, s, p: tx.update(g, s, p, rows=[jnp.asarray([2])]))([jnp.ones((3, 2), jnp.float32)], st, [table])
+    new = optax.apply_updates([table], u)[0]
+    assert same_bits(new[:2], table[:2]) and same_bits(st2.mu[0][:2], st.mu[0][:2]) and not same_bits(new[2], table[2])
+
+
+def test_lazy_adam_in_chain_with_extra_args():
+    "Inside optax.chain, `rows` reaches lazy_adam (an extra argument), and other transformations ignore it."
+    tx = optax.chain(optax.clip_by_global_norm(10.0), alo.lazy_adam(0.1))
+    p = [jnp.ones((4, 2), jnp.float32)]
+    st = tx.init(p)
+    g = [jnp.ones((4, 2), jnp.float32)]
+    u, _ = jax.jit(lambda g, s, p, r: tx.update(g, s, p, rows=r))(g, st, p, [jnp.asarray([1, 4])])
+    moved = np.any(np.asarray(u[0]) != 0, axis=1)
+    assert moved.tolist() == [False, True, False, False]
+
+
+# ------------------------------------------------------------------------------------------- bad arguments
+@pytest.mark.parametrize("call, exc, message", [
+    (lambda: alo.adam(numerics="torch"), ValueError, "Argument `numerics` must be one of 'keras', 'optax'"),
+    (lambda: alo.adam(b1=1.0), ValueError, r"Argument `b1` must be finite and in \[0, 1\)"),
+    (lambda: alo.adam(b2=-0.1), ValueError, r"Argument `b2` must be finite and in \[0, 1\)"),
+    (lambda: alo.adam(learning_rate="0.1"), TypeError, "Argument `learning_rate` must be a float"),
+    (lambda: alo.adam(learning_rate=-1.0), ValueError, "Argument `learning_rate` must be finite and >= 0"),
+    (lambda: alo.adam(eps=float("nan")), ValueError, "Argument `eps` must be finite"),
+    (lambda: alo.adam(amsgrad="yes"), TypeError, "Argument `amsgrad` must be a bool"),
+    (lambda: alo.adam(mask=[True]), ValueError, "Argument `mask` selects the parameters that decay, but `weight_decay` is None"),
+    (lambda: alo.adamw(weight_decay=-0.1), ValueError, "Argument `weight_decay` must be finite and >= 0"),
+    (lambda: alo.adamw(amsgrad=True, numerics="optax"), ValueError, "numerics='optax' has no AMSGrad with weight decay"),
+    (lambda: alo.adam(b1=jnp.ones(2)), ValueError, r"Argument `b1` must be a scalar, got an array of shape \(2,\)"),
+])
+def test_bad_hyperparameters(call, exc, message):
+    with pytest.raises(exc, match=message): call()
+
+
+def test_bad_update_arguments():
+    p = {"w": jnp.ones((3, 2), jnp.float32), "b": jnp.zeros(2, jnp.float32)}
+    g = jax.tree.map(jnp.ones_like, p)
+    tx = alo.adamw()
+    st = tx.init(p)
+    with pytest.raises(ValueError, match=r"weight decay needs the parameters: call `update\(updates, state, params\)`"):
+        tx.update(g, st)
+    with pytest.raises(ValueError, match="Argument `params` must have the structure of the updates"):
+        tx.update(g, st, {"w": p["w"]})
+    with pytest.raises(ValueError, match=r"update 1 \(\['w'\]\) has shape \(3, 2\) and dtype float32, but its params has shape \(2, 3\)"):
+        tx.update(g, st, {"w": jnp.ones((2, 3), jnp.float32), "b": p["b"]})
+    with pytest.raises(TypeError, match=r"update 1 \(\['w'\]\) must be a floating-point array, got ArrayImpl int32"):
+        tx.update({"w": jnp.ones((3, 2), jnp.int32), "b": g["b"]}, st, p)
+    with pytest.raises(TypeError, match="Argument `state` must be the AdamState"):
+        tx.update(g, optax.adam(0.1).init(p), p)
+    lz = alo.lazy_adam()
+    sl = lz.init(p)
+    with pytest.raises(ValueError, match=r"rows of update 1 \(\['w'\]\) \(shape \(3, 2\)\) must be a 1-d integer array of row indices or a boolean mask"):
+        lz.update(g, sl, p, rows={"w": jnp.ones((2, 2), jnp.int32), "b": None})
+    with pytest.raises(ValueError, match=r"rows of update 1 \(\['w'\]\) \(shape \(3, 2\)\) must be"):
+        lz.update(g, sl, p, rows={"w": jnp.ones(5, bool), "b": None})
+    with pytest.raises(ValueError, match="Argument `rows` must have the structure of the updates"):
+        lz.update(g, sl, p, rows={"w": jnp.asarray([0])})
+
+
+def test_traced_betas_refused_where_a_number_is_needed():
+    "lazy_adam needs b1, b2, eps as numbers: traced (inject_hyperparams under jit) they are refused, saying what to do."
+    p = [jnp.ones(3, jnp.float32)]
+    for tx in (optax.inject_hyperparams(alo.lazy_adam)(learning_rate=0.1),):
+        st = tx.init(p)
+        with pytest.raises(NotImplementedError, match=r"pass static_args=\('b1', 'b2', 'eps'\) to inject_hyperparams"):
+            jax.jit(tx.update)(p, st, p)
+    tx = optax.inject_hyperparams(alo.lazy_adam, static_args=("b1", "b2", "eps"))(learning_rate=0.1)
+    st = tx.init(p)
+    u, _ = jax.jit(tx.update)(p, st, p)
+    assert np.all(np.isfinite(np.asarray(u[0])))
