@@ -33,6 +33,7 @@ SECTIONS = [
     ("Explanations", ["adam_gently", "kingma_ba", "amsgrad", "frameworks"]),
     ("API reference", ["adam", "lazyadam", "optimizer", "rules", "schedules", "checkpoint", "minimize", "interop",
                        "distributed", "cli"]),
+    ("Front ends", ["torch", "optax", "keras"]),
     ("Speed", ["kernels", "loop_kernels", "fastpath", "cuda", "bench"]),
     ("Development", ["backend", "hardening", "site", "package"]),
     ("References", ["references"]),
