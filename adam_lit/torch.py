@@ -92,6 +92,7 @@ class _Front(torch.optim.Optimizer):
         if numerics not in NUMERICS: raise ValueError(f"Argument `numerics` must be one of {NUMERICS}, got {numerics!r}")
         self._numerics, self._engine_kwargs, self._engines = numerics, dict(engine_kwargs or {}), {}
         if defaults["eps"] is None: defaults["eps"] = _EPS[numerics]
+        defaults["differentiable"] = False      # (torch's key, which its __setstate__ adds: the step is never differentiable)
         _check_group(defaults)                  # the arguments, before any group is made
         super().__init__(params, defaults)
 
@@ -116,7 +117,10 @@ class _Front(torch.optim.Optimizer):
         return {**super().__getstate__(), "_numerics": self._numerics, "_engine_kwargs": self._engine_kwargs}
 
     def __setstate__(self, state):
+        "As torch's optimizers: options missing from the groups (a state_dict of an older PyTorch) take the defaults."
         super().__setstate__(state)
+        for group in self.param_groups:
+            for k, v in self.defaults.items(): group.setdefault(k, v)
         self._engines = {}
 
     def state_dict(self) -> dict:
