@@ -417,8 +417,8 @@ def test_scheduler_goes_right_direction():
         first = None
         for _ in range(200):
             opt.zero_grad(); loss = ((A @ w - b) ** 2).mean(); loss.backward(); opt.step(); sched.step()
-            first = float(loss) if first is None else first
-        assert float(loss) - best < (first - best) / 100, (cls, float(loss), best, first)
+            first = float(loss.detach()) if first is None else first
+        assert float(loss.detach()) - best < (first - best) / 100, (cls, float(loss.detach()), best, first)
         assert opt.param_groups[0]["lr"] == pytest.approx(0.1 * 0.99 ** 200)
 
 
