@@ -10,7 +10,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
+try: import torch                      # the real PyTorch (this module is adam_lit.torch)
+except ImportError as e:
+    raise ImportError("adam_lit.torch needs PyTorch: pip install 'adam-lit[torch]'") from e
 
 from .adam import Adam as _LitAdam
 from .backend import IndexedSlices

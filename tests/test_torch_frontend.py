@@ -124,7 +124,7 @@ def lit_run(make_lit, ps, steps, per_step=None, l2=0.0):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
-@pytest.mark.parametrize("case", ["adam", "amsgrad", "adamw", "l2", "steplr", "onecycle"])
+@pytest.mark.parametrize("case", ["adam", "amsgrad", "adamw", "l2", "steplr", "lambdalr", "onecycle"])
 def test_keras_numerics_are_adam_lit_bits(case, dtype):
     ps = params(3, dtype)
     steps = 40
@@ -133,16 +133,19 @@ def test_keras_numerics_are_adam_lit_bits(case, dtype):
              "adamw": lambda q: AdamW(q, lr=1e-2, weight_decay=0.03),
              "l2": lambda q: Adam(q, lr=1e-2, weight_decay=0.03),
              "steplr": lambda q: Adam(q, lr=1e-2),
+             "lambdalr": lambda q: Adam(q, lr=1e-2),
              "onecycle": lambda q: Adam(q, lr=1e-2)}[case]
     lit = {"adam": lambda: adam_lit.Adam(learning_rate=1e-2),
            "amsgrad": lambda: adam_lit.Adam(learning_rate=1e-2, beta_1=0.8, beta_2=0.99, epsilon=1e-5, amsgrad=True),
            "adamw": lambda: adam_lit.AdamW(learning_rate=1e-2, weight_decay=0.03),
            "l2": lambda: adam_lit.Adam(learning_rate=1e-2),
            "steplr": lambda: adam_lit.Adam(learning_rate=1e-2),
+           "lambdalr": lambda: adam_lit.Adam(learning_rate=1e-2),
            "onecycle": lambda: adam_lit.Adam(learning_rate=1e-2)}[case]
     qs = clones(ps)
     opt = front(qs)
     sched = (torch.optim.lr_scheduler.StepLR(opt, step_size=7, gamma=0.5) if case == "steplr" else
+             torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1 / (1 + t)) if case == "lambdalr" else
              torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.05, total_steps=steps) if case == "onecycle" else None)
     seen = []                                        # the (lr, beta_1) of each step, as the scheduler wrote them
     for t in range(steps):
@@ -527,3 +530,18 @@ def test_loaded_different_step_counts_are_refused():
     set_grads(qs, grads(qs, 0))
     with pytest.raises(ValueError, match="different step counts"):
         b.step()
+
+
+# ------------------------------------------------------------------------------ CUDA (not run without a GPU)
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: the CUDA path of adam_lit.torch is untested here")
+def test_cuda_parameters_train():
+    "CUDA parameters: adam_lit's pipeline on the tensors themselves; the state on the device, close to the NumPy bits."
+    ps = params(19)
+    qs = [torch.nn.Parameter(p.detach().cuda()) for p in ps]
+    opt = Adam(qs, lr=0.01, amsgrad=True)
+    for t in range(10):
+        set_grads(qs, [g.cuda() for g in grads(ps, t)]); opt.step()
+    xs, _ = lit_run(lambda: adam_lit.Adam(learning_rate=0.01, amsgrad=True), ps, 10)
+    for q, x in zip(qs, xs):
+        assert opt.state[q]["exp_avg"].device == q.device
+        np.testing.assert_allclose(q.detach().cpu().numpy(), x, rtol=1e-5, atol=1e-6)
