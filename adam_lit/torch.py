@@ -92,6 +92,9 @@ class _Front(torch.optim.Optimizer):
 
     def __init__(self, params, defaults: dict, numerics: str, engine_kwargs: dict | None = None):
         if numerics not in NUMERICS: raise ValueError(f"Argument `numerics` must be one of {NUMERICS}, got {numerics!r}")
+        md = (engine_kwargs or {}).get("moment_dtype")
+        if md not in (None, "float32", "float64"):
+            raise ValueError(f"Argument `moment_dtype` must be None, 'float32' or 'float64', got {md!r}")
         self._numerics, self._engine_kwargs, self._engines = numerics, dict(engine_kwargs or {}), {}
         if defaults["eps"] is None: defaults["eps"] = _EPS[numerics]
         defaults["differentiable"] = False      # (torch's key, which its __setstate__ adds: the step is never differentiable)
@@ -265,9 +268,10 @@ class Adam(_Front):
     "Adam (and AMSGrad) as a `torch.optim.Optimizer`: each param group stepped by adam_lit's `Adam` on zero-copy views."
     def __init__(self, params, lr: float | torch.Tensor = 1e-3, betas: tuple = (0.9, 0.999), eps: float | None = None,
                  weight_decay: float = 0.0, amsgrad: bool = False, *, decoupled_weight_decay: bool = False,
-                 maximize: bool = False, numerics: str = "keras"):
+                 maximize: bool = False, numerics: str = "keras", moment_dtype: str | None = None):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
-                                      maximize=maximize, decoupled_weight_decay=decoupled_weight_decay), numerics)
+                                      maximize=maximize, decoupled_weight_decay=decoupled_weight_decay), numerics,
+                         {"moment_dtype": moment_dtype} if moment_dtype else {})
     __init__.__doc__ = _PARAMS + """
         weight_decay : float, default 0
             L2, added to the gradient as torch.optim.Adam adds it; decoupled with `decoupled_weight_decay=True`.
@@ -279,18 +283,21 @@ class Adam(_Front):
             Only False: adam_lit minimizes (negate the loss).
         numerics : str, default "keras"
             "keras": Keras 3's bits (adam_lit's compiled kernels); "torch": torch.optim.Adam's bits.
+        moment_dtype : str or None, default None
+            "float32": the moments and the update of float16 and bfloat16 parameters in float32 (adam_lit's option).
         """
 
 class AdamW(Adam):
     "`Adam` with decoupled weight decay, by default 0.01 as `torch.optim.AdamW` (Keras's `AdamW`: 0.004)."
     def __init__(self, params, lr: float | torch.Tensor = 1e-3, betas: tuple = (0.9, 0.999), eps: float | None = None,
-                 weight_decay: float = 0.01, amsgrad: bool = False, *, maximize: bool = False, numerics: str = "keras"):
+                 weight_decay: float = 0.01, amsgrad: bool = False, *, maximize: bool = False, numerics: str = "keras",
+                 moment_dtype: str | None = None):
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, decoupled_weight_decay=True, maximize=maximize,
-                         numerics=numerics)
+                         numerics=numerics, moment_dtype=moment_dtype)
     __init__.__doc__ = _PARAMS + """
         weight_decay : float, default 0.01
             Decoupled weight decay: Keras's `x - (x * wd) * lr`, or PyTorch's `x * (1 - lr * wd)` (numerics "torch").
-        amsgrad, maximize, numerics
+        amsgrad, maximize, numerics, moment_dtype
             As for `Adam`.
         """
 
@@ -299,14 +306,15 @@ class LazyAdam(_Front):
     _engine_class = _LitLazyAdam
     def __init__(self, params, lr: float | torch.Tensor = 1e-3, betas: tuple = (0.9, 0.999), eps: float | None = None,
                  weight_decay: float = 0.0, amsgrad: bool = False, *, row_bias_correction: bool = False,
-                 maximize: bool = False, numerics: str = "keras"):
+                 maximize: bool = False, numerics: str = "keras", moment_dtype: str | None = None):
         if not isinstance(row_bias_correction, bool):
             raise TypeError(f"Argument `row_bias_correction` must be a bool, got {row_bias_correction!r}")
         if row_bias_correction and numerics != "keras":
             raise ValueError(f"Argument `row_bias_correction=True` needs numerics='keras', got numerics={numerics!r}")
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
                                       maximize=maximize, decoupled_weight_decay=True), numerics,
-                         {"row_bias_correction": True} if row_bias_correction else {})
+                         {**({"row_bias_correction": True} if row_bias_correction else {}),
+                          **({"moment_dtype": moment_dtype} if moment_dtype else {})})
     __init__.__doc__ = _PARAMS + """
         weight_decay : float, default 0
             Decoupled weight decay of the touched rows (all rows for a dense gradient), `x - (x * wd) * lr`.
@@ -319,4 +327,6 @@ class LazyAdam(_Front):
         numerics : str, default "keras"
             "keras": TF Addons' LazyAdam with Keras 3's rounding (the fused row kernel); "torch": PyTorch's dense rule
             on the touched rows.
+        moment_dtype : str or None, default None
+            As for `Adam`.
         """

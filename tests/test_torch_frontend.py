@@ -58,6 +58,7 @@ def same_bits(a, b, what=""):
     "The same dtype, shape and bytes (NaNs and signed zeros included)."
     a, b = a.detach().cpu().contiguous(), b.detach().cpu().contiguous()
     assert a.dtype == b.dtype and a.shape == b.shape, (what, a.dtype, b.dtype, a.shape, b.shape)
+    if a.dtype == torch.bfloat16: a, b = a.view(torch.int16), b.view(torch.int16)     # (NumPy has no bfloat16)
     if not np.array_equal(a.numpy().reshape(-1).view(np.uint8), b.numpy().reshape(-1).view(np.uint8)):
         pytest.fail(f"{what}: {int((a != b).sum())} of {a.numel()} elements differ")
 
@@ -545,3 +546,48 @@ def test_cuda_parameters_train():
     for q, x in zip(qs, xs):
         assert opt.state[q]["exp_avg"].device == q.device
         np.testing.assert_allclose(q.detach().cpu().numpy(), x, rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------ narrow dtypes, pickling, one count
+def test_bfloat16_needs_moment_dtype():
+    "adam_lit's rule: beta_2 = 0.999 rounds to 1 in bfloat16, so the step is refused (naming moment_dtype) until asked."
+    p = torch.nn.Parameter(torch.randn(6, dtype=torch.bfloat16))
+    opt = Adam([p], lr=0.01)
+    p.grad = torch.ones(6, dtype=torch.bfloat16)
+    before = p.detach().clone()
+    with pytest.raises(ValueError, match="moment_dtype"):
+        opt.step()
+    same_bits(p, before, "refused bfloat16 step")
+    opt = Adam([p], lr=0.01, moment_dtype="float32")
+    for _ in range(3): opt.step()
+    assert p.dtype == torch.bfloat16 and opt.state[p]["exp_avg"].dtype == torch.float32
+    assert (p.float() < before.float()).all()
+    with pytest.raises(ValueError, match="moment_dtype"):
+        Adam([p], moment_dtype="bfloat16")
+
+
+def test_pickle_round_trip():
+    import pickle
+    ps = params(20)
+    a = train(lambda x: LazyAdam(x, lr=0.01, row_bias_correction=True), ps, 3)
+    model2, b = pickle.loads(pickle.dumps((ps, a)))
+    assert isinstance(b, LazyAdam) and b._engine_kwargs == {"row_bias_correction": True}
+    for t in range(3, 6):
+        gs = grads(ps, t); set_grads(ps, gs); set_grads(model2, gs); a.step(); b.step()
+    for p, q in zip(ps, model2): same_bits(q, p, "pickled")
+
+
+def test_one_step_count_per_group():
+    "A parameter without a gradient at a step keeps its value, but the group's count advances: adam_lit.Adam's semantics."
+    ps = params(21); qs = clones(ps)
+    opt = Adam(qs, lr=0.01)
+    xs = [p.detach().numpy().copy() for p in ps]
+    ref = adam_lit.Adam(learning_rate=0.01); ref.build(xs)
+    for t in range(6):
+        gs = grads(ps, t)
+        have = [j for j in range(3) if not (t % 2 and j == 1)]           # parameter 1 has no gradient at odd steps
+        for j, q in enumerate(qs): q.grad = gs[j].clone() if j in have else None
+        opt.step()
+        ref.apply([gs[j].numpy() for j in have], [xs[j] for j in have])
+    for q, x in zip(qs, xs): same_bits(q, torch.from_numpy(x), "one count")
+    assert float(opt.state[qs[1]]["step"]) == 6.0
