@@ -1,0 +1,593 @@
+"""`adam_lit.torch`: Adam, AdamW and LazyAdam as `torch.optim.Optimizer`s (nbs/17_torch.ipynb).
+
+What is claimed, and checked here:
+* `numerics="torch"`: the bits of `torch.optim.Adam` / `torch.optim.AdamW` on CPU tensors (their default, the
+  single-tensor step), parameters and every state tensor, every step, with AMSGrad, L2 and decoupled weight decay,
+  param groups, float32 and float64; and the state_dict of either continues in the other bit for bit.
+* default (`numerics="keras"`): the bits of `adam_lit.Adam` / `AdamW` on NumPy copies of the parameters, with
+  schedulers writing `lr` and `betas` every step, AMSGrad, both weight decays; the compiled training-loop step is the
+  one taken.
+* `LazyAdam` on `nn.Embedding(sparse=True)` / `nn.EmbeddingBag(sparse=True)`: the bits of `adam_lit.LazyAdam` on a
+  NumPy copy given the same rows as `IndexedSlices` (uncoalesced), untouched rows untouched; `torch.optim.SparseAdam`
+  computes the same formula (epsilon before the bias correction), so with the same `eps` it agrees to rounding.
+* PyTorch's generic optimizer tests that apply to any optimizer (test/test_optim.py of PyTorch): state_dict round
+  trip through `torch.save` / `torch.load(weights_only=True)` continuing bit for bit, older state_dicts, a step count
+  saved as a number, deepcopy, param groups and `add_param_group`, `zero_grad(set_to_none)`, closures, parameters
+  without gradients, zero gradients, step hooks, tensor `lr`, schedulers going the right direction, `torch.compile`.
+* bad arguments: a ValueError or TypeError naming the argument, before anything changes.
+"""
+from __future__ import annotations
+
+import copy
+import io
+
+import numpy as np
+import pytest
+from conftest import need
+
+torch = need("torch", "adam_lit.torch is the PyTorch front end")
+
+import adam_lit
+from adam_lit import interop
+from adam_lit._fastpath import _Loop
+from adam_lit.backend import IndexedSlices
+from adam_lit.torch import Adam, AdamW, LazyAdam
+
+DT = {np.float32: torch.float32, np.float64: torch.float64}
+
+
+def params(seed=0, dtype=torch.float32, shapes=((20, 7), (7,), (3, 4, 5))):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.nn.Parameter(torch.randn(s, generator=g, dtype=dtype)) for s in shapes]
+
+
+def clones(ps): return [torch.nn.Parameter(p.detach().clone()) for p in ps]
+
+
+def grads(ps, seed):
+    g = torch.Generator().manual_seed(1000 + seed)
+    return [torch.randn(p.shape, generator=g, dtype=p.dtype) * 10.0 ** float(torch.randint(-3, 3, (), generator=g))
+            for p in ps]
+
+
+def set_grads(ps, gs):
+    for p, g in zip(ps, gs): p.grad = g.clone()
+
+
+def same_bits(a, b, what=""):
+    "The same dtype, shape and bytes (NaNs and signed zeros included)."
+    a, b = a.detach().cpu().contiguous(), b.detach().cpu().contiguous()
+    assert a.dtype == b.dtype and a.shape == b.shape, (what, a.dtype, b.dtype, a.shape, b.shape)
+    if a.dtype == torch.bfloat16: a, b = a.view(torch.int16), b.view(torch.int16)     # (NumPy has no bfloat16)
+    if not np.array_equal(a.numpy().reshape(-1).view(np.uint8), b.numpy().reshape(-1).view(np.uint8)):
+        pytest.fail(f"{what}: {int((a != b).sum())} of {a.numel()} elements differ")
+
+
+# ------------------------------------------------------------------------------ numerics="torch" = torch.optim.Adam
+TORCH_CASES = {
+    "adam": (torch.optim.Adam, Adam, dict(lr=1e-2)),
+    "amsgrad": (torch.optim.Adam, Adam, dict(lr=3e-3, betas=(0.8, 0.99), amsgrad=True)),
+    "l2": (torch.optim.Adam, Adam, dict(lr=1e-2, weight_decay=0.1)),
+    "adam-decoupled": (torch.optim.Adam, Adam, dict(lr=1e-2, weight_decay=0.05, decoupled_weight_decay=True)),
+    "adamw": (torch.optim.AdamW, AdamW, dict(lr=1e-2, weight_decay=0.05, amsgrad=True)),
+    "eps": (torch.optim.Adam, Adam, dict(lr=1e-3, eps=1e-3, betas=(0.3, 0.95))),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("case", list(TORCH_CASES))
+def test_torch_numerics_are_torch_optim_bits(case, dtype):
+    ref_cls, cls, kw = TORCH_CASES[case]
+    ps = params(1, dtype); qs = clones(ps)
+    groups = lambda xs: [{"params": xs[:2]}, {"params": xs[2:], "lr": kw["lr"] / 3}]    # two groups, two lrs
+    ref, mine = ref_cls(groups(ps), **kw), cls(groups(qs), numerics="torch", **kw)
+    for t in range(30):
+        gs = grads(ps, t); set_grads(ps, gs); set_grads(qs, gs)
+        ref.step(); mine.step()
+        for j, (p, q) in enumerate(zip(ps, qs)):
+            same_bits(q, p, f"step {t} param {j}")
+            for key, val in ref.state[p].items():
+                if key != "step": same_bits(mine.state[q][key], val, f"step {t} param {j} {key}")
+            assert float(mine.state[q]["step"]) == float(ref.state[p]["step"]) == t + 1
+
+
+@pytest.mark.parametrize("direction", ["torch->lit", "lit->torch"])
+def test_torch_numerics_state_dict_continues_in_the_other(direction):
+    "A state_dict of torch.optim.Adam continues in adam_lit.torch.Adam(numerics='torch') bit for bit, and the other way."
+    ps = params(2); qs = clones(ps)
+    kw = dict(lr=5e-3, amsgrad=True, weight_decay=0.01)
+    first, second = (torch.optim.Adam, Adam) if direction == "torch->lit" else (Adam, torch.optim.Adam)
+    extra = lambda c: dict(numerics="torch") if c is Adam else {}
+    a = first(ps, **kw, **extra(first))
+    for t in range(5):
+        set_grads(ps, grads(ps, t)); a.step()
+    b = second(qs, **kw, **extra(second))
+    with torch.no_grad():
+        for p, q in zip(ps, qs): q.copy_(p)
+    b.load_state_dict(copy.deepcopy(a.state_dict()))
+    for t in range(5, 15):
+        gs = grads(ps, t); set_grads(ps, gs); set_grads(qs, gs)
+        a.step(); b.step()
+    for p, q in zip(ps, qs): same_bits(q, p, direction)
+
+
+# ------------------------------------------------------------------------------ numerics="keras" = adam_lit on NumPy
+def lit_run(make_lit, ps, steps, per_step=None, l2=0.0):
+    "adam_lit on NumPy copies of `ps`, the same gradients; `per_step(opt, t)` sets the options a scheduler would."
+    xs = [p.detach().numpy().copy() for p in ps]
+    opt = make_lit()
+    for t in range(steps):
+        if per_step: per_step(opt, t)
+        gs = grads(ps, t)
+        if l2: gs = [torch.add(g, torch.from_numpy(x), alpha=l2) for g, x in zip(gs, xs)]
+        opt.apply([g.numpy() for g in gs], xs)
+    return xs, opt
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("case", ["adam", "amsgrad", "adamw", "l2", "steplr", "lambdalr", "onecycle"])
+def test_keras_numerics_are_adam_lit_bits(case, dtype):
+    ps = params(3, dtype)
+    steps = 40
+    front = {"adam": lambda q: Adam(q, lr=1e-2),
+             "amsgrad": lambda q: Adam(q, lr=1e-2, betas=(0.8, 0.99), eps=1e-5, amsgrad=True),
+             "adamw": lambda q: AdamW(q, lr=1e-2, weight_decay=0.03),
+             "l2": lambda q: Adam(q, lr=1e-2, weight_decay=0.03),
+             "steplr": lambda q: Adam(q, lr=1e-2),
+             "lambdalr": lambda q: Adam(q, lr=1e-2),
+             "onecycle": lambda q: Adam(q, lr=1e-2)}[case]
+    lit = {"adam": lambda: adam_lit.Adam(learning_rate=1e-2),
+           "amsgrad": lambda: adam_lit.Adam(learning_rate=1e-2, beta_1=0.8, beta_2=0.99, epsilon=1e-5, amsgrad=True),
+           "adamw": lambda: adam_lit.AdamW(learning_rate=1e-2, weight_decay=0.03),
+           "l2": lambda: adam_lit.Adam(learning_rate=1e-2),
+           "steplr": lambda: adam_lit.Adam(learning_rate=1e-2),
+           "lambdalr": lambda: adam_lit.Adam(learning_rate=1e-2),
+           "onecycle": lambda: adam_lit.Adam(learning_rate=1e-2)}[case]
+    qs = clones(ps)
+    opt = front(qs)
+    sched = (torch.optim.lr_scheduler.StepLR(opt, step_size=7, gamma=0.5) if case == "steplr" else
+             torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1 / (1 + t)) if case == "lambdalr" else
+             torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.05, total_steps=steps) if case == "onecycle" else None)
+    seen = []                                        # the (lr, beta_1) of each step, as the scheduler wrote them
+    for t in range(steps):
+        g0 = opt.param_groups[0]
+        seen.append((float(g0["lr"]), float(g0["betas"][0])))
+        set_grads(qs, grads(ps, t)); opt.step()
+        if sched: sched.step()
+    def per_step(o, t): o.learning_rate, o.beta_1 = seen[t]
+    xs, ref = lit_run(lit, ps, steps, per_step if sched else None, l2=0.03 if case == "l2" else 0.0)
+    for j, (q, x) in enumerate(zip(qs, xs)): same_bits(q, torch.from_numpy(x), f"{case} param {j}")
+    eng = opt._engines[id(opt.param_groups[0])]
+    for j, x in enumerate(xs):
+        same_bits(opt.state[qs[j]]["exp_avg"], torch.from_numpy(ref.get_slot(x, "m")), f"m {j}")
+        same_bits(opt.state[qs[j]]["exp_avg_sq"], torch.from_numpy(ref.get_slot(x, "v")), f"v {j}")
+        assert np.shares_memory(opt.state[qs[j]]["exp_avg"].numpy(), eng.opt.get_slot(eng.xs[j], "m"))
+    if case in ("adam", "adamw", "steplr"):                  # the compiled multi-tensor step is the one that ran
+        assert isinstance(eng.opt.__dict__.get("_loop"), _Loop)
+    if case == "onecycle":
+        assert len({b for _, b in seen}) > 10 and len({lr for lr, _ in seen}) > 10
+
+
+def test_lr_as_a_tensor_is_read_every_step():
+    ps = params(4); qs = clones(ps)
+    lr = torch.tensor(0.01)
+    opt = Adam(qs, lr=lr)
+    rates = [0.01, 0.02, 0.005, 0.0, 0.03]
+    for t, r in enumerate(rates):
+        lr.fill_(r)
+        set_grads(qs, grads(ps, t)); opt.step()
+    xs, _ = lit_run(lambda: adam_lit.Adam(learning_rate=0.01), ps, len(rates),
+                    lambda o, t: setattr(o, "learning_rate", float(np.float32(rates[t]))))
+    for q, x in zip(qs, xs): same_bits(q, torch.from_numpy(x), "tensor lr")
+
+
+# ------------------------------------------------------------------------------ LazyAdam
+def lazy_pair(kind, rows=60, dim=5, seed=0, **kw):
+    torch.manual_seed(seed)
+    mod = (torch.nn.Embedding(rows, dim, sparse=True) if kind == "embedding" else
+           torch.nn.EmbeddingBag(rows, dim, mode="sum", sparse=True))
+    table = mod.weight.detach().numpy().copy()
+    return mod, table
+
+
+@pytest.mark.parametrize("kind", ["embedding", "bag"])
+@pytest.mark.parametrize("opts", [{}, {"amsgrad": True}, {"weight_decay": 0.02}, {"row_bias_correction": True},
+                                  {"amsgrad": True, "weight_decay": 0.02, "row_bias_correction": True}],
+                         ids=["plain", "amsgrad", "decay", "rowbias", "all"])
+def test_lazy_adam_is_adam_lit_lazy_adam_bits(kind, opts):
+    mod, table = lazy_pair(kind)
+    mine = LazyAdam(mod.parameters(), lr=0.03, **opts)
+    lit = {"amsgrad": "amsgrad", "weight_decay": "weight_decay", "row_bias_correction": "row_bias_correction"}
+    ref = adam_lit.LazyAdam(learning_rate=0.03, **{lit[k]: v for k, v in opts.items()})
+    before = mod.weight.detach().clone()
+    g = torch.Generator().manual_seed(5)
+    for t in range(25):
+        idx = torch.randint(0, 50, (40,), generator=g)                 # repeats; rows 50.. never touched
+        mine.zero_grad()
+        out = mod(idx) if kind == "embedding" else mod(idx.view(10, 4))
+        (out * torch.randn(out.shape, generator=g)).sum().backward()
+        sg = mod.weight.grad
+        assert sg.is_sparse and not sg.is_coalesced()
+        ref.apply([IndexedSlices(sg._values().numpy().copy(), sg._indices()[0].numpy().copy(), tuple(sg.shape))], [table])
+        v0 = mod.weight._version
+        mine.step()
+        assert mod.weight._version > v0                                # autograd sees the in-place update
+    same_bits(mod.weight, torch.from_numpy(table), "table")
+    same_bits(mod.weight[50:], before[50:], "untouched rows")
+    same_bits(mine.state[mod.weight]["exp_avg"], torch.from_numpy(ref.get_slot(table, "m")), "m")
+    if opts.get("row_bias_correction"):
+        same_bits(mine.state[mod.weight]["row_step"], torch.from_numpy(ref.get_slot(table, "row_step")), "row_step")
+
+
+def test_lazy_adam_dense_gradient_is_adam():
+    ps = params(6); qs, rs = clones(ps), clones(ps)
+    lazy, adamw = LazyAdam(qs, lr=0.01, weight_decay=0.02), AdamW(rs, lr=0.01, weight_decay=0.02)
+    for t in range(10):
+        gs = grads(ps, t); set_grads(qs, gs); set_grads(rs, gs)
+        lazy.step(); adamw.step()
+    for q, r in zip(qs, rs): same_bits(q, r, "dense LazyAdam")
+
+
+def test_lazy_adam_agrees_with_sparse_adam_to_rounding():
+    "torch.optim.SparseAdam adds eps before the bias correction, like Keras: the same formula, other roundings."
+    mod, _ = lazy_pair("embedding", rows=200, dim=8, seed=1)
+    mod2 = copy.deepcopy(mod)
+    mine, ref = LazyAdam(mod.parameters(), lr=0.01, eps=1e-8), torch.optim.SparseAdam(mod2.parameters(), lr=0.01, eps=1e-8)
+    g = torch.Generator().manual_seed(2)
+    for t in range(30):
+        idx = torch.randint(0, 200, (64,), generator=g)
+        w = torch.randn(64, 8, generator=g)
+        for m, o in ((mod, mine), (mod2, ref)):
+            o.zero_grad(); (m(idx) * w).sum().backward(); o.step()
+    diff = (mod.weight - mod2.weight).abs().max().item()
+    moved = (mod2.weight - lazy_pair("embedding", rows=200, dim=8, seed=1)[0].weight).abs().max().item()
+    assert moved > 0.05 and diff < 1e-5 * moved * 30, (diff, moved)   # ulps of 30 steps, against moves of 1e-2
+
+
+def test_lazy_adam_speed_path_is_the_row_kernel(monkeypatch):
+    "The sparse step goes through adam_lit's in-place row pass (`LazyAdam._rows_in_place`), nothing dense."
+    mod, _ = lazy_pair("embedding", rows=1000)
+    opt = LazyAdam(mod.parameters())
+    calls = []
+    orig = adam_lit.LazyAdam._rows_in_place
+    monkeypatch.setattr(adam_lit.LazyAdam, "_rows_in_place", lambda self, *a: calls.append(1) or orig(self, *a))
+    mod(torch.tensor([1, 2, 2])).sum().backward(); opt.step()
+    assert calls == [1]
+
+
+# ------------------------------------------------------------------------------ PyTorch's generic optimizer tests
+def train(opt_fn, ps, steps, start=0):
+    opt = opt_fn(ps)
+    for t in range(start, start + steps):
+        set_grads(ps, grads(ps, t)); opt.step()
+    return opt
+
+
+@pytest.mark.parametrize("cls", [Adam, AdamW, LazyAdam])
+@pytest.mark.parametrize("numerics", ["keras", "torch"])
+def test_state_dict_round_trip_continues_bit_for_bit(cls, numerics):
+    "test_state_dict_deterministic: save, torch.load(weights_only=True) into a fresh optimizer, continue: the same bits."
+    ps = params(7)
+    kw = dict(lr=0.01, amsgrad=True, numerics=numerics)
+    a = train(lambda x: cls([{"params": x[:1]}, {"params": x[1:], "lr": 0.003}], **kw), ps, 6)
+    buf = io.BytesIO(); torch.save(a.state_dict(), buf); buf.seek(0)
+    sd = torch.load(buf, weights_only=True)
+    assert set(sd["state"][0]) == {"step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"}
+    assert sd["state"][0]["step"] is not sd["state"][1]["step"]          # one tensor per parameter, as torch's
+    qs = clones(ps)
+    b = cls([{"params": qs[:1]}, {"params": qs[1:], "lr": 1.0}], **kw)  # the loaded groups' options win
+    b.load_state_dict(sd)
+    assert b.param_groups[1]["lr"] == 0.003
+    for t in range(6, 14):
+        gs = grads(ps, t); set_grads(ps, gs); set_grads(qs, gs)
+        a.step(); b.step()
+    for p, q in zip(ps, qs): same_bits(q, p, "continued")
+    for p, q in zip(ps, qs):
+        for key in a.state[p]: same_bits(b.state[q][key], a.state[p][key], key)
+
+
+def test_state_dict_is_read_by_interop():
+    "adam_lit.interop reads the state_dict (torch's layout) into adam_lit.Adam, which continues with the same bits."
+    ps = params(8)
+    a = train(lambda x: AdamW(x, lr=0.01, weight_decay=0.02, amsgrad=True), ps, 5)
+    xs = [p.detach().numpy().copy() for p in ps]
+    lit = adam_lit.AdamW(learning_rate=0.01, weight_decay=0.02, amsgrad=True); lit.build(xs)
+    with pytest.warns(UserWarning, match="epsilon"):          # (interop says where PyTorch's epsilon differs)
+        interop.from_torch_state_dict(lit, a.state_dict())
+    assert lit.iterations == 5
+    for t in range(5, 10):
+        gs = grads(ps, t); set_grads(ps, gs); a.step(); lit.apply([g.numpy() for g in gs], xs)
+    for p, x in zip(ps, xs): same_bits(p, torch.from_numpy(x), "interop")
+
+
+def test_older_state_dict_and_step_as_a_number_load():
+    "test_can_load_older_state_dict / test_load_nontensor_step: missing group options take the defaults; a float step."
+    ps = params(9)
+    a = train(lambda x: Adam(x, lr=0.01), ps, 3)
+    sd = copy.deepcopy(a.state_dict())
+    for g in sd["param_groups"]:
+        del g["decoupled_weight_decay"], g["maximize"]
+    for st in sd["state"].values(): st["step"] = float(st["step"])
+    qs = clones(ps)
+    b = Adam(qs, lr=0.01); b.load_state_dict(sd)
+    for t in range(3, 6):
+        gs = grads(ps, t); set_grads(ps, gs); set_grads(qs, gs); a.step(); b.step()
+    for p, q in zip(ps, qs): same_bits(q, p, "older state_dict")
+    assert b.param_groups[0]["maximize"] is False
+
+
+def test_deepcopy_continues_independently():
+    "test_deepcopy_copies_all_public_attrs: the copy has the same public attributes and continues on its own."
+    ps = params(10)
+    model = torch.nn.ParameterList(ps)
+    a = train(lambda x: Adam(x, lr=0.01, amsgrad=True), list(model), 4)
+    model2, a2 = copy.deepcopy((model, a))
+    public = lambda o: {k for k in vars(o) if not k.startswith("_")}
+    assert public(a2) == public(a)
+    assert a2.defaults == a.defaults and [len(g["params"]) for g in a2.param_groups] == [len(g["params"]) for g in a.param_groups]
+    for t in range(4, 8):
+        gs = grads(ps, t); set_grads(list(model), gs); set_grads(list(model2), gs); a.step(); a2.step()
+    for p, q in zip(model, model2): same_bits(q, p, "deepcopy")
+    assert not np.shares_memory(a.state[model[0]]["exp_avg"].numpy(), a2.state[model2[0]]["exp_avg"].numpy())
+
+
+def test_param_groups_and_add_param_group():
+    "Per-group options: a group with lr 0 does not move; a group added later gets the defaults and steps from its own 0."
+    ps = params(11)
+    opt = Adam([{"params": ps[:1], "lr": 0.0}, {"params": ps[1:2]}], lr=0.01, betas=(0.8, 0.9))
+    before = [p.detach().clone() for p in ps]
+    set_grads(ps[:2], grads(ps[:2], 0)); opt.step()
+    same_bits(ps[0], before[0], "lr 0")
+    assert not torch.equal(ps[1], before[1])
+    opt.add_param_group({"params": ps[2:], "weight_decay": 0.1})
+    assert opt.param_groups[2]["betas"] == (0.8, 0.9) and opt.param_groups[2]["lr"] == 0.01
+    set_grads(ps, grads(ps, 1)); opt.step()
+    assert float(opt.state[ps[1]]["step"]) == 2 and float(opt.state[ps[2]]["step"]) == 1
+    with pytest.raises(ValueError, match="some parameters appear in more than one parameter group"):
+        opt.add_param_group({"params": ps[:1]})
+
+
+def test_zero_grad_set_to_none():
+    ps = params(12)
+    opt = Adam(ps)
+    set_grads(ps, grads(ps, 0)); opt.step()
+    opt.zero_grad(set_to_none=False)
+    assert all(p.grad is not None and not p.grad.any() for p in ps)
+    opt.zero_grad()
+    assert all(p.grad is None for p in ps)
+
+
+def test_step_with_closure():
+    "The closure runs under enable_grad (even when step is called under no_grad) and its loss is returned."
+    w = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    opt = Adam([w], lr=0.1)
+    def closure():
+        opt.zero_grad()
+        loss = (w ** 2).sum()
+        loss.backward()
+        return loss
+    with torch.no_grad():
+        loss = opt.step(closure)
+    assert float(loss.detach()) == 5.0 and w.grad is not None
+    for _ in range(100): opt.step(closure)
+    assert float((w.detach() ** 2).sum()) < 0.05
+
+
+def test_params_without_grad_are_skipped():
+    "test_step_is_noop_when_params_have_no_grad; a parameter that gets a gradient later starts from zero moments."
+    ps = params(13)
+    opt = Adam(ps, lr=0.01)
+    before = [p.detach().clone() for p in ps]
+    opt.step()                                                    # no gradients at all: nothing, not even state
+    for p, b in zip(ps, before): same_bits(p, b, "no grads")
+    assert len(opt.state) == 0
+    ps[0].grad = grads(ps, 0)[0]
+    opt.step()
+    same_bits(ps[1], before[1], "param 1 without grad"); same_bits(ps[2], before[2], "param 2 without grad")
+    assert not torch.equal(ps[0], before[0])
+    assert not opt.state[ps[1]]["exp_avg"].any()
+
+
+def test_zero_grads_are_a_noop():
+    "test_step_is_noop_for_zero_grads: from fresh state, zero gradients move nothing (Adam's m = 0)."
+    ps = params(14)
+    opt = Adam(ps, lr=0.1, amsgrad=True)
+    before = [p.detach().clone() for p in ps]
+    for _ in range(3):
+        for p in ps: p.grad = torch.zeros_like(p)
+        opt.step()
+    for p, b in zip(ps, before): same_bits(p, b, "zero grads")
+
+
+def test_step_hooks_run():
+    ps = params(15)
+    opt = Adam(ps)
+    calls = []
+    opt.register_step_pre_hook(lambda o, a, k: calls.append("pre"))
+    opt.register_step_post_hook(lambda o, a, k: calls.append("post"))
+    set_grads(ps, grads(ps, 0)); opt.step()
+    assert calls == ["pre", "post"]
+
+
+def test_scheduler_goes_right_direction():
+    "test_forloop_goes_right_direction with a scheduler: a least-squares problem, loss down by 10x, lr decayed."
+    g = torch.Generator().manual_seed(0)
+    A, b = torch.randn(30, 5, generator=g), torch.randn(30, generator=g)
+    for cls in (Adam, AdamW, LazyAdam):
+        w = torch.nn.Parameter(torch.zeros(5))
+        opt = cls([w], lr=0.1)
+        sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.99)
+        best = float(((A @ torch.linalg.lstsq(A, b[:, None]).solution[:, 0] - b) ** 2).mean())
+        first = None
+        for _ in range(200):
+            opt.zero_grad(); loss = ((A @ w - b) ** 2).mean(); loss.backward(); opt.step(); sched.step()
+            first = float(loss.detach()) if first is None else first
+        assert float(loss.detach()) - best < (first - best) / 100, (cls, float(loss.detach()), best, first)
+        assert opt.param_groups[0]["lr"] == pytest.approx(0.1 * 0.99 ** 200)
+
+
+def test_torch_compile_training_step():
+    "A compiled training step (dynamo traces the model, the optimizer step runs eagerly) gives the eager step's bits."
+    def run(compiled):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+        opt = Adam(model.parameters(), lr=0.01)
+        x, y = torch.randn(16, 4), torch.randn(16, 1)
+        def step():
+            opt.zero_grad()
+            loss = ((model(x) - y) ** 2).mean()
+            loss.backward()
+            opt.step()
+            return loss.detach()
+        f = torch.compile(step, backend="eager") if compiled else step
+        return [float(f()) for _ in range(4)], [p.detach().clone() for p in model.parameters()]
+    (l1, p1), (l2, p2) = run(False), run(True)
+    assert l1 == l2 and l1[-1] < l1[0]
+    for a, b in zip(p1, p2): same_bits(a, b, "compiled")
+
+
+def test_storage_replaced_keeps_state():
+    "`p.data = ...` (new storage): the next step works on the new memory, the moments carried over."
+    ps = params(16); qs = clones(ps)
+    a, b = train(lambda x: Adam(x, lr=0.01), ps, 3), train(lambda x: Adam(x, lr=0.01), qs, 3)
+    qs[0].data = qs[0].data.clone()
+    for t in range(3, 6):
+        gs = grads(ps, t); set_grads(ps, gs); set_grads(qs, gs); a.step(); b.step()
+    for p, q in zip(ps, qs): same_bits(q, p, "storage replaced")
+
+
+def test_repr_and_classes():
+    opt = LazyAdam([torch.nn.Parameter(torch.zeros(2))])
+    assert isinstance(opt, torch.optim.Optimizer) and "LazyAdam" in repr(opt) and "lr: 0.001" in repr(opt)
+    assert opt.defaults["eps"] == 1e-7 and Adam([torch.zeros(1, requires_grad=True)], numerics="torch").defaults["eps"] == 1e-8
+    assert AdamW([torch.zeros(1, requires_grad=True)]).defaults["weight_decay"] == 0.01
+
+
+# ------------------------------------------------------------------------------ bad arguments
+@pytest.mark.parametrize("kw, err, msg", [
+    (dict(lr=-0.1), ValueError, "`lr`"), (dict(lr=float("inf")), ValueError, "`lr`"), (dict(lr="0.1"), TypeError, "`lr`"),
+    (dict(betas=(1.0, 0.999)), ValueError, r"`betas\[0\]`"), (dict(betas=(0.9, -0.1)), ValueError, r"`betas\[1\]`"),
+    (dict(betas=0.9), ValueError, "`betas`"), (dict(eps=-1.0), ValueError, "`eps`"),
+    (dict(weight_decay=-1e-3), ValueError, "`weight_decay`"), (dict(amsgrad="yes"), TypeError, "`amsgrad`"),
+    (dict(maximize=True), ValueError, "`maximize"), (dict(numerics="optax"), ValueError, "`numerics`"),
+    (dict(lr=torch.tensor([0.1, 0.2])), ValueError, "`lr`"),
+])
+def test_bad_arguments(kw, err, msg):
+    with pytest.raises(err, match=msg):
+        Adam([torch.nn.Parameter(torch.zeros(2))], **kw)
+
+
+def test_lazy_bad_arguments():
+    p = torch.nn.Parameter(torch.zeros(2))
+    with pytest.raises(TypeError, match="row_bias_correction"): LazyAdam([p], row_bias_correction=1)
+    with pytest.raises(ValueError, match="row_bias_correction"): LazyAdam([p], row_bias_correction=True, numerics="torch")
+
+
+def snapshot(opt, ps):
+    return ([p.detach().clone() for p in ps], {id(p): {k: v.clone() for k, v in opt.state[p].items()} for p in ps})
+
+
+def unchanged(opt, ps, snap):
+    for p, b in zip(ps, snap[0]): same_bits(p, b, "param changed by a failed step")
+    for p in ps:
+        for k, v in snap[1][id(p)].items(): same_bits(opt.state[p][k], v, f"state {k} changed by a failed step")
+
+
+@pytest.mark.parametrize("spoil, msg", [
+    (lambda opt, ps: opt.param_groups[1].__setitem__("betas", (0.9, 1.5)), r"`betas\[1\]`.*param group 1"),
+    (lambda opt, ps: opt.param_groups[1].__setitem__("lr", -1.0), r"`lr`.*param group 1"),
+    (lambda opt, ps: setattr(ps[2].grad, "data", torch.zeros(2, 2)), "parameter 0 of param group 1 has shape"),
+    (lambda opt, ps: setattr(ps[2].grad, "data", torch.zeros(ps[2].shape, dtype=torch.float64)), "dtype"),
+])
+def test_a_failed_step_changes_nothing(spoil, msg):
+    ps = params(17)
+    opt = Adam([{"params": ps[:2]}, {"params": ps[2:]}], lr=0.01)
+    set_grads(ps, grads(ps, 0)); opt.step()
+    set_grads(ps, grads(ps, 1))
+    snap = snapshot(opt, ps)
+    spoil(opt, ps)
+    with pytest.raises((ValueError, TypeError), match=msg):
+        opt.step()
+    unchanged(opt, ps, snap)
+
+
+def test_sparse_gradient_with_l2_is_refused():
+    mod, _ = lazy_pair("embedding")
+    opt = Adam(mod.parameters(), weight_decay=0.1)
+    mod(torch.tensor([1, 2])).sum().backward()
+    before = mod.weight.detach().clone()
+    with pytest.raises(ValueError, match="sparse gradient"):
+        opt.step()
+    same_bits(mod.weight, before, "sparse L2")
+
+
+def test_loaded_different_step_counts_are_refused():
+    ps = params(18)
+    a = train(lambda x: Adam(x), ps, 2)
+    sd = copy.deepcopy(a.state_dict())
+    sd["state"][1]["step"] = torch.tensor(7.0)
+    b = Adam(clones(ps)); b.load_state_dict(sd)
+    qs = b.param_groups[0]["params"]
+    set_grads(qs, grads(qs, 0))
+    with pytest.raises(ValueError, match="different step counts"):
+        b.step()
+
+
+# ------------------------------------------------------------------------------ CUDA (not run without a GPU)
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: the CUDA path of adam_lit.torch is untested here")
+def test_cuda_parameters_train():
+    "CUDA parameters: adam_lit's pipeline on the tensors themselves; the state on the device, close to the NumPy bits."
+    ps = params(19)
+    qs = [torch.nn.Parameter(p.detach().cuda()) for p in ps]
+    opt = Adam(qs, lr=0.01, amsgrad=True)
+    for t in range(10):
+        set_grads(qs, [g.cuda() for g in grads(ps, t)]); opt.step()
+    xs, _ = lit_run(lambda: adam_lit.Adam(learning_rate=0.01, amsgrad=True), ps, 10)
+    for q, x in zip(qs, xs):
+        assert opt.state[q]["exp_avg"].device == q.device
+        np.testing.assert_allclose(q.detach().cpu().numpy(), x, rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------ narrow dtypes, pickling, one count
+def test_bfloat16_needs_moment_dtype():
+    "adam_lit's rule: beta_2 = 0.999 rounds to 1 in bfloat16, so the step is refused (naming moment_dtype) until asked."
+    p = torch.nn.Parameter(torch.randn(6, dtype=torch.bfloat16))
+    opt = Adam([p], lr=0.01)
+    p.grad = torch.ones(6, dtype=torch.bfloat16)
+    before = p.detach().clone()
+    with pytest.raises(ValueError, match="moment_dtype"):
+        opt.step()
+    same_bits(p, before, "refused bfloat16 step")
+    opt = Adam([p], lr=0.01, moment_dtype="float32")
+    for _ in range(3): opt.step()
+    assert p.dtype == torch.bfloat16 and opt.state[p]["exp_avg"].dtype == torch.float32
+    assert (p.float() < before.float()).all()
+    with pytest.raises(ValueError, match="moment_dtype"):
+        Adam([p], moment_dtype="bfloat16")
+
+
+def test_pickle_round_trip():
+    import pickle
+    ps = params(20)
+    a = train(lambda x: LazyAdam(x, lr=0.01, row_bias_correction=True), ps, 3)
+    model2, b = pickle.loads(pickle.dumps((ps, a)))
+    assert isinstance(b, LazyAdam) and b._engine_kwargs == {"row_bias_correction": True}
+    for t in range(3, 6):
+        gs = grads(ps, t); set_grads(ps, gs); set_grads(model2, gs); a.step(); b.step()
+    for p, q in zip(ps, model2): same_bits(q, p, "pickled")
+
+
+def test_one_step_count_per_group():
+    "A parameter without a gradient at a step keeps its value, but the group's count advances: adam_lit.Adam's semantics."
+    ps = params(21); qs = clones(ps)
+    opt = Adam(qs, lr=0.01)
+    xs = [p.detach().numpy().copy() for p in ps]
+    ref = adam_lit.Adam(learning_rate=0.01); ref.build(xs)
+    for t in range(6):
+        gs = grads(ps, t)
+        have = [j for j in range(3) if not (t % 2 and j == 1)]           # parameter 1 has no gradient at odd steps
+        for j, q in enumerate(qs): q.grad = gs[j].clone() if j in have else None
+        opt.step()
+        ref.apply([gs[j].numpy() for j in have], [xs[j] for j in have])
+    for q, x in zip(qs, xs): same_bits(q, torch.from_numpy(x), "one count")
+    assert float(opt.state[qs[1]]["step"]) == 6.0
