@@ -16,6 +16,13 @@ export KERAS_BACKEND=jax
 .venv/bin/python -c 'from adam_lit._optional import missing
 print("== optional libraries not installed here:", ", ".join(missing("torch", "jax", "keras", "optax", "ml_dtypes", "mpi4py", "tensorflow", "cupy")) or "none")'
 echo "== nbdev-test (notebooks)"
-.venv/bin/nbdev-test --n-workers 2 --timing
+# the PyTorch front end's page (nbs/17_torch.ipynb) subclasses torch.optim.Optimizer: its cells carry the test flag
+# `torch`, run where PyTorch is installed (and required where ADAM_LIT_REQUIRE_ORACLES=1)
+FLAGS=()
+if .venv/bin/python -c 'import torch' 2>/dev/null; then FLAGS=(--flags torch)
+elif .venv/bin/python -c 'from adam_lit._optional import required; raise SystemExit(0 if required() else 1)'; then
+  echo "ADAM_LIT_REQUIRE_ORACLES=1, but torch is not installed: the PyTorch front end's page cannot run" >&2; exit 1
+else echo "== nbs/17_torch.ipynb skipped: torch not installed"; fi
+.venv/bin/nbdev-test --n-workers 2 --timing "${FLAGS[@]}"
 echo "== pytest (tests/)"
 .venv/bin/python -m pytest -q -rs tests
