@@ -26,10 +26,10 @@ __all__ = ['LR', 'B1', 'B2', 'EPS', 'BYTES_PER_PARAM', 'K_SETS', 'MLP', 'TWO_LAY
            'CHECKS', 'GPU_SIZES', 'GPU_SHAPES', 'GPU_IMPLS', 'transformer_shapes', 'Case', 'cases', 'time_step',
            'time_interleaved', 'grad_sets', 'sparse_sets', 'rotation', 'make_naive', 'make_adam_lit',
            'make_adam_lit_same', 'make_adam_lit_flat', 'make_optax', 'make_adam_lit_torch', 'make_adam_lit_jit',
-           'make_keras_jit', 'make_lazy', 'make_dense_table', 'make_torch_sparse', 'factories', 'skipped',
-           'StreamProbe', 'bandwidth', 'machine', 'run', 'tables', 'print_table', 'parse_targets', 'targets',
-           'print_targets', 'plot', 'time_gpu', 'gpu_bandwidth', 'gpu_machine', 'run_gpu', 'gpu_targets',
-           'print_gpu_table']
+           'make_keras_jit', 'make_lazy', 'make_dense_table', 'make_torch_sparse', 'make_front_torch',
+           'make_front_lazy', 'make_front_optax', 'factories', 'skipped', 'StreamProbe', 'bandwidth', 'machine', 'run',
+           'tables', 'print_table', 'parse_targets', 'targets', 'print_targets', 'plot', 'time_gpu', 'gpu_bandwidth',
+           'gpu_machine', 'run_gpu', 'gpu_targets', 'print_gpu_table']
 
 # %% ../nbs/10_bench.ipynb #beeeca7a
 LR, B1, B2, EPS = 1e-3, 0.9, 0.999, 1e-7
@@ -86,6 +86,7 @@ def cases(quick: bool = False) -> list:
             Case("transformer", "numpy", "transformer-like", q(transformer_shapes(), transformer_shapes(100, 16, 16))),
             Case("torch-2.1M", "torch", "two layers", two),
             Case("torch-4.8k", "torch", "small MLP", MLP),
+            Case("torch-transformer", "torch", "transformer-like", q(transformer_shapes(), transformer_shapes(100, 16, 16))),
             Case("jax-2.1M", "jax", "two layers", two),
             Case("lazy", "lazy", "table", ((q(1_000_000, 10_000), 64),), rows=q(1000, 100))]
 
@@ -433,6 +434,48 @@ def make_torch_sparse(params: list, sets: list):
     step.params = lambda: [p.detach().numpy()]
     return step
 
+def make_front_torch(params: list, sets: list):
+    "The PyTorch front end, `adam_lit.torch.Adam` (a `torch.optim.Optimizer`), the next gradient set as `p.grad` at each step."
+    import torch
+    from adam_lit.torch import Adam as TorchAdam
+    ps = [torch.nn.Parameter(torch.from_numpy(p)) for p in params]
+    nxt = rotation([[torch.from_numpy(g) for g in gs] for gs in sets])
+    opt = TorchAdam(ps, lr=LR, betas=(B1, B2), eps=EPS)
+    def step():
+        for p, g in zip(ps, nxt()): p.grad = g
+        opt.step()
+    step.params = lambda: [p.detach().numpy() for p in ps]
+    return step
+
+def make_front_lazy(params: list, sets: list):
+    "The PyTorch front end's `adam_lit.torch.LazyAdam` on the table as a parameter, the next gradient as a sparse COO tensor."
+    import torch
+    from adam_lit.torch import LazyAdam as TorchLazyAdam
+    p = torch.nn.Parameter(torch.from_numpy(params[0]))
+    nxt = rotation([torch.sparse_coo_tensor(torch.from_numpy(i)[None], torch.from_numpy(v), tuple(p.shape), check_invariants=True) for i, v in sets])
+    opt = TorchLazyAdam([p], lr=LR, betas=(B1, B2), eps=EPS)
+    def step():
+        p.grad = nxt(); opt.step()
+    step.params = lambda: [p.detach().numpy()]
+    return step
+
+def make_front_optax(params: list, sets: list):
+    "The Optax front end, `adam_lit.optax.adam` under `jax.jit` (as `make_optax` runs `optax.adam`)."
+    import jax, optax
+    from adam_lit.optax import adam as optax_adam
+    opt = optax_adam(LR, b1=B1, b2=B2, eps=EPS)
+    ps, gsets = _jax_arrays(params, sets)
+    box, nxt = [ps, opt.init(ps)], rotation(gsets)
+    def update(params, grads, state):
+        updates, state = opt.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+    update = jax.jit(update, donate_argnums=(0, 2))
+    def step():
+        box[0], box[1] = update(box[0], nxt(), box[1])
+        jax.block_until_ready(box[0])
+    step.params = lambda: [np.asarray(p) for p in box[0]]
+    return step
+
 # %% ../nbs/10_bench.ipynb #6e04e95e
 def _installed(name):
     import importlib.util
@@ -443,11 +486,12 @@ IMPLS = {   # group -> (name, factory, libraries it needs); the first of a group
               ("adam_lit flat (same grads)", make_adam_lit_flat, ()), ("naive NumPy", make_naive, ()),
               ("torch foreach", _make_torch("foreach"), ("torch",)), ("torch fused", _make_torch("fused"), ("torch",)),
               ("optax jit", make_optax, ("jax", "optax"))),
-    "torch": (("adam_lit", make_adam_lit_torch, ("torch",)), ("torch foreach", _make_torch("foreach"), ("torch",)),
-              ("torch fused", _make_torch("fused"), ("torch",))),
-    "jax": (("adam_lit jit", make_adam_lit_jit, ("jax",)), ("Keras jit", make_keras_jit, ("jax", "keras")),
-            ("optax jit", make_optax, ("jax", "optax"))),
-    "lazy": (("LazyAdam", make_lazy, ()), ("Adam, dense", make_dense_table, ()), ("torch SparseAdam", make_torch_sparse, ("torch",))),
+    "torch": (("adam_lit", make_adam_lit_torch, ("torch",)), ("adam_lit.torch", make_front_torch, ("torch",)),
+              ("torch foreach", _make_torch("foreach"), ("torch",)), ("torch fused", _make_torch("fused"), ("torch",))),
+    "jax": (("adam_lit jit", make_adam_lit_jit, ("jax",)), ("adam_lit.optax jit", make_front_optax, ("jax", "optax")),
+            ("Keras jit", make_keras_jit, ("jax", "keras")), ("optax jit", make_optax, ("jax", "optax"))),
+    "lazy": (("LazyAdam", make_lazy, ()), ("adam_lit.torch LazyAdam", make_front_lazy, ("torch",)),
+             ("Adam, dense", make_dense_table, ()), ("torch SparseAdam", make_torch_sparse, ("torch",))),
 }
 
 def factories(group: str = "numpy") -> dict:
@@ -808,6 +852,9 @@ TARGETS = """
 | JAX, jitted `stateless_apply`, 4 tensors 2.1M | ≥ 0.8x jitted optax.adam; bit-identical to Keras 3 under jit |
 | LazyAdam, 1e6 x 64, 1000 rows | ≥ 100x faster than a dense step |
 | per-step allocation, dense | ≤ 1 MiB |
+| front end `adam_lit.torch.Adam`, 4 tensors 2.1M and 78 tensors | ≥ 0.9x torch fused |
+| front end `adam_lit.torch.LazyAdam`, 1e6 x 64, 1000 rows | ≥ 20x torch SparseAdam |
+| front end `adam_lit.optax.adam` under jit, 4 tensors 2.1M | ≥ 0.8x jitted optax.adam |
 """
 
 def parse_targets(md: str = TARGETS) -> list:
@@ -884,6 +931,10 @@ CHECKS = {    # case of TARGETS -> measurement of a run: (text, met: True, False
     "JAX, jitted `stateless_apply`, 4 tensors 2.1M": _jax,
     "LazyAdam, 1e6 x 64, 1000 rows": lambda r: _vs(r, "lazy", ["Adam, dense"], 100, lit="LazyAdam"),
     "per-step allocation, dense": _alloc,
+    "front end `adam_lit.torch.Adam`, 4 tensors 2.1M and 78 tensors": lambda r: _both(
+        _vs(r, "torch-2.1M", ["torch fused"], 0.9, lit="adam_lit.torch"), _vs(r, "torch-transformer", ["torch fused"], 0.9, lit="adam_lit.torch")),
+    "front end `adam_lit.torch.LazyAdam`, 1e6 x 64, 1000 rows": lambda r: _vs(r, "lazy", ["torch SparseAdam"], 20, lit="adam_lit.torch LazyAdam"),
+    "front end `adam_lit.optax.adam` under jit, 4 tensors 2.1M": lambda r: _vs(r, "jax-2.1M", ["optax jit"], 0.8, lit="adam_lit.optax jit"),
 }
 
 def targets(
