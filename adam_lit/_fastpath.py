@@ -46,15 +46,17 @@ def _all_writeable(arrays) -> bool:
 # (a long cell: longer than one screen only by its docstrings, which list every parameter (for help() and the parameter table))
 def _flat_apply(self, grads, variables) -> bool:
     "One fused call for variables and gradients that tile flat buffers, when no option needs the tensors one by one."
-    vs = self._variables
+    vs, d = self._variables, self.__dict__
+    if len(vs) == 1 and len(grads) == 1:    # one variable and a new gradient array: the training-loop step (the same
+        g0, last, plan = grads[0], d.get("_flat_grads"), d.get("_plan")      # array twice in a row: the flat path and its plan)
+        if (last is None or last[0][0] is not g0) and (plan is None or plan[0][0] is not g0):
+            d["_flat_grads"] = ([g0], None)               # (step state, set directly: no reconfiguration to undo)
+            if self._loop_apply(grads, variables):
+                d["_flat_steps"] += 1
+                return True
     if variables is not None: variables = list(variables)
     ran = _run_plan(self, grads, variables)
     if ran is not None: return ran
-    if len(vs) == 1 and not _same_as_last(self, grads):   # one variable, a new gradient array: the training-loop step
-        self._flat_grads = (list(grads), None)            # (the same array twice in a row: the flat path and its plan)
-        if self._loop_apply(grads, variables):
-            self._flat_steps += 1
-            return True
     if variables is not None:
         variables = list(variables)
         if len(variables) != len(vs) or any(a is not b for a, b in zip(variables, vs)): return False
@@ -98,11 +100,6 @@ def _flat_apply(self, grads, variables) -> bool:
         if step is not None: self._plan = (list(grads), step, finite)
     return True
 
-def _same_as_last(self, grads) -> bool:
-    "Whether `grads` are the arrays of the previous flat call."
-    c = self._flat_grads
-    return c is not None and len(c[0]) == len(grads) and all(a is b for a, b in zip(grads, c[0]))
-
 def _root(a):
     "The array that owns `a`'s memory."
     return a if a.base is None else a.base
@@ -138,6 +135,7 @@ class _Loop:
         self.tab, self.rng = made
         self.vs, self.n, self.torch, self.k, self.ams, self.spec = vs, len(vs), torch, k, bool(opt.amsgrad), spec
         self.shapes = [x.shape for x in vs]
+        self.ids = np.zeros(len(vs), np.int64)
         self.dtypes = [x.dtype for x in vs]
         hyper = opt._hyper_values()
         self.groups = []
@@ -178,7 +176,9 @@ def _loop_step(self: _Loop, opt, grads, variables) -> bool:
     for g in self.groups:
         if not g.set_lr(opt, t - 1): return False
     if self.torch is None:
-        ids = np.array(list(map(id, grads)), np.int64)     # the gradients' objects: alive for the whole call
+        ids = self.ids                                     # the gradients' objects: alive for the whole call
+        if n == 1: ids[0] = id(grads[0])
+        else: ids[:] = list(map(id, grads))
         g = self.single
         if g is not None:
             if g.step(ids, self.tab, self.rng, self.k["layout"], g.chunks, g.sc, self.ams) >= 0: return False
@@ -191,7 +191,7 @@ def _loop_step(self: _Loop, opt, grads, variables) -> bool:
         if not ok: return False
         for g in self.groups: g.update(g.table(self.tab), g.chunks, g.sc, self.ams)
         self.torch.autograd.graph.increment_version(self.vs)    # as an in-place update under torch.no_grad() does
-    opt._iterations = t
+    opt.__dict__["_iterations"] = t                     # (step state: set directly, no reconfiguration to undo)
     return True
 
 
