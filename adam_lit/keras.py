@@ -103,7 +103,7 @@ def _tf_rows(self, gradient, variable, i, lr, alpha, b1, b2, c1, c2, wd):
     x_rows = tf.gather(x, idx)
     if wd is not None: x_rows = x_rows - (x_rows * wd) * lr                      # decay of the touched rows only
     m_rows = tf.gather(m, idx) * b1 + g * c1
-    v_rows = tf.gather(v, idx) * b2 + (g * g) * c2
+    v_rows = tf.gather(v, idx) * b2 + tf.square(g) * c2                         # (g * g: a product chain that grappler may regroup)
     lazy_ams = self.amsgrad and self.numerics != "legacy"                        # TF Addons ignores vhat on rows
     if lazy_ams:
         vh = tfv(self._velocity_hats[i])
@@ -136,7 +136,7 @@ def _update_step(self: LazyAdam, gradient, variable, learning_rate):
     m, v = self._momentums[i], self._velocities[i]
     if wd is not None: self.assign(variable, ops.subtract(variable, ops.multiply(ops.multiply(variable, wd), lr)))
     self.assign_add(m, ops.multiply(ops.subtract(g, m), c1))                       # m + (g - m) * c1
-    self.assign_add(v, ops.multiply(ops.subtract(ops.multiply(g, g), v), c2))      # v + (g*g - v) * c2
+    self.assign_add(v, ops.multiply(ops.subtract(ops.square(g), v), c2))           # v + (g*g - v) * c2
     if self.amsgrad:
         vh = self._velocity_hats[i]
         self.assign(vh, ops.maximum(vh, v)); v = vh
