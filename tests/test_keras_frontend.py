@@ -8,7 +8,9 @@
   a `tf.function` (XLA: within 2 ulps); TF Addons' numbers of the reference table (float32, 3 steps); dense gradients equal to
   `keras.optimizers.Adam`; `model.fit` updating only the rows the data touches.
 
-Skipped where Keras (or, for the subprocess tests, TensorFlow) is not installed.
+* PyTorch backend (a subprocess with KERAS_BACKEND=torch): dense gradients bit for bit adam_lit's; `model.fit`.
+
+Skipped where Keras (or, for the subprocess tests, TensorFlow or PyTorch) is not installed.
 """
 import copy
 import json
@@ -301,13 +303,21 @@ for idx, vals in steps:
     opt.apply([tf.IndexedSlices(tf.constant(vals, tf.float32), tf.constant(idx), tf.constant([4, 2], tf.int64))], [E])
     print(" ".join(f"{v:.8g}" for v in keras.ops.convert_to_numpy(E).ravel()))
 print(" ".join(f"{v:.8g}" for v in keras.ops.convert_to_numpy(opt._momentums[0]).ravel()))
+before = [keras.ops.convert_to_numpy(v).copy() for v in [E] + opt.variables]
+try:
+    opt.apply([tf.IndexedSlices(tf.constant([[1.0, 1.0], [1.0, 1.0]]), tf.constant([1, 4]), tf.constant([4, 2], tf.int64))], [E])
+    print("no error")
+except tf.errors.InvalidArgumentError as e:
+    print("unchanged after a bad row index:", all(np.array_equal(a, keras.ops.convert_to_numpy(b)) for a, b in zip(before, [E] + opt.variables)))
 """
 
 
 def test_tensorflow_reproduces_tf_addons_table():
     """TF Addons' LazyAdam (0.23, on tf.keras 2.21), float32, lr=1e-3: the embedding after each of 3 sparse steps (a
-    repeated row in step 1) and `m` after step 3, as recorded from it (8 significant digits)."""
-    lines = _run_tensorflow(_TF_TABLE).strip().splitlines()[-4:]
+    repeated row in step 1) and `m` after step 3, as recorded from it (8 significant digits). Then a bad row index."""
+    lines = _run_tensorflow(_TF_TABLE).strip().splitlines()[-5:]
+    # a row index out of range: TensorFlow's error, raised before anything (table, moments, step count) is written
+    assert lines.pop() == "unchanged after a bad row index: True"
     assert lines[0].split() == "0.99900001 1.9990001 3 4 4.9990001 6.0009999 7 8".split()
     assert lines[1].split() == "0.99900001 1.9990001 2.9992559 4.0007443 4.9990001 6.0009999 7 8".split()
     assert lines[2].split() == "0.99817145 1.9981416 2.9992559 4.0007443 4.9990001 6.0009999 7.000639 7.999361".split()
@@ -362,3 +372,46 @@ def test_tensorflow_dense_gradients_and_fit(tmp_path):
     assert int(out["row_steps_traced"]) >= 1
     assert np.array_equal(out["E"][150:], out["E0"][150:])      # never read: untouched
     assert not np.array_equal(out["E"][:150], out["E0"][:150])
+
+
+_TORCH_SCRIPT = r"""
+import sys, warnings, numpy as np, keras
+assert keras.backend.backend() == "torch", keras.backend.backend()
+from adam_lit.keras import LazyAdam
+d = dict(np.load(sys.argv[1])); out = {}
+xs = [keras.Variable(d["init0"]), keras.Variable(d["init1"])]
+opt = LazyAdam(learning_rate=0.01, weight_decay=0.01, amsgrad=True)
+for c in range(4): opt.apply([d[f"g0/{c}"], d[f"g1/{c}"]], xs)
+for i, x in enumerate(xs): out[f"var/{i}"] = keras.ops.convert_to_numpy(x)
+keras.utils.set_random_seed(1)
+model = keras.Sequential([keras.Input((6,), dtype="int32"), keras.layers.Embedding(300, 8),
+                          keras.layers.GlobalAveragePooling1D(), keras.layers.Dense(1)])
+model.compile(optimizer=LazyAdam(learning_rate=0.01), loss="mse")
+out["loss"] = np.array(model.fit(d["X"], d["y"], batch_size=64, epochs=4, verbose=0).history["loss"])
+np.savez(sys.argv[2], **out)
+"""
+
+
+def test_torch_backend(tmp_path):
+    """Keras on PyTorch (a subprocess with KERAS_BACKEND=torch): dense gradients, adam_lit's LazyAdam bit for bit
+    (AMSGrad and weight decay on), and `model.fit` of the embedding model lowers the loss."""
+    import importlib.util
+    import subprocess
+    import sys
+    if importlib.util.find_spec("torch") is None: need("torch", "Keras's PyTorch backend")
+    inits, calls = dense_case(8, shapes=((5, 3), (4,)))
+    X, y = embedding_data()
+    d = {"init0": inits[0], "init1": inits[1], "X": X, "y": y}
+    d.update({f"g{i}/{c}": g for c, gs in enumerate(calls[:4]) for i, g in enumerate(gs)})
+    np.savez(tmp_path / "d.npz", **d)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, KERAS_BACKEND="torch", CUDA_VISIBLE_DEVICES="",
+               PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    run = subprocess.run([sys.executable, "-c", _TORCH_SCRIPT, str(tmp_path / "d.npz"), str(tmp_path / "out.npz")],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = np.load(tmp_path / "out.npz")
+    aopt, av = numpy_lazy(learning_rate=0.01, weight_decay=0.01, amsgrad=True), [x.copy() for x in inits]
+    for gs in calls[:4]: np_apply(aopt, [g.copy() for g in gs], av)
+    assert all(np.array_equal(out[f"var/{i}"], av[i]) for i in range(2))
+    assert out["loss"][-1] < out["loss"][0], out["loss"]
