@@ -20,7 +20,8 @@ LAYERS = [                          # lowest first
     {"lazyadam"},
     {"checkpoint"},
     {"distributed"},
-    {"interop", "driver", "bench", "torch", "optax", "keras"},
+    {"torch", "optax", "keras"},       # the front ends
+    {"interop", "driver", "bench"},
     {"__main__"},
 ]
 LEVEL = {m: k for k, layer in enumerate(LAYERS) for m in layer}
