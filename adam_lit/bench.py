@@ -645,8 +645,10 @@ def _brief(e: BaseException) -> str:
     "One line about an error: its type, the first line of its message, and the line of adam_lit it was raised from."
     msg = (str(e).strip().splitlines() or [""])[0]
     msg = msg if len(msg) <= 120 else msg[:117] + "..."
+    import adam_lit
+    pkg = os.path.dirname(os.path.abspath(adam_lit.__file__)) + os.sep   # the package's own files (not a checkout's tests)
     frames = [f for f in traceback.extract_tb(e.__traceback__)       # adam_lit's own lines, not this harness's
-              if f"{os.sep}adam_lit{os.sep}" in f.filename and os.path.basename(f.filename) != "bench.py"]
+              if os.path.abspath(f.filename).startswith(pkg) and os.path.basename(f.filename) != "bench.py"]
     where = f" ({os.path.basename(frames[-1].filename)}, line {frames[-1].lineno})" if frames else ""
     return f"{type(e).__name__}: {msg}{where}"
 
