@@ -645,8 +645,8 @@ def _brief(e: BaseException) -> str:
     "One line about an error: its type, the first line of its message, and the line of adam_lit it was raised from."
     msg = (str(e).strip().splitlines() or [""])[0]
     msg = msg if len(msg) <= 120 else msg[:117] + "..."
-    import adam_lit
-    pkg = os.path.dirname(os.path.abspath(adam_lit.__file__)) + os.sep   # the package's own files (not a checkout's tests)
+    import importlib.util     # the package's own files (not a checkout's tests), found without importing the package
+    pkg = os.path.abspath(importlib.util.find_spec("adam_lit").submodule_search_locations[0]) + os.sep
     frames = [f for f in traceback.extract_tb(e.__traceback__)       # adam_lit's own lines, not this harness's
               if os.path.abspath(f.filename).startswith(pkg) and os.path.basename(f.filename) != "bench.py"]
     where = f" ({os.path.basename(frames[-1].filename)}, line {frames[-1].lineno})" if frames else ""
