@@ -326,8 +326,12 @@ def make_optax(
     sets : list
         Gradient sets, copied onto JAX's CPU device.
     """
+    import optax
+    return _jitted_transformation(optax.adam(LR, b1=B1, b2=B2, eps=EPS), params, sets)
+
+def _jitted_transformation(opt, params, sets):
+    "An Optax gradient transformation and `optax.apply_updates` under `jax.jit`, parameters and state donated."
     import jax, optax
-    opt = optax.adam(LR, b1=B1, b2=B2, eps=EPS)
     ps, gsets = _jax_arrays(params, sets)
     box, nxt = [ps, opt.init(ps)], rotation(gsets)
     def update(params, grads, state):
@@ -461,20 +465,8 @@ def make_front_lazy(params: list, sets: list):
 
 def make_front_optax(params: list, sets: list):
     "The Optax front end, `adam_lit.optax.adam` under `jax.jit` (as `make_optax` runs `optax.adam`)."
-    import jax, optax
     from adam_lit.optax import adam as optax_adam
-    opt = optax_adam(LR, b1=B1, b2=B2, eps=EPS)
-    ps, gsets = _jax_arrays(params, sets)
-    box, nxt = [ps, opt.init(ps)], rotation(gsets)
-    def update(params, grads, state):
-        updates, state = opt.update(grads, state, params)
-        return optax.apply_updates(params, updates), state
-    update = jax.jit(update, donate_argnums=(0, 2))
-    def step():
-        box[0], box[1] = update(box[0], nxt(), box[1])
-        jax.block_until_ready(box[0])
-    step.params = lambda: [np.asarray(p) for p in box[0]]
-    return step
+    return _jitted_transformation(optax_adam(LR, b1=B1, b2=B2, eps=EPS), params, sets)
 
 # %% ../nbs/10_bench.ipynb #6e04e95e
 def _installed(name):
