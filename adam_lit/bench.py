@@ -367,23 +367,27 @@ def make_adam_lit_torch(
 
 # %% ../nbs/10_bench.ipynb #7a3c0004
 def _make_jitted(opt, ps, gsets):
+    "`opt.stateless_apply` in Keras's JAX trainer's step: `(state, grads) -> state`, state `(params, optimizer variables)` donated."
     import jax
-    f = jax.jit(opt.stateless_apply, donate_argnums=(0, 2))
-    box, nxt = [ps, [getattr(v, "value", v) for v in opt.variables]], rotation(gsets)
+    def train_step(state, grads):
+        params, opt_vars = state
+        return opt.stateless_apply(opt_vars, grads, params)   # (params, opt_vars): the order the state came in
+    f = jax.jit(train_step, donate_argnums=0)
+    box, nxt = [(ps, [getattr(v, "value", v) for v in opt.variables])], rotation(gsets)
     def step():
-        box[0], box[1] = f(box[1], nxt(), box[0])
+        box[0] = f(box[0], nxt())
         jax.block_until_ready(box[0])
-    step.params = lambda: [np.asarray(p) for p in box[0]]
+    step.params = lambda: [np.asarray(p) for p in box[0][0]]
     return step
 
 def make_adam_lit_jit(params: list, sets: list):
-    "adam_lit's `jax.jit(opt.stateless_apply)` on JAX CPU arrays, parameters and optimizer variables donated, the next gradient set at each step."
+    "adam_lit's `stateless_apply` in a jitted training step (Keras's trainer's form, the state donated) on JAX CPU arrays, the next gradient set at each step."
     ps, gsets = _jax_arrays(params, sets)
     opt = _adam(); opt.build(ps)
     return _make_jitted(opt, ps, gsets)
 
 def make_keras_jit(params: list, sets: list):
-    "Keras 3's `jax.jit(opt.stateless_apply)` (JAX backend, unless Keras was imported with another), as `make_adam_lit_jit`."
+    "Keras 3's `stateless_apply` (JAX backend, unless Keras was imported with another) in the jitted step of `make_adam_lit_jit`."
     os.environ.setdefault("KERAS_BACKEND", "jax")       # read when Keras is first imported
     import keras
     if keras.backend.backend() != "jax": raise RuntimeError(f"Keras's backend is {keras.backend.backend()!r}, not 'jax'")
