@@ -47,9 +47,9 @@ def _all_writeable(arrays) -> bool:
 def _flat_apply(self, grads, variables) -> bool:
     "One fused call for variables and gradients that tile flat buffers, when no option needs the tensors one by one."
     vs, d = self._variables, self.__dict__
-    if len(vs) == 1 and len(grads) == 1:    # one variable and a new gradient array: the training-loop step (the same
-        g0, last, plan = grads[0], d.get("_flat_grads"), d.get("_plan")      # array twice in a row: the flat path and its plan)
-        if type(g0) is type(vs[0]) and (last is None or last[0][0] is not g0) and (plan is None or plan[0][0] is not g0):
+    if len(vs) == 1 and len(grads) == 1:    # one variable: the training-loop step, for a new gradient array and for
+        g0 = grads[0]                       # a buffer the caller refills (the same array again): its checks are cheaper
+        if type(g0) is type(vs[0]):         # than the flat plan's identity checks
             d["_flat_grads"] = ([g0], None)               # (step state, set directly: no reconfiguration to undo)
             if self._loop_apply(grads, variables):
                 d["_flat_steps"] += 1

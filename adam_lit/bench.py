@@ -278,7 +278,7 @@ def make_adam_lit(
     return step
 
 def make_adam_lit_same(params: list, sets: list):
-    "`make_adam_lit` given the same gradient arrays (set 0) at every step: the cached plan, not a training loop."
+    "`make_adam_lit` given the same gradient arrays (set 0) at every step: the cached plan (one variable: the training-loop step), not a training loop."
     opt, ps, gs = _adam(), list(params), sets[0]
     def step(): opt.apply(gs, ps)
     step.params = lambda: ps
