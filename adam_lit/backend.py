@@ -7,6 +7,8 @@ Docs: https://adam-lit.github.io/adam_lit/backend.html.md"""
 # %% ../nbs/00_backend.ipynb #0dbf2218
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 from array_api_compat import array_namespace, device as array_device, is_array_api_obj, is_jax_array, is_torch_array
 
@@ -22,6 +24,11 @@ class ArgumentTypeError(TypeError, ValueError):
     "An argument of the wrong type: a `TypeError` that Keras-style code catching `ValueError` also sees."
 
 # %% ../nbs/00_backend.ipynb #06b4e935
+def _is_tracer(a) -> bool:
+    "Whether `a` is a JAX tracer (inside `jax.jit`, `grad`, `vmap`); JAX is not imported for it."
+    jax = sys.modules.get("jax")
+    return jax is not None and isinstance(a, jax.core.Tracer)
+
 def _library(x) -> str:
     "Short name of the library an array comes from, for error messages."
     return type(x).__module__.split(".")[0]
@@ -62,6 +69,7 @@ def namespace(*arrays,            # arrays of one library and device; `None` ent
     devices = []
     for a in arrays:
         d = array_device(a)
+        if d is None and _is_tracer(a): continue      # inside jax.jit: placed by JAX when the step runs
         if all(d != e for e in devices): devices.append(d)
     if len(devices) > 1:
         raise ValueError(f"{what} live on different devices {devices}; move them to one device first")

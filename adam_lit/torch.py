@@ -95,7 +95,7 @@ class _Front(torch.optim.Optimizer):
         md = (engine_kwargs or {}).get("moment_dtype")
         if md not in (None, "float32", "float64"):
             raise ValueError(f"Argument `moment_dtype` must be None, 'float32' or 'float64', got {md!r}")
-        self._numerics, self._engine_kwargs, self._engines = numerics, dict(engine_kwargs or {}), {}
+        self._numerics, self._engine_kwargs, self._engines, self._checked = numerics, dict(engine_kwargs or {}), {}, {}
         if defaults["eps"] is None: defaults["eps"] = _EPS[numerics]
         defaults["differentiable"] = False      # (torch's key, which its __setstate__ adds: the step is never differentiable)
         _check_group(defaults)                  # the arguments, before any group is made
@@ -126,7 +126,7 @@ class _Front(torch.optim.Optimizer):
         super().__setstate__(state)
         for group in self.param_groups:
             for k, v in self.defaults.items(): group.setdefault(k, v)
-        self._engines = {}
+        self._engines, self._checked = {}, {}
 
     def state_dict(self) -> dict:
         "torch's `state_dict`: each parameter's state (one `step` tensor each, as torch.optim.Adam keeps), the param groups."
@@ -137,7 +137,7 @@ class _Front(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict) -> None:
         "torch's `load_state_dict`; the engines are rebuilt from the loaded state at the next step."
         super().load_state_dict(state_dict)
-        self._engines = {}
+        self._engines, self._checked = {}, {}
 
 # %% ../nbs/17_torch.ipynb #t13a25569
 def _tensor(a): return torch.from_numpy(a) if isinstance(a, np.ndarray) else a
@@ -206,11 +206,11 @@ def _grads(self, eng, hp: tuple, k: int):
                                     "decoupled_weight_decay=False (L2) needs dense ones, as torch.optim.Adam; use LazyAdam or AdamW")
             v = _sparse_view(g, j, k) if eng.numpy else g
         else:
-            if g.shape != p.shape or g.dtype != p.dtype or g.device != p.device:
+            if g.shape != p.shape or g.dtype is not p.dtype or (not g.is_cpu if eng.numpy else g.device != p.device):
                 raise ValueError(f"the gradient of parameter {j} of param group {k} has shape {tuple(g.shape)}, dtype "
                                  f"{g.dtype} on {g.device}; the parameter {tuple(p.shape)}, {p.dtype} on {p.device}")
             if l2: g = torch.add(g, p.detach(), alpha=l2)        # as torch.optim.Adam: grad.add(param, alpha=weight_decay)
-            v = g.detach().numpy() if eng.numpy else g.detach()
+            v = (g.detach() if g.requires_grad else g).numpy() if eng.numpy else g.detach()   # (detach: only if needed)
         out.append(v); at.append(j)
     return out, at
 
@@ -235,7 +235,7 @@ def _step(self, closure=None):
         with torch.enable_grad(): loss = closure()
     work = []
     for k, group in enumerate(self.param_groups):        # every group checked and its gradients viewed first
-        hp = _check_group(group, str(k))
+        hp = _options(self, group, k)
         if all(p.grad is None for p in group["params"]): continue
         eng = _engine(self, group, hp, k)
         work.append((eng, *_grads(self, eng, hp, k)))
@@ -247,6 +247,20 @@ def _step(self, closure=None):
             if eng.numpy: torch.autograd.graph.increment_version([eng.params[j] for j in at])   # as torch's in-place step does
             eng.step_t.fill_(float(o.iterations))
     return loss
+
+_PLAIN = (float, int, bool)
+
+def _options(self, group: dict, k: int) -> tuple:
+    """`_check_group`'s result for `group`, checked again only when an option changed since the last step (a scheduler
+    writes `lr`): the options' values and types are compared with the last step's. A tensor `lr` is read every step."""
+    try: vals = (group["lr"], *group["betas"], group["eps"], group["weight_decay"], group["amsgrad"],
+                 group["maximize"], group["decoupled_weight_decay"])
+    except (KeyError, TypeError): vals = None             # (missing or odd: the full check says what is wrong)
+    hit = self._checked.get(id(group))
+    if vals is not None and hit is not None and hit[0] == vals and hit[1] == tuple(map(type, vals)): return hit[2]
+    hp = _check_group(group, str(k))
+    if vals is not None and all(type(v) in _PLAIN for v in vals): self._checked[id(group)] = (vals, tuple(map(type, vals)), hp)
+    return hp
 
 _Front.step = _step
 

@@ -231,6 +231,41 @@ def test_jit_matches_eager_adam_lit():
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-6, atol=0)   # XLA's pow: an ulp of alpha
 
 
+def test_closed_over_arrays_and_the_trainer_step():
+    """Arrays a jitted function closes over are concrete, its arguments tracers (device unknown while tracing): every mix
+    traces. With the state an argument the bits are those of the step with everything passed in; a closed-over state
+    is a constant that XLA folds into the step size (an ulp of alpha). Keras's trainer's form, its state donated in the
+    order it is returned (the form the bench and the optimizer page recommend), gives the bits step after step."""
+    x0, gs = data(np.float32, 3)
+    opt = Adam(learning_rate=0.01, weight_decay=0.004)
+    tv = [jnp.asarray(x) for x in x0]
+    opt.build(tv)
+    ov = list(opt.variables)
+    g = [jnp.asarray(x) for x in gs[0]]
+    want = jax.jit(opt.stateless_apply)(ov, g, tv)
+    forms = {"grads only": lambda: jax.jit(lambda g_: opt.stateless_apply(ov, g_, tv))(g),
+             "params and grads": lambda: jax.jit(lambda t, g_: opt.stateless_apply(ov, g_, t))(tv, g),
+             "state and grads": lambda: jax.jit(lambda o, g_: opt.stateless_apply(o, g_, tv))(ov, g)}
+    for name, run in forms.items():
+        got = run()
+        for a, b in zip(got[0] + got[1], want[0] + want[1]):
+            if name == "state and grads": assert np.asarray(a).tobytes() == np.asarray(b).tobytes(), name
+            else:   # a closed-over state makes the counter a constant: XLA folds the step size, an ulp of alpha apart
+                np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-6, atol=0, err_msg=name)
+    def train_step(state, grads):
+        params, opt_vars = state
+        return opt.stateless_apply(opt_vars, grads, params)
+    step = jax.jit(train_step, donate_argnums=0)
+    state = ([jnp.array(x) for x in x0], [jnp.array(v) for v in ov])       # copies: donated, so consumed
+    ref_t, ref_o = tv, ov
+    for k in range(3):
+        g = [jnp.asarray(x) for x in gs[k]]
+        state = step(state, g)
+        ref_t, ref_o = jax.jit(opt.stateless_apply)(ref_o, g, ref_t)
+    for a, b in zip(state[0] + state[1], ref_t + ref_o):
+        assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
+
+
 # ------------------------------------------------------------------------------------------------------ pytrees
 def tree_case(lib):
     rng = np.random.default_rng(3)
