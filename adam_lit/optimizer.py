@@ -1541,3 +1541,32 @@ def __setstate__(self, state):
 @_patch
 def __copy__(self):
     raise TypeError(f"copy.copy of optimizer '{self.name}' would share its slots with the original; use copy.deepcopy")
+
+# %% ../nbs/03_optimizer.ipynb #keras-private
+@_patch
+def _clip_gradients(self, grads: list) -> list:
+    """Keras's private `_clip_gradients`: the clipping stage on `grads` (None entries kept), without a step.
+
+    Parameters
+    ----------
+    grads : list
+        Gradients (arrays or `IndexedSlices`) or None.
+    """
+    grads = list(grads)
+    live = [k for k, g in enumerate(grads) if g is not None]
+    if not live: return grads
+    xp = namespace(*[_values(grads[k]) for k in live], what="gradients")
+    out = self._clip(xp, [grads[k] for k in live])
+    for k, c in zip(live, out): grads[k] = c
+    return grads
+
+def _slot_list(self, name: str) -> list:
+    "The slots `name` of every variable, in the variables' order (None where a variable has none); [] if none has one."
+    if not self.built: return []
+    got = [self._slot_of.get((i, name)) for i in range(len(self._variables))]
+    return [] if all(s is None for s in got) else [None if s is None else s.array for s in got]
+
+Optimizer._model_variables_moving_average = property(lambda self: _slot_list(self, "average"),
+                                                     doc="Keras's name for the EMA slots, one per variable ([] without `use_ema`).")
+Optimizer._accumulated_gradients = property(lambda self: _slot_list(self, "gradient_accumulator"),
+                                            doc="Keras's name for the gradient accumulators, one per variable ([] without accumulation).")
