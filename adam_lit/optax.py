@@ -70,6 +70,11 @@ def _static(name, value, why):
     return float(value) if hasattr(value, "dtype") else value
 
 # %% ../nbs/18_optax.ipynb #0a7e1c09
+def _real(dt):
+    "The real dtype of a complex one (complex64: float32); a real dtype itself."
+    _, jnp, _ = _libs()
+    return jnp.finfo(dt).dtype if jnp.issubdtype(dt, jnp.complexfloating) else jnp.dtype(dt)
+
 def _const(value, dt):
     "A hyperparameter where it meets an array of dtype `dt`: a Python float (rounded by the operation), or an array cast."
     if hasattr(value, "dtype"): return value if value.dtype == dt else value.astype(dt)
@@ -84,6 +89,7 @@ def _lr_value(lr, count, dt):
     """The learning rate of the step after `count` steps, a 0-d array of dtype `dt`: a float held in floatx as Keras holds
     it, an adam_lit schedule in floatx in Keras's operations, an Optax schedule's value or an injected array, cast."""
     _, jnp, _ = _libs()
+    dt = _real(dt)
     floatx = jnp.float64 if dt == jnp.float64 else jnp.float32
     if isinstance(lr, LearningRateSchedule): lr = _traced_rate(lr, count, jnp, floatx)
     elif callable(lr) and not hasattr(lr, "dtype"): lr = lr(count)
@@ -95,14 +101,42 @@ def _keras_leaf(g, m, v, vh, x, lr, t, b1, b2, eps, wd):
     """Keras 3's Adam (AMSGrad with `vh`) for one leaf, in `rules`' operations: returns `(u, m, v, vh)` with
     `u = -step` (no decay) or `u = x2 - x` for Keras's `x2 = (x - (x * wd) * lr) - step`."""
     _, jnp, _ = _libs()
-    dt = g.dtype
+    dt, mu_dt = g.dtype, m.dtype                       # (mu_dtype: m kept in another dtype, computed in g's)
+    if mu_dt != dt: m = m.astype(dt)
+    if jnp.iscomplexobj(g): return _complex_leaf(g, m, v, vh, x, lr, t, b1, b2, eps, wd, mu_dt)
     alpha = _traced_step_size(jnp, lr, b1, b2, t, g)
     m, v = _moments(jnp, g, m, v, _one_minus(b1, dt), _one_minus(b2, dt))
     if vh is not None: vh = jnp.maximum(vh, v)
     x0 = -0.0 if wd is None else x - (x * _const(wd, dt)) * lr
     if hasattr(eps, "dtype"): x2 = x0 - (m * alpha) / (jnp.sqrt(v if vh is None else vh) + eps.astype(dt))   # _move's
     else: x2 = _move(jnp, x0, m, v if vh is None else vh, alpha, eps)
-    return (x2 if wd is None else x2 - x), m, v, vh
+    return (x2 if wd is None else x2 - x), m.astype(mu_dt), v, vh
+
+def _complex_leaf(g, m, v, vh, x, lr, t, b1, b2, eps, wd, mu_dt):
+    """Complex parameters, which Keras does not define: Keras's operations with Optax's convention for complex numbers,
+    `v` the moment of `|g|^2` (held in the parameters' dtype, imaginary part 0) where Keras squares `g`, and the square
+    root of its real part. The constants and the step size are those of the real dtype. Every operation is Keras's
+    real one on the real and the imaginary parts apart, so eagerly a parameter whose imaginary parts are 0 moves exactly
+    as the real parameter does, bit for bit (under `jax.jit`, XLA fuses the two graphs differently: within an ulp)."""
+    jax, jnp, _ = _libs()
+    rdt = _real(g.dtype)
+    C = jax.lax.complex
+    alpha = _traced_step_size(jnp, lr, b1, b2, t, g.real)
+    c1, c2 = _one_minus(b1, rdt), _one_minus(b2, rdt)
+    gr, gi = g.real, g.imag
+    mr, mi = m.real + (gr - m.real) * c1, m.imag + (gi - m.imag) * c1
+    vr = v.real + ((gr * gr + gi * gi) - v.real) * c2
+    if vh is not None: vh = jnp.maximum(vh.real, vr)
+    den = jnp.sqrt(vr if vh is None else vh) + (eps.astype(rdt) if hasattr(eps, "dtype") else eps)
+    sr, si = (mr * alpha) / den, (mi * alpha) / den
+    if wd is None: u = C(-0.0 - sr, -0.0 - si)
+    else:
+        w = _const(wd, rdt)
+        xr, xi = x.real, x.imag
+        u = C(((xr - (xr * w) * lr) - sr) - xr, ((xi - (xi * w) * lr) - si) - xi)
+    zero = jnp.zeros_like(vr)
+    return u, C(mr, mi).astype(mu_dt), C(vr, zero), None if vh is None else C(vh, zero)
+
 
 # %% ../nbs/18_optax.ipynb #0a7e1c13
 def _lazy_leaf(g, m, v, vh, x, lr, t, b1, b2, eps, wd, rows):
@@ -135,21 +169,41 @@ def _leaves(tree, treedef, what):
     if td != treedef: raise ValueError(f"Argument `{what}` must have the structure of the updates, {treedef}; got {td}")
     return leaves
 
-def _check_leaf(k, g, m, v, x, r):
-    "Update `k` (an index and its pytree path) and what goes with it: a float array; moments and parameter alike; `rows`."
+def _check_leaf(k, g, m, v, x, r, mu_dtype=None):
+    """Update `k` (an index and its pytree path) and what goes with it: a real or complex floating-point array (complex
+    without `rows`); moments and parameter alike (the first moment of dtype `mu_dtype`, if given); `rows`."""
     _, jnp, _ = _libs()
-    if not hasattr(g, "dtype") or not jnp.issubdtype(g.dtype, jnp.floating):
-        raise ArgumentTypeError(f"update {k} must be a floating-point array, got {type(g).__name__} {getattr(g, 'dtype', '')}")
+    if not hasattr(g, "dtype") or not jnp.issubdtype(g.dtype, jnp.inexact) or (
+            r is not None and jnp.issubdtype(g.dtype, jnp.complexfloating)):
+        kind = "a real floating-point array (lazy rows)" if r is not None else "a floating-point array"
+        raise ArgumentTypeError(f"update {k} must be {kind}, got {type(g).__name__} {getattr(g, 'dtype', '')}")
     for what, a in (("state.mu", m), ("state.nu", v), ("params", x)):
-        if a is not None and (tuple(a.shape) != tuple(g.shape) or a.dtype != g.dtype):
+        want = mu_dtype if (what == "state.mu" and mu_dtype is not None) else g.dtype
+        if a is not None and (tuple(a.shape) != tuple(g.shape) or a.dtype != want):
             raise ValueError(f"update {k} has shape {tuple(g.shape)} and dtype {g.dtype}, but its {what} has shape "
-                             f"{tuple(a.shape)} and dtype {a.dtype}")
+                             f"{tuple(a.shape)} and dtype {a.dtype}" + (f" (mu_dtype {mu_dtype})" if what == "state.mu" and mu_dtype is not None else ""))
     if r is not None and (g.ndim < 1 or not hasattr(r, "dtype") or r.ndim != 1 or not (
             jnp.issubdtype(r.dtype, jnp.integer) or (r.dtype == jnp.bool_ and r.shape[0] == g.shape[0]))):
         raise ValueError(f"rows of update {k} (shape {tuple(g.shape)}) must be a 1-d integer array of row indices or a "
                          f"boolean mask of its rows; got {type(r).__name__} {getattr(r, 'dtype', '')} {tuple(getattr(r, 'shape', ()))}")
 
-def _update_fn(leaf_rule, learning_rate, b1, b2, eps, weight_decay, mask, amsgrad):
+def _check_rounding(k, dt, b1, b2, eps):
+    """Hyperparameters lost in the dtype of update `k`, refused as adam_lit's `Adam` refuses them (not checked when
+    traced): a beta that rounds to 1 (the bias correction would be 0), an epsilon that rounds to 0 (0/0 where v is 0)."""
+    if _is_tracer(b1) or _is_tracer(b2) or _is_tracer(eps): return
+    S = np.dtype(_real(dt)).type
+    for name, b in (("b1", b1), ("b2", b2)):
+        if S(float(b)) == 1:
+            below = float(np.nextafter(S(1), S(0)))
+            raise ValueError(f"Argument `{name}`={float(b)} rounds to 1 in {np.dtype(S).name}, the dtype of update {k}: the "
+                             f"bias correction 1 - {name}**t is then 0, so every step would be "
+                             + ("0 (the parameter never moves)" if name == "b2" else "a division by 0")
+                             + f". Keep such parameters in float32, or use {name} <= {below!r}")
+    if float(eps) != 0 and S(float(eps)) == 0:
+        raise ValueError(f"Argument `eps`={float(eps)} rounds to 0 in {np.dtype(S).name}, the dtype of update {k}: where "
+                         f"v is 0 the step would be 0/0 = NaN. Use an eps of at least {float(np.finfo(S).smallest_subnormal):.3g}")
+
+def _update_fn(leaf_rule, learning_rate, b1, b2, eps, weight_decay, mask, amsgrad, mu_dtype=None):
     "`update(updates, state, params, rows)`: the pytrees checked, every leaf stepped, the count incremented."
     def update(updates, state, params, rows):
         jax, _, optax = _libs()
@@ -167,7 +221,10 @@ def _update_fn(leaf_rule, learning_rate, b1, b2, eps, weight_decay, mask, amsgra
         rl = [None] * len(gl) if rows is None else _leaves(rows, treedef, "rows")
         paths = [jax.tree_util.keystr(q) for q, _ in jax.tree_util.tree_flatten_with_path(updates, is_leaf=lambda z: z is None)[0]]
         for k, (g, m, v, x, r) in enumerate(zip(gl, ml, vl, xl, rl)):
-            if g is not None: _check_leaf(f"{k} ({paths[k]})" if paths[k] else k, g, m, v, x, r)
+            if g is None: continue
+            name = f"{k} ({paths[k]})" if paths[k] else k
+            _check_leaf(name, g, m, v, x, r, mu_dtype)
+            _check_rounding(name, g.dtype, b1, b2, eps)
         count, lrs, out = state.count, {}, []
         for g, m, v, vh, x, wd, r in zip(gl, ml, vl, hl, xl, decays, rl):
             if g is None: out.append((None, m, v, vh)); continue
@@ -179,7 +236,7 @@ def _update_fn(leaf_rule, learning_rate, b1, b2, eps, weight_decay, mask, amsgra
     return update
 
 # %% ../nbs/18_optax.ipynb #0a7e1c16
-def _optax_own(learning_rate, b1, b2, eps, weight_decay, mask, amsgrad):
+def _optax_own(learning_rate, b1, b2, eps, weight_decay, mask, amsgrad, mu_dtype=None):
     "`numerics='optax'`: Optax's own transformation (an adam_lit schedule given to it as a function of the count)."
     _, jnp, optax = _libs()
     if isinstance(learning_rate, LearningRateSchedule):
@@ -187,12 +244,23 @@ def _optax_own(learning_rate, b1, b2, eps, weight_decay, mask, amsgrad):
         learning_rate = lambda count: _traced_rate(s, count, jnp, jnp.float32)
     if weight_decay is not None:
         if amsgrad: raise ValueError("numerics='optax' has no AMSGrad with weight decay (Optax has no amsgradw)")
-        return optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=mask)
-    return (optax.amsgrad if amsgrad else optax.adam)(learning_rate, b1=b1, b2=b2, eps=eps)
+        return optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=mask, mu_dtype=mu_dtype)
+    return (optax.amsgrad if amsgrad else optax.adam)(learning_rate, b1=b1, b2=b2, eps=eps, mu_dtype=mu_dtype)
 
-def _transformation(learning_rate, b1, b2, eps, weight_decay, mask, amsgrad, numerics, lazy):
+def _mu_dtype(value):
+    "Argument `mu_dtype` (Optax's): None, or a floating-point dtype, canonical (as JAX would hold it)."
+    if value is None: return None
+    jax, jnp, _ = _libs()
+    try: dt = jax.dtypes.canonicalize_dtype(value)
+    except TypeError: dt = None
+    if dt is None or not jnp.issubdtype(dt, jnp.inexact):
+        raise ValueError(f"Argument `mu_dtype` must be None or a floating-point dtype, got {value!r}")
+    return dt
+
+def _transformation(learning_rate, b1, b2, eps, weight_decay, mask, amsgrad, numerics, lazy, mu_dtype=None):
     "The GradientTransformation of every front end here: its arguments checked, then pure `init` and `update`."
     jax, jnp, optax = _libs()
+    mu_dtype = _mu_dtype(mu_dtype)
     if not isinstance(numerics, str) or numerics not in _NUMERICS:
         raise ValueError(f"Argument `numerics` must be one of {', '.join(map(repr, _NUMERICS))}; got {numerics!r}")
     if not isinstance(amsgrad, bool): raise ArgumentTypeError(f"Argument `amsgrad` must be a bool, got {amsgrad!r}")
@@ -202,24 +270,26 @@ def _transformation(learning_rate, b1, b2, eps, weight_decay, mask, amsgrad, num
     weight_decay = _number("weight_decay", weight_decay, low=0, allow_none=True)
     if mask is not None and weight_decay is None:
         raise ValueError("Argument `mask` selects the parameters that decay, but `weight_decay` is None")
-    if numerics == "optax": return _optax_own(learning_rate, b1, b2, eps, weight_decay, mask, amsgrad)
+    if numerics == "optax": return _optax_own(learning_rate, b1, b2, eps, weight_decay, mask, amsgrad, mu_dtype)
     if lazy: b1, b2, eps = (_static(n, z, "lazy_adam") for n, z in (("b1", b1), ("b2", b2), ("eps", eps)))
-    update = _update_fn(_keras_leaf, learning_rate, b1, b2, eps, weight_decay, mask, amsgrad)
+    update = _update_fn(_keras_leaf, learning_rate, b1, b2, eps, weight_decay, mask, amsgrad, mu_dtype)
 
     def init(params):
-        zeros = lambda: jax.tree.map(jnp.zeros_like, params)
-        return AdamState(jnp.zeros([], jnp.int32), zeros(), zeros(), zeros() if amsgrad else None)
+        zeros = lambda dt=None: jax.tree.map(lambda p: jnp.zeros_like(p, dtype=dt), params)
+        return AdamState(jnp.zeros([], jnp.int32), zeros(mu_dtype), zeros(), zeros() if amsgrad else None)
 
     if lazy:
         def update_rows(updates, state, params=None, *, rows=None, **extra_args):
             return update(updates, state, params, rows)
         return optax.GradientTransformationExtraArgs(init, update_rows)
-    return optax.GradientTransformation(init, lambda updates, state, params=None: update(updates, state, params, None))
+    def update_dense(updates, state, params=None, **extra_args):     # (extra arguments of a chain: not needed here)
+        return update(updates, state, params, None)
+    return optax.GradientTransformationExtraArgs(init, update_dense)
 
 # %% ../nbs/18_optax.ipynb #0a7e1c18
 def adam(learning_rate: float | Callable | LearningRateSchedule = 0.001, b1: float = 0.9, b2: float = 0.999,
          eps: float | None = None, *, weight_decay: float | None = None, mask: Any = None, amsgrad: bool = False,
-         numerics: str = "keras") -> "optax.GradientTransformation":
+         numerics: str = "keras", mu_dtype: Any = None) -> "optax.GradientTransformation":
     """Keras 3's Adam as an Optax transformation: `update` returns the step to add with `optax.apply_updates`.
 
     Parameters
@@ -242,20 +312,26 @@ def adam(learning_rate: float | Callable | LearningRateSchedule = 0.001, b1: flo
     numerics : str
         "keras" (the default): Keras 3's bits (JAX backend, under jax.jit); "optax": those of `optax.adam`,
         `optax.amsgrad`, `optax.adamw`.
+    mu_dtype : dtype or None
+        Optax's `mu_dtype`: the dtype the first moment is kept in (None: the parameters'). It is computed in the
+        gradient's dtype and rounded to `mu_dtype` when stored, as Optax does; None keeps Keras's bits.
+
+    Complex parameters, which Keras does not define, follow Optax's convention: the second moment is that of
+    `|g|^2`; for real parameters this is Keras's `g * g`, so the bits are unchanged.
     """
-    return _transformation(learning_rate, b1, b2, eps, weight_decay, mask, amsgrad, numerics, lazy=False)
+    return _transformation(learning_rate, b1, b2, eps, weight_decay, mask, amsgrad, numerics, lazy=False, mu_dtype=mu_dtype)
 
 def adamw(learning_rate: float | Callable | LearningRateSchedule = 0.001, b1: float = 0.9, b2: float = 0.999,
           eps: float | None = None, weight_decay: float = 0.004, *, mask: Any = None, amsgrad: bool = False,
-          numerics: str = "keras") -> "optax.GradientTransformation":
+          numerics: str = "keras", mu_dtype: Any = None) -> "optax.GradientTransformation":
     "Keras 3's AdamW: `adam` with decoupled weight decay (default 0.004, Keras's); the arguments of `adam`."
-    return _transformation(learning_rate, b1, b2, eps, weight_decay, mask, amsgrad, numerics, lazy=False)
+    return _transformation(learning_rate, b1, b2, eps, weight_decay, mask, amsgrad, numerics, lazy=False, mu_dtype=mu_dtype)
 
 def amsgrad(learning_rate: float | Callable | LearningRateSchedule = 0.001, b1: float = 0.9, b2: float = 0.999,
             eps: float | None = None, *, weight_decay: float | None = None, mask: Any = None,
-            numerics: str = "keras") -> "optax.GradientTransformation":
+            numerics: str = "keras", mu_dtype: Any = None) -> "optax.GradientTransformation":
     "Keras 3's `Adam(amsgrad=True)` (with numerics 'optax', `optax.amsgrad`); the arguments of `adam`."
-    return _transformation(learning_rate, b1, b2, eps, weight_decay, mask, True, numerics, lazy=False)
+    return _transformation(learning_rate, b1, b2, eps, weight_decay, mask, True, numerics, lazy=False, mu_dtype=mu_dtype)
 
 # %% ../nbs/18_optax.ipynb #0a7e1c19
 def lazy_adam(learning_rate: float | Callable | LearningRateSchedule = 0.001, b1: float = 0.9, b2: float = 0.999,

@@ -506,3 +506,113 @@ def test_traced_betas_refused_where_a_number_is_needed():
     st = tx.init(p)
     u, _ = jax.jit(tx.update)(p, st, p)
     assert np.all(np.isfinite(np.asarray(u[0])))
+
+
+# ------------------------------------------------------------------- Optax's conventions: complex, mu_dtype, extra args
+def run_real_and_complex(make, steps, jit, seed=0):
+    "The same real gradients on a real parameter and on its complex twin (imaginary parts 0); both final parameters."
+    rng = np.random.default_rng(seed)
+    xr = jnp.asarray(rng.standard_normal(200).astype(np.float32))
+    xc = xr.astype(jnp.complex64)
+    tx = make()
+    sr, sc = tx.init(xr), tx.init(xc)
+    f = jax.jit(tx.update) if jit else tx.update
+    for _ in range(steps):
+        g = jnp.asarray(rng.standard_normal(200).astype(np.float32) * 10 ** rng.uniform(-3, 2))
+        ur, sr = f(g, sr, xr)
+        uc, sc = f(g.astype(jnp.complex64), sc, xc)
+        xr, xc = optax.apply_updates(xr, ur), optax.apply_updates(xc, uc)
+    return xr, xc, sc
+
+
+COMPLEX_MAKERS = [lambda: alo.adam(0.01), lambda: alo.adamw(0.01, weight_decay=0.1), lambda: alo.amsgrad(0.01),
+                  lambda: alo.amsgrad(0.01, weight_decay=0.05)]
+
+
+@pytest.mark.parametrize("k", range(len(COMPLEX_MAKERS)))
+def test_complex_with_zero_imaginary_part_moves_as_the_real_parameter(k):
+    "Eagerly bit for bit; under jax.jit XLA fuses the complex graph differently: within a few ulps after 20 steps."
+    xr, xc, sc = run_real_and_complex(COMPLEX_MAKERS[k], 20, jit=False)
+    assert same_bits(xr, xc.real) and not np.any(np.asarray(xc.imag))
+    assert sc.mu.dtype == jnp.complex64 and sc.nu.dtype == jnp.complex64 and not np.any(np.asarray(sc.nu.imag))
+    xr, xc, _ = run_real_and_complex(COMPLEX_MAKERS[k], 20, jit=True)
+    np.testing.assert_allclose(np.asarray(xc.real), np.asarray(xr), rtol=1e-6, atol=0)   # (an ulp of float32 is 6e-8)
+    assert not np.any(np.asarray(xc.imag))
+
+
+def test_complex_against_the_formula_in_float64():
+    """Complex64 parameters and gradients: Keras's Adam with v the moment of |g|^2, derived in NumPy complex128 (the same
+    operations, without roundings to float32): within float32's precision after 10 steps."""
+    rng = np.random.default_rng(5)
+    n, lr, b1, b2, eps, wd = 64, 0.01, 0.9, 0.999, 1e-7, 0.02
+    x0 = (rng.standard_normal(n) + 1j * rng.standard_normal(n)).astype(np.complex64)
+    gs = [((rng.standard_normal(n) + 1j * rng.standard_normal(n)) * 10 ** rng.uniform(-2, 1)).astype(np.complex64)
+          for _ in range(10)]
+    tx = alo.adamw(lr, b1, b2, eps, weight_decay=wd)
+    x, st = jnp.asarray(x0), tx.init(jnp.asarray(x0))
+    xr, m, v = x0.astype(np.complex128), np.zeros(n, np.complex128), np.zeros(n)
+    for t, g in enumerate(gs, 1):
+        u, st = tx.update(jnp.asarray(g), st, x)
+        x = optax.apply_updates(x, u)
+        g = g.astype(np.complex128)
+        m = m + (g - m) * (1 - b1)
+        v = v + (np.abs(g) ** 2 - v) * (1 - b2)
+        alpha = lr * np.sqrt(1 - b2 ** t) / (1 - b1 ** t)
+        xr = (xr - (xr * wd) * lr) - (m * alpha) / (np.sqrt(v) + eps)
+    np.testing.assert_allclose(np.asarray(x), xr, rtol=2e-5, atol=2e-6)   # float32 roundings over 10 steps
+
+
+def test_lazy_adam_refuses_complex_tables():
+    p = [jnp.ones((4, 2), jnp.complex64)]
+    tx = alo.lazy_adam()
+    with pytest.raises(TypeError, match=r"update 0 \(\[0\]\) must be a real floating-point array \(lazy rows\), got ArrayImpl complex64"):
+        tx.update(p, tx.init(p), p, rows=[jnp.asarray([1])])
+
+
+@pytest.mark.parametrize("numerics", ["keras", "optax"])
+def test_mu_dtype(numerics):
+    """Optax's `mu_dtype`: the first moment kept in that dtype (computed in the gradient's, rounded when stored). None or
+    the parameters' own dtype: the same bits as without it."""
+    x = jnp.asarray(np.linspace(-1, 1, 7), jnp.float32)
+    g = jnp.asarray(np.linspace(0.3, -2, 7), jnp.float32)
+    plain, wide, narrow = (alo.adam(0.1, numerics=numerics, mu_dtype=d) for d in (None, jnp.float32, "bfloat16"))
+    u0, s0 = plain.update(g, plain.init(x), x)
+    u1, s1 = wide.update(g, wide.init(x), x)
+    assert same_bits(u0, u1) and same_bits(jax.tree.leaves(s0)[1], jax.tree.leaves(s1)[1])
+    sn = narrow.init(x)
+    assert np.dtype(jnp.bfloat16) in {a.dtype for a in jax.tree.leaves(sn)}
+    un, sn = jax.jit(narrow.update)(g, sn, x)
+    assert same_bits(un, u0)                        # the first step uses m before it is rounded for storage
+    if numerics == "keras":
+        assert sn.mu.dtype == np.dtype(jnp.bfloat16) and same_bits(sn.mu, s0.mu.astype(jnp.bfloat16))
+        un2, _ = jax.jit(narrow.update)(g, sn, x)   # the next step reads the rounded m
+        np.testing.assert_allclose(np.asarray(un2), np.asarray(plain.update(g, s0, x)[0]), rtol=1e-2)
+    with pytest.raises(ValueError, match="Argument `mu_dtype` must be None or a floating-point dtype, got 'int32'"):
+        alo.adam(mu_dtype="int32")
+
+
+def test_update_accepts_extra_arguments():
+    "As Optax's optimizers do (GradientTransformationExtraArgs): extra keyword arguments of a chain are ignored."
+    p = {"w": jnp.ones((2, 3), jnp.float32)}
+    for tx in (alo.adam(), alo.adamw(), alo.amsgrad()):
+        assert isinstance(tx, optax.GradientTransformationExtraArgs)
+        st = tx.init(p)
+        u1, _ = tx.update(p, st, p, unexpected_extra_args_your_optimizer_doesnt_expect=1)
+        u0, _ = tx.update(p, st, p)
+        assert same_bits(u1["w"], u0["w"])
+        chained = optax.chain(optax.clip(1.0), tx)
+        chained.update(p, chained.init(p), p, value=jnp.asarray(0.0))
+
+
+def test_hyperparameters_lost_in_the_dtype_are_refused():
+    "As adam_lit's Adam: a b2 that rounds to 1 in bfloat16 would make every step 0; refused, saying what to use."
+    p = jnp.array([1.0, 2.0], jnp.bfloat16)
+    tx = alo.adam(0.1)
+    with pytest.raises(ValueError, match=r"Argument `b2`=0.999 rounds to 1 in bfloat16, the dtype of update 0: .* b2 <= 0.99609375"):
+        jax.jit(tx.update)(p, tx.init(p), p)
+    with pytest.raises(ValueError, match=r"Argument `eps`=1e-30 rounds to 0 in float16"):
+        q = jnp.ones(2, jnp.float16)
+        alo.adam(eps=1e-30).update(q, alo.adam().init(q), q)
+    ok = alo.adam(0.1, b2=0.99)
+    u, _ = jax.jit(ok.update)(p, ok.init(p), p)
+    assert u.dtype == jnp.bfloat16 and np.all(np.asarray(u, np.float32) < 0)
