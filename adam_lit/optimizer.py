@@ -7,6 +7,7 @@ Docs: https://adam-lit.github.io/adam_lit/optimizer.html.md"""
 # %% ../nbs/03_optimizer.ipynb #8f5f0975
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 import re
@@ -355,8 +356,23 @@ def _patch_into(cls):
         return attach(f_or_name, f_or_name.__name__)
     return deco
 
+def _needs_arguments(f) -> list:
+    "The parameters `f` cannot be called without (none when its signature cannot be read)."
+    try: params = inspect.signature(f).parameters.values()
+    except (TypeError, ValueError): return []
+    return [p.name for p in params if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+
 def _check_learning_rate(value):
-    if isinstance(value, LearningRateSchedule) or callable(value): return value
+    if isinstance(value, LearningRateSchedule): return value
+    if callable(value):
+        need = _needs_arguments(value)
+        if need:      # (an Optax-style schedule, `lambda step: ...`: Keras calls a learning rate callable with no argument)
+            raise ArgumentTypeError(
+                f"Argument `learning_rate` is a callable that needs arguments ({', '.join(need)}), but a callable learning "
+                "rate is called with none (Keras's convention). For a rate that depends on the step, pass a "
+                "LearningRateSchedule (adam_lit.schedules, or a subclass with __call__(step)); an Optax schedule "
+                "f(count) works with adam_lit.optax")
+        return value
     if not _is_real(value) and getattr(value, "shape", None) is None:     # (a 0-d array: read by check_float)
         raise ArgumentTypeError("Argument `learning_rate` should be float, or an instance of LearningRateSchedule, "
                                 f"or a zero-argument callable. Received instead: learning_rate={value!r}")
