@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 
-from .backend import host_float
+from .backend import IndexedSlices, host_float
 from .kernels import PARALLEL_MIN, ROW, array_module, loop_chunks, loop_constants, loop_kernels, loop_table, tiled_base
 from .rules import _hyper, moment_constants
 from .schedules import LearningRateSchedule
@@ -146,6 +146,12 @@ class _Loop:
             except ValueError: return None         # (the pipeline raises it, naming the variable)
             self.groups.append(_Group(opt, S, idx, self.tab, hyper, k))
         self.single = self.groups[0] if len(self.groups) == 1 and torch is None else None
+        self.rows = None          # one table and its row-sparse gradient: the class's fused row update (LazyAdam's)
+        if len(vs) == 1 and torch is None and vs[0].ndim >= 1 and getattr(type(opt), "_loop_rows", False):
+            S = self.groups[0].S
+            hyper = {k: hyper[k] for k in ("beta_1", "beta_2", "epsilon")}
+            if decay[0]: hyper["weight_decay"] = float(S(opt.weight_decay))      # (as the pipeline's stage 4 passes it)
+            self.rows = (hyper, {s.name: s.array for s in opt._slots if s.index == 0})
         return self
 
 def _rule_ok(opt) -> bool:
@@ -175,7 +181,9 @@ def _loop_step(self: _Loop, opt, grads, variables) -> bool:
     if opt._learning_rate is not self.spec and not self._new_rate(opt): return False
     for g in self.groups:
         if not g.set_lr(opt, t - 1): return False
-    if self.torch is None:
+    if self.rows is not None and type(grads[0]) is IndexedSlices:
+        if not self._rows_step(opt, grads[0], t): return False
+    elif self.torch is None:
         ids = self.ids                                     # the gradients' objects: alive for the whole call
         if n == 1: ids[0] = id(grads[0])
         else: ids[:] = list(map(id, grads))
@@ -218,7 +226,24 @@ def _new_rate(self: _Loop, opt) -> bool:
     self.spec = spec
     return True
 
-_Loop.__call__, _Loop._torch_grads, _Loop._new_rate = _loop_step, _torch_grads, _new_rate
+def _rows_step(self: _Loop, opt, g, t: int) -> bool:
+    """One table's row-sparse gradient (an `IndexedSlices` of NumPy arrays): checked as the pipeline checks it, then the
+    class's fused row update (`_rows_in_place`) with the constants decided once; False (nothing written) if not taken.
+    A bad row index raises the pipeline's error before anything is written."""
+    x, (hyper, slots) = self.vs[0], self.rows
+    vals, idx = g.values, g.indices
+    if not (type(vals) is np.ndarray and type(idx) is np.ndarray and vals.dtype == x.dtype and idx.ndim == 1
+            and idx.dtype.kind in "iu" and vals.ndim == x.ndim and vals.shape[0] == idx.shape[0]
+            and vals.shape[1:] == x.shape[1:] and tuple(g.dense_shape) == x.shape and vals.flags.c_contiguous
+            and x.flags.writeable):
+        return False
+    if any(np.may_share_memory(vals, a) or np.may_share_memory(idx, a) for a in (x, *slots.values())): return False
+    if not opt._fast_update(x, g): return False                 # the class's own test for its in-place row update
+    grp = self.groups[0]
+    opt._rows_in_place(g, x, slots, opt._lr_at(grp.S, t - 1, self.spec), t, hyper)
+    return True
+
+_Loop.__call__, _Loop._torch_grads, _Loop._new_rate, _Loop._rows_step = _loop_step, _torch_grads, _new_rate, _rows_step
 
 
 # %% ../nbs/03a_fastpath.ipynb #fp-loop-group

@@ -344,3 +344,4 @@ def _own_slot_names(self):
     return self._slot_names + self._late_slot_names + (("row_step",) if self.row_bias_correction else ())
 LazyAdam._own_slot_names = _own_slot_names
 LazyAdam._loop_rule = LazyAdam.update_step     # dense gradients: Adam's rule, which the compiled steps reproduce
+LazyAdam._loop_rows = True                      # one table's row-sparse gradient: `_rows_in_place`, from the training-loop step

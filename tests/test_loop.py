@@ -126,11 +126,17 @@ def test_what_the_loop_does_not_take_runs_the_pipeline(counted):
 
 
 def test_indexed_slices_and_options_run_the_pipeline(counted):
-    x = [np.ones((10, 3), np.float32)]
+    xs = [np.ones((10, 3), np.float32), np.ones((6, 3), np.float32)]     # two tables: the pipeline
     o = LazyAdam()
+    for k in range(3):
+        o.apply([IndexedSlices(np.ones((2, 3), np.float32), np.array([1, 4]), (10, 3)),
+                 IndexedSlices(np.ones((1, 3), np.float32), np.array([5]), (6, 3))], xs)
+    assert counted[0] == 0
+    assert np.array_equal(xs[0][0], np.ones(3, np.float32))   # an untouched row stays
+    x = [np.ones((10, 3), np.float32)]
+    o = Adam()                                                 # Adam's dense-equivalent rows: the pipeline
     for k in range(3): o.apply([IndexedSlices(np.ones((2, 3), np.float32), np.array([1, 4]), (10, 3))], x)
     assert counted[0] == 0
-    assert np.array_equal(x[0][0], np.ones(3, np.float32))   # an untouched row stays
     for opts in ({"clipnorm": 1.0}, {"global_clipnorm": 1.0}, {"clipvalue": 0.1}, {"use_ema": True},
                  {"gradient_accumulation_steps": 2}, {"loss_scale_factor": 8.0}, {"gradient_nan_policy": "skip"},
                  {"numerics": "torch"}, {"learning_rate": lambda: 0.01}, {"beta_1": lambda: 0.9}):
@@ -260,3 +266,48 @@ def test_a_new_float_rate_every_step(counted):
     o.learning_rate = lambda: 0.01          # a callable: the plan is dropped and the pipeline runs
     o.apply(gsets[0], xs)
     assert o._loop is False or o._loop is None
+
+
+LAZY = {
+    "default": lambda: LazyAdam(),
+    "amsgrad": lambda: LazyAdam(amsgrad=True, learning_rate=0.01),
+    "decay": lambda: LazyAdam(weight_decay=0.05, learning_rate=0.02),
+    "legacy": lambda: LazyAdam(numerics="legacy", beta_1=0.5, epsilon=1e-3),
+    "schedule": lambda: LazyAdam(learning_rate=ExponentialDecay(0.05, 2, 0.5), amsgrad=True, weight_decay=0.01),
+    "legacy decay": lambda: LazyAdam(numerics="legacy", decay=0.1, lr=0.01),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LAZY))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_one_tables_rows_take_the_loop_with_the_pipelines_bits(name, dtype, counted):
+    "LazyAdam on one table, a row-sparse gradient each call (repeated rows, int32 and int64 indices): the pipeline's bits."
+    rng = np.random.default_rng(7)
+    x0 = np.asarray(rng.standard_normal((40, 3)), dtype)
+    calls = [IndexedSlices(np.asarray(rng.standard_normal((n, 3)) * 10.0 ** rng.uniform(-3, 1), dtype),
+                           rng.integers(0, 40, n).astype(rng.choice([np.int32, np.int64])), (40, 3))
+             for n in (1, 25, 60, 7, 12)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        want, want_w = _pipeline(LAZY[name], [x0], [[g] for g in calls])
+        o, x = LAZY[name](), x0.copy()
+    for g in calls: o.apply([g], [x])
+    assert counted[0] == len(calls) and x.tobytes() == want[0].tobytes()
+    assert all(np.asarray(a).tobytes() == b.tobytes() for a, b in zip(o.variables, want_w))
+
+
+def test_rows_the_loop_refuses(counted):
+    "A bad row index: the pipeline's error, nothing written. Rows sharing the table's memory, a row-bias option: the pipeline."
+    x = np.ones((8, 2), np.float32)
+    o = LazyAdam()
+    o.apply([IndexedSlices(np.ones((1, 2), np.float32), np.array([3]), (8, 2))], [x])
+    before = [x.copy()] + [np.asarray(w).copy() for w in o.variables]
+    with pytest.raises(ValueError, match=r"IndexedSlices indices must lie in \[0, 8\)"):
+        o.apply([IndexedSlices(np.ones((2, 2), np.float32), np.array([1, 8]), (8, 2))], [x])
+    assert all(a.tobytes() == np.asarray(b).tobytes() for a, b in zip(before, [x] + list(o.variables)))
+    n = counted[0]
+    o.apply([IndexedSlices(x[2:4], np.array([5, 6]), (8, 2))], [x])        # values are rows of the table itself
+    assert counted[0] == n and o.iterations == 2
+    r = LazyAdam(row_bias_correction=True)
+    r.apply([IndexedSlices(np.ones((1, 2), np.float32), np.array([3]), (8, 2))], [np.ones((8, 2), np.float32)])
+    assert counted[0] == n
