@@ -47,12 +47,14 @@ def test_adam_config():
     assert pickle.loads(pickle.dumps(optimizer)).get_config() == optimizer.get_config()
 
 
-def test_adam_single_step():
-    optimizer = Adam(learning_rate=0.5)
+@pytest.mark.parametrize("cls, expected", [(Adam, [0.5, 1.5, 2.5, 3.5]),                # adam_test.py
+                                            (AdamW, [0.4980, 1.4960, 2.494, 3.492])])  # adamw_test.py
+def test_single_step(cls, expected):
+    optimizer = cls(learning_rate=0.5)
     grads = np.array([1.0, 6.0, 7.0, 2.0], np.float32)
     vars = Variable([1.0, 2.0, 3.0, 4.0])
     optimizer.apply_gradients(zip([grads], [vars]))
-    assert_all_close(vars, [0.5, 1.5, 2.5, 3.5], rtol=1e-4, atol=1e-4)
+    assert_all_close(vars, expected, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("cls", [Adam, AdamW])
@@ -129,14 +131,6 @@ def test_adam_ema_overwrite_frequency():
 def test_adamw_config():
     optimizer = AdamW(learning_rate=0.5, weight_decay=0.008, beta_1=0.5, beta_2=0.67, epsilon=1e-5, amsgrad=True)
     assert AdamW.from_config(optimizer.get_config()).get_config() == optimizer.get_config()
-
-
-def test_adamw_single_step():
-    optimizer = AdamW(learning_rate=0.5)
-    grads = np.array([1.0, 6.0, 7.0, 2.0], np.float32)
-    vars = Variable([1.0, 2.0, 3.0, 4.0])
-    optimizer.apply_gradients(zip([grads], [vars]))
-    assert_all_close(vars, [0.4980, 1.4960, 2.494, 3.492], rtol=1e-4, atol=1e-4)
 
 
 def test_adamw_weight_decay_is_none():
