@@ -69,8 +69,9 @@ class _Engine:
     def __init__(self, owner, group: dict, hp: tuple):
         params = list(group["params"])
         self.group, self.params, self.hp = group, params, hp
-        self.numpy = owner._numerics == "keras" and all(map(_numpy_ok, params))
-        self.xs = [p.detach().numpy() if self.numpy else p.detach() for p in params]
+        views = [_real_view(p.detach(), j, "parameter") for j, p in enumerate(params)]   # complex: torch.view_as_real
+        self.numpy = owner._numerics == "keras" and all(map(_numpy_ok, views))
+        self.xs = [v.numpy() if self.numpy else v for v in views]
         self.ptrs = [p.data_ptr() for p in params]
         lr, b1, b2, eps, wd, ams, dec = hp
         self.opt = owner._engine_class(learning_rate=lr, beta_1=b1, beta_2=b2, epsilon=eps, amsgrad=ams,
@@ -84,6 +85,19 @@ class _Engine:
         return (group is self.group and len(ps) == len(self.params) and all(map(_same, ps, self.params, self.ptrs)))
 
 def _same(p, q, ptr) -> bool: return p is q and p.data_ptr() == ptr
+
+def _real_view(t, j: int, what: str):
+    """A complex tensor as `torch.view_as_real` sees it (its real and imaginary parts as a last axis of 2, the same
+    memory), as torch.optim's Adam steps complex parameters; a real tensor itself."""
+    if not t.is_complex(): return t
+    if t.is_conj():
+        raise ValueError(f"{what} {j} is a conjugated view (conj bit set): call .resolve_conj() first, as torch.view_as_real needs")
+    return torch.view_as_real(t)
+
+def _state_view(a, p):
+    "A slot as the state tensor of parameter `p`: complex again for a complex parameter (one memory)."
+    t = _tensor(a)
+    return torch.view_as_complex(t) if p.is_complex() else t
 
 # %% ../nbs/17_torch.ipynb #t118b535e
 class _Front(torch.optim.Optimizer):
@@ -172,6 +186,7 @@ def _restore(self, eng, k: int):
             slot = o._slot_of.get((j, name))
             if slot is None or key not in st: continue
             t = st[key]
+            if isinstance(t, torch.Tensor) and t.is_complex(): t = torch.view_as_real(t.resolve_conj())
             if not isinstance(t, torch.Tensor) or tuple(t.shape) != tuple(slot.array.shape):
                 raise ValueError(f"state {key!r} of parameter {j} of param group {k} has shape "
                                  f"{tuple(getattr(t, 'shape', ()))}, the parameter {tuple(p.shape)}")
@@ -190,7 +205,7 @@ def _restore(self, eng, k: int):
         st = {"step": eng.step_t}
         for name, key in _SLOTS.items():
             slot = o._slot_of.get((j, name))
-            if slot is not None: st[key] = _tensor(slot.array)
+            if slot is not None: st[key] = _state_view(slot.array, p)
         self.state[p] = st
 
 # %% ../nbs/17_torch.ipynb #t1582212f
@@ -202,6 +217,9 @@ def _grads(self, eng, hp: tuple, k: int):
         g = p.grad
         if g is None: continue
         if g.is_sparse:
+            if g.is_complex():
+                raise ValueError(f"parameter {j} of param group {k} has a sparse complex gradient: adam_lit takes sparse "
+                                 "gradients of real tables only")
             if l2: raise ValueError(f"parameter {j} of param group {k} has a sparse gradient: weight_decay with "
                                     "decoupled_weight_decay=False (L2) needs dense ones, as torch.optim.Adam; use LazyAdam or AdamW")
             v = _sparse_view(g, j, k) if eng.numpy else g
@@ -210,7 +228,9 @@ def _grads(self, eng, hp: tuple, k: int):
                 raise ValueError(f"the gradient of parameter {j} of param group {k} has shape {tuple(g.shape)}, dtype "
                                  f"{g.dtype} on {g.device}; the parameter {tuple(p.shape)}, {p.dtype} on {p.device}")
             if l2: g = torch.add(g, p.detach(), alpha=l2)        # as torch.optim.Adam: grad.add(param, alpha=weight_decay)
-            v = (g.detach() if g.requires_grad else g).numpy() if eng.numpy else g.detach()   # (detach: only if needed)
+            g = g.detach() if g.requires_grad else g                 # (detach: only if needed)
+            if g.is_complex(): g = _real_view(g, j, f"the gradient of parameter {j} of param group {k}: tensor")
+            v = g.numpy() if eng.numpy else g
         out.append(v); at.append(j)
     return out, at
 

@@ -14,6 +14,8 @@ What is claimed, and checked here:
   trip through `torch.save` / `torch.load(weights_only=True)` continuing bit for bit, older state_dicts, a step count
   saved as a number, deepcopy, param groups and `add_param_group`, `zero_grad(set_to_none)`, closures, parameters
   without gradients, zero gradients, step hooks, tensor `lr`, schedulers going the right direction, `torch.compile`.
+* complex parameters, stepped through `torch.view_as_real` as torch.optim steps them: torch.optim.Adam's bits with
+  numerics "torch" (state included, complex), adam_lit's Adam on the real view by default; state_dicts both ways.
 * bad arguments: a ValueError or TypeError naming the argument, before anything changes.
 """
 from __future__ import annotations
@@ -591,3 +593,63 @@ def test_one_step_count_per_group():
         ref.apply([gs[j].numpy() for j in have], [xs[j] for j in have])
     for q, x in zip(qs, xs): same_bits(q, torch.from_numpy(x), "one count")
     assert float(opt.state[qs[1]]["step"]) == 6.0
+
+
+# -------------------------------------------------------------------------------------------------- complex parameters
+COMPLEX_OPTS = [dict(), dict(amsgrad=True), dict(weight_decay=0.1), dict(weight_decay=0.05, decoupled_weight_decay=True),
+                dict(amsgrad=True, weight_decay=0.1, decoupled_weight_decay=True)]
+
+
+@pytest.mark.parametrize("opts", COMPLEX_OPTS)
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])
+def test_complex_parameters_as_torch_optim(opts, dtype):
+    """Complex parameters as torch.optim steps them (its `view_as_real`: real and imaginary parts as two real numbers):
+    numerics "torch" gives torch.optim.Adam's bits, state included (complex, as torch keeps it); the default gives
+    adam_lit's Adam on the real view, bit for bit."""
+    g = torch.Generator().manual_seed(3)
+    p0 = torch.randn(6, 4, generator=g, dtype=dtype)
+    mine, ref = torch.nn.Parameter(p0.clone()), torch.nn.Parameter(p0.clone())
+    a = Adam([mine], lr=0.01, numerics="torch", **opts)
+    b = torch.optim.Adam([ref], lr=0.01, **opts)
+    k, kx = torch.nn.Parameter(p0.clone()), torch.view_as_real(p0.clone()).numpy().copy()
+    c = Adam([k], lr=0.01, **opts)
+    wd = opts.get("weight_decay") if opts.get("decoupled_weight_decay") else None
+    lit = adam_lit.Adam(learning_rate=0.01, amsgrad=opts.get("amsgrad", False), weight_decay=wd)
+    for s in range(5):
+        gr = torch.randn(6, 4, generator=g, dtype=dtype) * 10.0 ** (s - 2)
+        mine.grad, ref.grad, k.grad = gr.clone(), gr.clone(), gr.clone()
+        if opts.get("weight_decay") and not opts.get("decoupled_weight_decay"):     # L2: added to the gradient, as torch
+            gr = torch.add(gr, k.detach(), alpha=opts["weight_decay"])
+        a.step(); b.step(); c.step()
+        lit.apply([torch.view_as_real(gr).numpy().copy()], [kx])
+    same_bits(mine, ref, "param")
+    for key in b.state[ref]:
+        same_bits(a.state[mine][key], b.state[ref][key], key)
+    assert a.state[mine]["exp_avg"].dtype == dtype
+    assert torch.view_as_real(k.detach()).numpy().tobytes() == kx.tobytes()
+
+
+def test_complex_state_dict_goes_to_torch_optim_and_back():
+    p = torch.nn.Parameter(torch.randn(5, dtype=torch.complex64))
+    a = Adam([p], lr=0.1, numerics="torch", amsgrad=True)
+    for s in range(3):
+        p.grad = torch.randn(5, dtype=torch.complex64); a.step()
+    q = torch.nn.Parameter(p.detach().clone())
+    b = torch.optim.Adam([q], lr=0.1, amsgrad=True)
+    b.load_state_dict(copy.deepcopy(a.state_dict()))     # (a state_dict holds the optimizer's tensors, as torch's does)
+    r = torch.nn.Parameter(p.detach().clone())
+    c = Adam([r], lr=0.1, numerics="torch", amsgrad=True)
+    c.load_state_dict(copy.deepcopy(b.state_dict()))
+    gr = torch.randn(5, dtype=torch.complex64)
+    for o, x in ((a, p), (b, q), (c, r)):
+        x.grad = gr.clone(); o.step()
+    same_bits(p, q); same_bits(r, q)
+
+
+def test_complex_sparse_gradient_refused():
+    e = torch.nn.Parameter(torch.zeros(4, 2, dtype=torch.complex64))
+    o = LazyAdam([e])
+    e.grad = torch.sparse_coo_tensor(torch.tensor([[1]]), torch.ones(1, 2, dtype=torch.complex64), (4, 2))
+    with pytest.raises(ValueError, match="sparse complex gradient: adam_lit takes sparse gradients of real tables only"):
+        o.step()
+    assert not torch.any(e.detach())
