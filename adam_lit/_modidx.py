@@ -698,4 +698,5 @@ d = { 'settings': { 'branch': 'main',
                                 'adam_lit.torch._sparse_view': ('torch.html#_sparse_view', 'adam_lit/torch.py'),
                                 'adam_lit.torch._state_view': ('torch.html#_state_view', 'adam_lit/torch.py'),
                                 'adam_lit.torch._step': ('torch.html#_step', 'adam_lit/torch.py'),
-                                'adam_lit.torch._tensor': ('torch.html#_tensor', 'adam_lit/torch.py')}}}
+                                'adam_lit.torch._tensor': ('torch.html#_tensor', 'adam_lit/torch.py'),
+                                'adam_lit.torch._torch_switches': ('torch.html#_torch_switches', 'adam_lit/torch.py')}}}

@@ -298,11 +298,31 @@ _PARAMS = """Parameters
             None: the default of the numerics. "keras": Keras's epsilon hat, added to sqrt(v) before the bias
             correction, default 1e-7; "torch": PyTorch's epsilon, added after it, default 1e-8."""
 
+def _torch_switches(foreach, fused, capturable, differentiable):
+    """torch.optim.Adam's implementation switches, accepted so that code written for it runs: `foreach` and `fused`
+    choose among PyTorch's kernels (adam_lit runs its own either way); `capturable` and `differentiable` must be False."""
+    for name, v in (("foreach", foreach), ("fused", fused)):
+        if v is not None and not isinstance(v, bool): raise TypeError(f"Argument `{name}` must be None or a bool, got {v!r}")
+    if capturable is not False:
+        raise ValueError(f"Argument `capturable={capturable!r}` is not supported: adam_lit's step reads its step count on "
+                         "the host, so it cannot be captured in a CUDA graph (leave it False)")
+    if differentiable is not False:
+        raise ValueError(f"Argument `differentiable={differentiable!r}` is not supported: the step is not differentiable")
+
+_SWITCHES = """
+        foreach, fused : bool or None, default None
+            torch.optim.Adam's choice of its kernels: accepted, and adam_lit runs its own kernels either way.
+        capturable, differentiable : bool, default False
+            Only False (no CUDA-graph capture, no differentiable step)."""
+
 class Adam(_Front):
     "Adam (and AMSGrad) as a `torch.optim.Optimizer`: each param group stepped by adam_lit's `Adam` on zero-copy views."
     def __init__(self, params, lr: float | torch.Tensor = 1e-3, betas: tuple = (0.9, 0.999), eps: float | None = None,
                  weight_decay: float = 0.0, amsgrad: bool = False, *, decoupled_weight_decay: bool = False,
-                 maximize: bool = False, numerics: str = "keras", moment_dtype: str | None = None):
+                 maximize: bool = False, numerics: str = "keras", moment_dtype: str | None = None,
+                 foreach: bool | None = None, capturable: bool = False, differentiable: bool = False,
+                 fused: bool | None = None):
+        _torch_switches(foreach, fused, capturable, differentiable)
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
                                       maximize=maximize, decoupled_weight_decay=decoupled_weight_decay), numerics,
                          {"moment_dtype": moment_dtype} if moment_dtype else {})
@@ -318,20 +338,22 @@ class Adam(_Front):
         numerics : str, default "keras"
             "keras": Keras 3's bits (adam_lit's compiled kernels); "torch": torch.optim.Adam's bits.
         moment_dtype : str or None, default None
-            "float32": the moments and the update of float16 and bfloat16 parameters in float32 (adam_lit's option).
+            "float32": the moments and the update of float16 and bfloat16 parameters in float32 (adam_lit's option).""" + _SWITCHES + """
         """
 
 class AdamW(Adam):
     "`Adam` with decoupled weight decay, by default 0.01 as `torch.optim.AdamW` (Keras's `AdamW`: 0.004)."
     def __init__(self, params, lr: float | torch.Tensor = 1e-3, betas: tuple = (0.9, 0.999), eps: float | None = None,
                  weight_decay: float = 0.01, amsgrad: bool = False, *, maximize: bool = False, numerics: str = "keras",
-                 moment_dtype: str | None = None):
+                 moment_dtype: str | None = None, foreach: bool | None = None, capturable: bool = False,
+                 differentiable: bool = False, fused: bool | None = None):
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, decoupled_weight_decay=True, maximize=maximize,
-                         numerics=numerics, moment_dtype=moment_dtype)
+                         numerics=numerics, moment_dtype=moment_dtype, foreach=foreach, capturable=capturable,
+                         differentiable=differentiable, fused=fused)
     __init__.__doc__ = _PARAMS + """
         weight_decay : float, default 0.01
             Decoupled weight decay: Keras's `x - (x * wd) * lr`, or PyTorch's `x * (1 - lr * wd)` (numerics "torch").
-        amsgrad, maximize, numerics, moment_dtype
+        amsgrad, maximize, numerics, moment_dtype, foreach, capturable, differentiable, fused
             As for `Adam`.
         """
 

@@ -653,3 +653,18 @@ def test_complex_sparse_gradient_refused():
     with pytest.raises(ValueError, match="sparse complex gradient: adam_lit takes sparse gradients of real tables only"):
         o.step()
     assert not torch.any(e.detach())
+
+
+def test_torch_optim_switches_accepted_as_a_drop_in():
+    "Code written for torch.optim.Adam passes foreach / fused: accepted (adam_lit's kernels run); capture refused."
+    ps, ref = params(4), None
+    ref = clones(ps)
+    a = Adam(ps, lr=0.01, foreach=True, fused=False)
+    b = Adam(ref, lr=0.01)
+    for s in range(3):
+        gs = grads(ps, s); set_grads(ps, gs); set_grads(ref, gs); a.step(); b.step()
+    for p, q in zip(ps, ref): same_bits(p, q)
+    AdamW(params(5), fused=True)
+    for kw, err, word in ((dict(capturable=True), ValueError, "CUDA graph"), (dict(differentiable=True), ValueError, "not differentiable"),
+                          (dict(fused="yes"), TypeError, "Argument `fused` must be None or a bool")):
+        with pytest.raises(err, match=word): Adam(params(6), **kw)
