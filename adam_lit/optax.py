@@ -7,6 +7,7 @@ Docs: https://adam-lit.github.io/adam_lit/optax.html.md"""
 # %% ../nbs/18_optax.ipynb #0a7e1c05
 from __future__ import annotations
 
+import functools
 import numbers
 import sys
 from typing import Any, Callable, NamedTuple
@@ -97,22 +98,25 @@ def _lr_value(lr, count, dt):
     return lr.astype(dt)
 
 # %% ../nbs/18_optax.ipynb #0a7e1c11
-def _keras_leaf(g, m, v, vh, x, lr, t, b1, b2, eps, wd):
+def _keras_leaf(g, m, v, vh, x, lr, t, b1, b2, eps, wd, eps_root=0.0):
     """Keras 3's Adam (AMSGrad with `vh`) for one leaf, in `rules`' operations: returns `(u, m, v, vh)` with
-    `u = -step` (no decay) or `u = x2 - x` for Keras's `x2 = (x - (x * wd) * lr) - step`."""
+    `u = -step` (no decay) or `u = x2 - x` for Keras's `x2 = (x - (x * wd) * lr) - step`. Optax's `eps_root`, which
+    Keras does not have, is added under the square root; a Python 0.0 (the default) leaves Keras's graph unchanged."""
     _, jnp, _ = _libs()
     dt, mu_dt = g.dtype, m.dtype                       # (mu_dtype: m kept in another dtype, computed in g's)
     if mu_dt != dt: m = m.astype(dt)
-    if jnp.iscomplexobj(g): return _complex_leaf(g, m, v, vh, x, lr, t, b1, b2, eps, wd, mu_dt)
+    if jnp.iscomplexobj(g): return _complex_leaf(g, m, v, vh, x, lr, t, b1, b2, eps, wd, mu_dt, eps_root)
     alpha = _traced_step_size(jnp, lr, b1, b2, t, g)
     m, v = _moments(jnp, g, m, v, _one_minus(b1, dt), _one_minus(b2, dt))
     if vh is not None: vh = jnp.maximum(vh, v)
     x0 = -0.0 if wd is None else x - (x * _const(wd, dt)) * lr
-    if hasattr(eps, "dtype"): x2 = x0 - (m * alpha) / (jnp.sqrt(v if vh is None else vh) + eps.astype(dt))   # _move's
-    else: x2 = _move(jnp, x0, m, v if vh is None else vh, alpha, eps)
+    vv = v if vh is None else vh
+    if not (isinstance(eps_root, float) and eps_root == 0.0): vv = vv + _const(eps_root, dt)
+    if hasattr(eps, "dtype"): x2 = x0 - (m * alpha) / (jnp.sqrt(vv) + eps.astype(dt))   # _move's
+    else: x2 = _move(jnp, x0, m, vv, alpha, eps)
     return (x2 if wd is None else x2 - x), m.astype(mu_dt), v, vh
 
-def _complex_leaf(g, m, v, vh, x, lr, t, b1, b2, eps, wd, mu_dt):
+def _complex_leaf(g, m, v, vh, x, lr, t, b1, b2, eps, wd, mu_dt, eps_root=0.0):
     """Complex parameters, which Keras does not define: Keras's operations with Optax's convention for complex numbers,
     `v` the moment of `|g|^2` (held in the parameters' dtype, imaginary part 0) where Keras squares `g`, and the square
     root of its real part. The constants and the step size are those of the real dtype. Every operation is Keras's
@@ -127,7 +131,9 @@ def _complex_leaf(g, m, v, vh, x, lr, t, b1, b2, eps, wd, mu_dt):
     mr, mi = m.real + (gr - m.real) * c1, m.imag + (gi - m.imag) * c1
     vr = v.real + ((gr * gr + gi * gi) - v.real) * c2
     if vh is not None: vh = jnp.maximum(vh.real, vr)
-    den = jnp.sqrt(vr if vh is None else vh) + (eps.astype(rdt) if hasattr(eps, "dtype") else eps)
+    vv = vr if vh is None else vh
+    if not (isinstance(eps_root, float) and eps_root == 0.0): vv = vv + _const(eps_root, rdt)
+    den = jnp.sqrt(vv) + (eps.astype(rdt) if hasattr(eps, "dtype") else eps)
     sr, si = (mr * alpha) / den, (mi * alpha) / den
     if wd is None: u = C(-0.0 - sr, -0.0 - si)
     else:
@@ -236,7 +242,7 @@ def _update_fn(leaf_rule, learning_rate, b1, b2, eps, weight_decay, mask, amsgra
     return update
 
 # %% ../nbs/18_optax.ipynb #0a7e1c16
-def _optax_own(learning_rate, b1, b2, eps, weight_decay, mask, amsgrad, mu_dtype=None):
+def _optax_own(learning_rate, b1, b2, eps, weight_decay, mask, amsgrad, mu_dtype=None, eps_root=0.0, nesterov=False):
     "`numerics='optax'`: Optax's own transformation (an adam_lit schedule given to it as a function of the count)."
     _, jnp, optax = _libs()
     if isinstance(learning_rate, LearningRateSchedule):
@@ -244,8 +250,12 @@ def _optax_own(learning_rate, b1, b2, eps, weight_decay, mask, amsgrad, mu_dtype
         learning_rate = lambda count: _traced_rate(s, count, jnp, jnp.float32)
     if weight_decay is not None:
         if amsgrad: raise ValueError("numerics='optax' has no AMSGrad with weight decay (Optax has no amsgradw)")
-        return optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=mask, mu_dtype=mu_dtype)
-    return (optax.amsgrad if amsgrad else optax.adam)(learning_rate, b1=b1, b2=b2, eps=eps, mu_dtype=mu_dtype)
+        return optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, eps_root=eps_root, weight_decay=weight_decay, mask=mask,
+                           mu_dtype=mu_dtype, nesterov=nesterov)
+    if amsgrad:
+        if nesterov: raise ValueError("numerics='optax' has no Nesterov AMSGrad (optax.amsgrad has no `nesterov`)")
+        return optax.amsgrad(learning_rate, b1=b1, b2=b2, eps=eps, eps_root=eps_root, mu_dtype=mu_dtype)
+    return optax.adam(learning_rate, b1=b1, b2=b2, eps=eps, eps_root=eps_root, mu_dtype=mu_dtype, nesterov=nesterov)
 
 def _mu_dtype(value):
     "Argument `mu_dtype` (Optax's): None, or a floating-point dtype, canonical (as JAX would hold it)."
@@ -257,10 +267,16 @@ def _mu_dtype(value):
         raise ValueError(f"Argument `mu_dtype` must be None or a floating-point dtype, got {value!r}")
     return dt
 
-def _transformation(learning_rate, b1, b2, eps, weight_decay, mask, amsgrad, numerics, lazy, mu_dtype=None):
+def _transformation(learning_rate, b1, b2, eps, weight_decay, mask, amsgrad, numerics, lazy, mu_dtype=None,
+                    eps_root=0.0, nesterov=False):
     "The GradientTransformation of every front end here: its arguments checked, then pure `init` and `update`."
     jax, jnp, optax = _libs()
     mu_dtype = _mu_dtype(mu_dtype)
+    eps_root = _number("eps_root", eps_root, low=0)
+    if not isinstance(nesterov, bool): raise ArgumentTypeError(f"Argument `nesterov` must be a bool, got {nesterov!r}")
+    if nesterov and numerics == "keras":
+        raise ValueError("Argument `nesterov=True`: Keras's Adam has no Nesterov momentum (Keras's Nadam has); "
+                         "numerics='optax' gives optax.adam(nesterov=True)")
     if not isinstance(numerics, str) or numerics not in _NUMERICS:
         raise ValueError(f"Argument `numerics` must be one of {', '.join(map(repr, _NUMERICS))}; got {numerics!r}")
     if not isinstance(amsgrad, bool): raise ArgumentTypeError(f"Argument `amsgrad` must be a bool, got {amsgrad!r}")
@@ -270,9 +286,10 @@ def _transformation(learning_rate, b1, b2, eps, weight_decay, mask, amsgrad, num
     weight_decay = _number("weight_decay", weight_decay, low=0, allow_none=True)
     if mask is not None and weight_decay is None:
         raise ValueError("Argument `mask` selects the parameters that decay, but `weight_decay` is None")
-    if numerics == "optax": return _optax_own(learning_rate, b1, b2, eps, weight_decay, mask, amsgrad, mu_dtype)
+    if numerics == "optax": return _optax_own(learning_rate, b1, b2, eps, weight_decay, mask, amsgrad, mu_dtype, eps_root, nesterov)
     if lazy: b1, b2, eps = (_static(n, z, "lazy_adam") for n, z in (("b1", b1), ("b2", b2), ("eps", eps)))
-    update = _update_fn(_keras_leaf, learning_rate, b1, b2, eps, weight_decay, mask, amsgrad, mu_dtype)
+    leaf = _keras_leaf if isinstance(eps_root, float) and eps_root == 0.0 else functools.partial(_keras_leaf, eps_root=eps_root)
+    update = _update_fn(leaf, learning_rate, b1, b2, eps, weight_decay, mask, amsgrad, mu_dtype)
 
     def init(params):
         zeros = lambda dt=None: jax.tree.map(lambda p: jnp.zeros_like(p, dtype=dt), params)
@@ -289,7 +306,8 @@ def _transformation(learning_rate, b1, b2, eps, weight_decay, mask, amsgrad, num
 # %% ../nbs/18_optax.ipynb #0a7e1c18
 def adam(learning_rate: float | Callable | LearningRateSchedule = 0.001, b1: float = 0.9, b2: float = 0.999,
          eps: float | None = None, *, weight_decay: float | None = None, mask: Any = None, amsgrad: bool = False,
-         numerics: str = "keras", mu_dtype: Any = None) -> "optax.GradientTransformation":
+         numerics: str = "keras", mu_dtype: Any = None, eps_root: float = 0.0,
+         nesterov: bool = False) -> "optax.GradientTransformation":
     """Keras 3's Adam as an Optax transformation: `update` returns the step to add with `optax.apply_updates`.
 
     Parameters
@@ -315,23 +333,31 @@ def adam(learning_rate: float | Callable | LearningRateSchedule = 0.001, b1: flo
     mu_dtype : dtype or None
         Optax's `mu_dtype`: the dtype the first moment is kept in (None: the parameters'). It is computed in the
         gradient's dtype and rounded to `mu_dtype` when stored, as Optax does; None keeps Keras's bits.
+    eps_root : float
+        Optax's `eps_root`, added to v under the square root (Keras has none; the default 0 keeps Keras's bits).
+    nesterov : bool
+        Only with numerics "optax" (Optax's Nesterov Adam); Keras's Adam has none.
 
     Complex parameters, which Keras does not define, follow Optax's convention: the second moment is that of
     `|g|^2`; for real parameters this is Keras's `g * g`, so the bits are unchanged.
     """
-    return _transformation(learning_rate, b1, b2, eps, weight_decay, mask, amsgrad, numerics, lazy=False, mu_dtype=mu_dtype)
+    return _transformation(learning_rate, b1, b2, eps, weight_decay, mask, amsgrad, numerics, lazy=False, mu_dtype=mu_dtype,
+                           eps_root=eps_root, nesterov=nesterov)
 
 def adamw(learning_rate: float | Callable | LearningRateSchedule = 0.001, b1: float = 0.9, b2: float = 0.999,
           eps: float | None = None, weight_decay: float = 0.004, *, mask: Any = None, amsgrad: bool = False,
-          numerics: str = "keras", mu_dtype: Any = None) -> "optax.GradientTransformation":
+          numerics: str = "keras", mu_dtype: Any = None, eps_root: float = 0.0,
+          nesterov: bool = False) -> "optax.GradientTransformation":
     "Keras 3's AdamW: `adam` with decoupled weight decay (default 0.004, Keras's); the arguments of `adam`."
-    return _transformation(learning_rate, b1, b2, eps, weight_decay, mask, amsgrad, numerics, lazy=False, mu_dtype=mu_dtype)
+    return _transformation(learning_rate, b1, b2, eps, weight_decay, mask, amsgrad, numerics, lazy=False, mu_dtype=mu_dtype,
+                           eps_root=eps_root, nesterov=nesterov)
 
 def amsgrad(learning_rate: float | Callable | LearningRateSchedule = 0.001, b1: float = 0.9, b2: float = 0.999,
             eps: float | None = None, *, weight_decay: float | None = None, mask: Any = None,
-            numerics: str = "keras", mu_dtype: Any = None) -> "optax.GradientTransformation":
+            numerics: str = "keras", mu_dtype: Any = None, eps_root: float = 0.0) -> "optax.GradientTransformation":
     "Keras 3's `Adam(amsgrad=True)` (with numerics 'optax', `optax.amsgrad`); the arguments of `adam`."
-    return _transformation(learning_rate, b1, b2, eps, weight_decay, mask, True, numerics, lazy=False, mu_dtype=mu_dtype)
+    return _transformation(learning_rate, b1, b2, eps, weight_decay, mask, True, numerics, lazy=False, mu_dtype=mu_dtype,
+                           eps_root=eps_root)
 
 # %% ../nbs/18_optax.ipynb #0a7e1c19
 def lazy_adam(learning_rate: float | Callable | LearningRateSchedule = 0.001, b1: float = 0.9, b2: float = 0.999,

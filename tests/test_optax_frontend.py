@@ -616,3 +616,31 @@ def test_hyperparameters_lost_in_the_dtype_are_refused():
     ok = alo.adam(0.1, b2=0.99)
     u, _ = jax.jit(ok.update)(p, ok.init(p), p)
     assert u.dtype == jnp.bfloat16 and np.all(np.asarray(u, np.float32) < 0)
+
+
+def test_eps_root_and_nesterov():
+    "Optax's `eps_root` (under the square root; 0 keeps Keras's bits) and `nesterov` (numerics 'optax' only)."
+    x = jnp.asarray(np.linspace(-1, 1, 9), jnp.float32)
+    gs = [jnp.asarray(np.linspace(0.3, -2, 9) * (k + 1), jnp.float32) for k in range(3)]
+    def run(tx):
+        st, p = tx.init(x), x
+        for g in gs:
+            u, st = tx.update(g, st, p)
+            p = optax.apply_updates(p, u)
+        return p
+    assert same_bits(run(alo.adam(0.1, eps_root=0.0)), run(alo.adam(0.1)))
+    # eps_root 1e-4, against the rule written out in float32 (Keras's operations, sqrt(v + eps_root))
+    f = np.float32
+    xr, m, v = np.asarray(x), np.zeros(9, f), np.zeros(9, f)
+    for t, g in enumerate(gs, 1):
+        g = np.asarray(g)
+        m = m + (g - m) * f(1 - 0.9); v = v + (g * g - v) * f(1 - 0.999)
+        alpha = f(0.1) * np.sqrt(f(1) - f(0.999) ** f(t)) / (f(1) - f(0.9) ** f(t))
+        xr = xr - (m * alpha) / (np.sqrt(v + f(1e-4)) + f(1e-7))
+    np.testing.assert_allclose(np.asarray(run(alo.adam(0.1, eps_root=1e-4))), xr, rtol=2e-6, atol=0)  # pow: an ulp of alpha
+    for kw in (dict(eps_root=1e-6), dict(nesterov=True)):
+        assert same_bits(run(alo.adam(0.1, numerics="optax", **kw)), run(optax.adam(0.1, **kw)))
+    with pytest.raises(ValueError, match="Argument `nesterov=True`: Keras's Adam has no Nesterov momentum"):
+        alo.adam(nesterov=True)
+    with pytest.raises(ValueError, match=r"Argument `eps_root` must be finite and >= 0"):
+        alo.adam(eps_root=-1.0)
