@@ -55,7 +55,11 @@ def _number(name, value, low=None, high=None, open_high=False, allow_none=False)
     v = float(value)
     if not np.isfinite(v) or (low is not None and v < low) or (high is not None and (v >= high if open_high else v > high)):
         rng = f"in [{low}, {high}{')' if open_high else ']'}" if high is not None else f">= {low}"
-        raise ValueError(f"Argument `{name}` must be finite and {rng}, got {v}")
+        hint = ""
+        if hasattr(value, "dtype") and np.dtype(value.dtype).itemsize < 4:    # (inject_hyperparams: the params' dtype)
+            hint = (f" (a {value.dtype} array: optax.inject_hyperparams holds hyperparameters in the parameters' dtype, "
+                    "where this one rounds; pass hyperparam_dtype=jnp.float32 to inject_hyperparams)")
+        raise ValueError(f"Argument `{name}` must be finite and {rng}, got {v}{hint}")
     return value
 
 def _learning_rate(value):

@@ -16,3 +16,11 @@ def need(name: str, reason: str = ""):
         why = f"{reason + ': ' if reason else ''}{name} not installed ({type(e).__name__}: {e})"
         if required(): pytest.fail(f"{REQUIRE_ORACLES}=1, but {why}", pytrace=False)
         pytest.skip(why, allow_module_level=True)
+
+
+def keras_jax():
+    "Keras with its JAX backend (the jitted Keras oracle), or a skip (a failure where the switch is set) saying why."
+    keras = need("keras", "the jitted Keras oracle")
+    if keras.backend.backend() != "jax":
+        pytest.skip(f"the jitted Keras oracle needs Keras's JAX backend (KERAS_BACKEND={keras.backend.backend()!r})")
+    return keras

@@ -14,7 +14,7 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 
 import numpy as np
 import pytest
-from conftest import need
+from conftest import keras_jax, need
 
 jax = need("jax")
 jnp = jax.numpy
@@ -27,14 +27,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't
 
 NAMES = ["kernel", "bias", "embeddings"]
 SHAPES = [(7, 5), (5,), (11,)]
-
-
-def keras_jax():
-    "Keras with its JAX backend, or a skip (a failure under ADAM_LIT_REQUIRE_ORACLES=1) saying why."
-    keras = need("keras", "the jitted Keras oracle")
-    if keras.backend.backend() != "jax":
-        pytest.skip(f"the jitted Keras oracle needs Keras's JAX backend (KERAS_BACKEND={keras.backend.backend()!r})")
-    return keras
 
 
 @pytest.fixture

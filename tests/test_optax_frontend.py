@@ -17,7 +17,7 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 
 import numpy as np
 import pytest
-from conftest import need
+from conftest import keras_jax, need
 
 jax = need("jax")
 optax = need("optax")
@@ -32,13 +32,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't
 
 NAMES = ["kernel", "bias", "embeddings"]
 SHAPES = [(7, 5), (5,), (11,)]
-
-
-def keras_jax():
-    keras = need("keras", "the jitted Keras oracle")
-    if keras.backend.backend() != "jax":
-        pytest.skip(f"the jitted Keras oracle needs Keras's JAX backend (KERAS_BACKEND={keras.backend.backend()!r})")
-    return keras
 
 
 @pytest.fixture(params=["float32", "float64"])
@@ -644,3 +637,13 @@ def test_eps_root_and_nesterov():
         alo.adam(nesterov=True)
     with pytest.raises(ValueError, match=r"Argument `eps_root` must be finite and >= 0"):
         alo.adam(eps_root=-1.0)
+
+
+def test_inject_hyperparams_in_a_narrow_dtype_says_what_to_do():
+    "inject_hyperparams holds b2=0.999 in bfloat16 (1.0): refused, naming the cause and the fix, which then works."
+    p = jnp.array([1.0, 2.0], jnp.bfloat16)
+    with pytest.raises(ValueError, match=r"got 1.0 \(a bfloat16 array: .* pass hyperparam_dtype=jnp.float32 to inject_hyperparams\)"):
+        optax.inject_hyperparams(alo.adam)(learning_rate=0.1).init(p)
+    tx = optax.inject_hyperparams(alo.adam, hyperparam_dtype=jnp.float32)(learning_rate=0.1, b2=0.99)
+    u, _ = jax.jit(tx.update)(p, tx.init(p), p)
+    assert u.dtype == jnp.bfloat16 and np.all(np.asarray(u, np.float32) < 0)
