@@ -49,11 +49,9 @@ def _flat_apply(self, grads, variables) -> bool:
     vs, d = self._variables, self.__dict__
     if len(vs) == 1 and len(grads) == 1:    # one variable: the training-loop step, for a new gradient array and for
         g0 = grads[0]                       # a buffer the caller refills (the same array again): its checks are cheaper
-        if type(g0) is type(vs[0]):         # than the flat plan's identity checks
-            d["_flat_grads"] = ([g0], None)               # (step state, set directly: no reconfiguration to undo)
-            if self._loop_apply(grads, variables):
-                d["_flat_steps"] += 1
-                return True
+        if type(g0) is type(vs[0]) and self._loop_apply(grads, variables):   # than the flat plan's identity checks
+            d["_flat_steps"] += 1
+            return True
     if variables is not None: variables = list(variables)
     ran = _run_plan(self, grads, variables)
     if ran is not None: return ran
@@ -231,14 +229,13 @@ def _rows_step(self: _Loop, opt, g, t: int) -> bool:
     class's fused row update (`_rows_in_place`) with the constants decided once; False (nothing written) if not taken.
     A bad row index raises the pipeline's error before anything is written."""
     x, (hyper, slots) = self.vs[0], self.rows
+    if not opt._fast_update(x, g): return False      # the class's test for its in-place row update (types, dtypes, x)
     vals, idx = g.values, g.indices
-    if not (type(vals) is np.ndarray and type(idx) is np.ndarray and vals.dtype == x.dtype and idx.ndim == 1
-            and idx.dtype.kind in "iu" and vals.ndim == x.ndim and vals.shape[0] == idx.shape[0]
-            and vals.shape[1:] == x.shape[1:] and tuple(g.dense_shape) == x.shape and vals.flags.c_contiguous
-            and x.flags.writeable):
+    if not (idx.ndim == 1 and vals.ndim == x.ndim and vals.shape[0] == idx.shape[0] and vals.shape[1:] == x.shape[1:]
+            and tuple(g.dense_shape) == x.shape and vals.flags.c_contiguous and x.flags.writeable):
         return False
-    if any(np.may_share_memory(vals, a) or np.may_share_memory(idx, a) for a in (x, *slots.values())): return False
-    if not opt._fast_update(x, g): return False                 # the class's own test for its in-place row update
+    if np.may_share_memory(idx, x) or any(np.may_share_memory(vals, a) or np.may_share_memory(idx, a) for a in slots.values()):
+        return False
     grp = self.groups[0]
     opt._rows_in_place(g, x, slots, opt._lr_at(grp.S, t - 1, self.spec), t, hyper)
     return True

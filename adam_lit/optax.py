@@ -102,6 +102,10 @@ def _lr_value(lr, count, dt):
     return lr.astype(dt)
 
 # %% ../nbs/18_optax.ipynb #0a7e1c11
+def _plus_eps_root(v, eps_root, dt):
+    "Optax's `v + eps_root` under the square root; a Python 0.0 (the default) adds no operation: Keras's graph stays."
+    return v if isinstance(eps_root, float) and eps_root == 0.0 else v + _const(eps_root, dt)
+
 def _keras_leaf(g, m, v, vh, x, lr, t, b1, b2, eps, wd, eps_root=0.0):
     """Keras 3's Adam (AMSGrad with `vh`) for one leaf, in `rules`' operations: returns `(u, m, v, vh)` with
     `u = -step` (no decay) or `u = x2 - x` for Keras's `x2 = (x - (x * wd) * lr) - step`. Optax's `eps_root`, which
@@ -114,8 +118,7 @@ def _keras_leaf(g, m, v, vh, x, lr, t, b1, b2, eps, wd, eps_root=0.0):
     m, v = _moments(jnp, g, m, v, _one_minus(b1, dt), _one_minus(b2, dt))
     if vh is not None: vh = jnp.maximum(vh, v)
     x0 = -0.0 if wd is None else x - (x * _const(wd, dt)) * lr
-    vv = v if vh is None else vh
-    if not (isinstance(eps_root, float) and eps_root == 0.0): vv = vv + _const(eps_root, dt)
+    vv = _plus_eps_root(v if vh is None else vh, eps_root, dt)
     if hasattr(eps, "dtype"): x2 = x0 - (m * alpha) / (jnp.sqrt(vv) + eps.astype(dt))   # _move's
     else: x2 = _move(jnp, x0, m, vv, alpha, eps)
     return (x2 if wd is None else x2 - x), m.astype(mu_dt), v, vh
@@ -135,8 +138,7 @@ def _complex_leaf(g, m, v, vh, x, lr, t, b1, b2, eps, wd, mu_dt, eps_root=0.0):
     mr, mi = m.real + (gr - m.real) * c1, m.imag + (gi - m.imag) * c1
     vr = v.real + ((gr * gr + gi * gi) - v.real) * c2
     if vh is not None: vh = jnp.maximum(vh.real, vr)
-    vv = vr if vh is None else vh
-    if not (isinstance(eps_root, float) and eps_root == 0.0): vv = vv + _const(eps_root, rdt)
+    vv = _plus_eps_root(vr if vh is None else vh, eps_root, rdt)
     den = jnp.sqrt(vv) + (eps.astype(rdt) if hasattr(eps, "dtype") else eps)
     sr, si = (mr * alpha) / den, (mi * alpha) / den
     if wd is None: u = C(-0.0 - sr, -0.0 - si)
@@ -292,8 +294,7 @@ def _transformation(learning_rate, b1, b2, eps, weight_decay, mask, amsgrad, num
         raise ValueError("Argument `mask` selects the parameters that decay, but `weight_decay` is None")
     if numerics == "optax": return _optax_own(learning_rate, b1, b2, eps, weight_decay, mask, amsgrad, mu_dtype, eps_root, nesterov)
     if lazy: b1, b2, eps = (_static(n, z, "lazy_adam") for n, z in (("b1", b1), ("b2", b2), ("eps", eps)))
-    leaf = _keras_leaf if isinstance(eps_root, float) and eps_root == 0.0 else functools.partial(_keras_leaf, eps_root=eps_root)
-    update = _update_fn(leaf, learning_rate, b1, b2, eps, weight_decay, mask, amsgrad, mu_dtype)
+    update = _update_fn(functools.partial(_keras_leaf, eps_root=eps_root), learning_rate, b1, b2, eps, weight_decay, mask, amsgrad, mu_dtype)
 
     def init(params):
         zeros = lambda dt=None: jax.tree.map(lambda p: jnp.zeros_like(p, dtype=dt), params)

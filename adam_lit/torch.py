@@ -69,7 +69,7 @@ class _Engine:
     def __init__(self, owner, group: dict, hp: tuple):
         params = list(group["params"])
         self.group, self.params, self.hp = group, params, hp
-        views = [_real_view(p.detach(), j, "parameter") for j, p in enumerate(params)]   # complex: torch.view_as_real
+        views = [_real_view(p.detach(), f"parameter {j}") for j, p in enumerate(params)]   # complex: torch.view_as_real
         self.numpy = owner._numerics == "keras" and all(map(_numpy_ok, views))
         self.xs = [v.numpy() if self.numpy else v for v in views]
         self.ptrs = [p.data_ptr() for p in params]
@@ -86,12 +86,12 @@ class _Engine:
 
 def _same(p, q, ptr) -> bool: return p is q and p.data_ptr() == ptr
 
-def _real_view(t, j: int, what: str):
+def _real_view(t, what: str):
     """A complex tensor as `torch.view_as_real` sees it (its real and imaginary parts as a last axis of 2, the same
     memory), as torch.optim's Adam steps complex parameters; a real tensor itself."""
     if not t.is_complex(): return t
     if t.is_conj():
-        raise ValueError(f"{what} {j} is a conjugated view (conj bit set): call .resolve_conj() first, as torch.view_as_real needs")
+        raise ValueError(f"{what} is a conjugated view (conj bit set): call .resolve_conj() first, as torch.view_as_real needs")
     return torch.view_as_real(t)
 
 def _state_view(a, p):
@@ -229,7 +229,7 @@ def _grads(self, eng, hp: tuple, k: int):
                                  f"{g.dtype} on {g.device}; the parameter {tuple(p.shape)}, {p.dtype} on {p.device}")
             if l2: g = torch.add(g, p.detach(), alpha=l2)        # as torch.optim.Adam: grad.add(param, alpha=weight_decay)
             g = g.detach() if g.requires_grad else g                 # (detach: only if needed)
-            if g.is_complex(): g = _real_view(g, j, f"the gradient of parameter {j} of param group {k}: tensor")
+            if g.is_complex(): g = _real_view(g, f"the gradient of parameter {j} of param group {k}")
             v = g.numpy() if eng.numpy else g
         out.append(v); at.append(j)
     return out, at
@@ -276,10 +276,11 @@ def _options(self, group: dict, k: int) -> tuple:
     try: vals = (group["lr"], *group["betas"], group["eps"], group["weight_decay"], group["amsgrad"],
                  group["maximize"], group["decoupled_weight_decay"])
     except (KeyError, TypeError): vals = None             # (missing or odd: the full check says what is wrong)
+    key = None if vals is None else (vals, tuple(map(type, vals)))
     hit = self._checked.get(id(group))
-    if vals is not None and hit is not None and hit[0] == vals and hit[1] == tuple(map(type, vals)): return hit[2]
+    if key is not None and hit is not None and hit[0] == key: return hit[1]
     hp = _check_group(group, str(k))
-    if vals is not None and all(type(v) in _PLAIN for v in vals): self._checked[id(group)] = (vals, tuple(map(type, vals)), hp)
+    if key is not None and all(t in _PLAIN for t in key[1]): self._checked[id(group)] = (key, hp)
     return hp
 
 _Front.step = _step
