@@ -58,6 +58,7 @@ def namespace(*arrays,            # arrays of one library and device; `None` ent
         The arrays live on different devices.
     """
     arrays = [a for a in arrays if a is not None]
+    if arrays and all(type(a) is np.ndarray for a in arrays): return _NUMPY_NS     # (the common case, answered first)
     for i, a in enumerate(arrays):
         if not is_array_api_obj(a):
             raise ArgumentTypeError(f"{what}: entry {i} is a {type(a).__name__}, not an array")
@@ -301,8 +302,9 @@ class IndexedSlices:
                  indices,                   # 1-d integer row indices in [0, dense_shape[0]), repeats allowed
                  dense_shape: tuple[int, ...]  # the dense gradient's shape
                 ):
-        xp = namespace(values, indices, what="IndexedSlices values and indices")
-        if not xp.isdtype(indices.dtype, "integral"):
+        host = type(values) is np.ndarray and type(indices) is np.ndarray      # (NumPy: answered without the namespace)
+        xp = None if host else namespace(values, indices, what="IndexedSlices values and indices")
+        if not (indices.dtype.kind in "iu" if host else xp.isdtype(indices.dtype, "integral")):
             raise ArgumentTypeError(f"IndexedSlices indices must be integers, got dtype {indices.dtype}")
         if indices.ndim != 1: raise ValueError(f"IndexedSlices indices must be 1-d, got shape {tuple(indices.shape)}")
         try: dense_shape = tuple(int(d) for d in (dense_shape.tolist() if hasattr(dense_shape, "tolist") else dense_shape))
@@ -314,7 +316,7 @@ class IndexedSlices:
             raise ValueError(f"IndexedSlices values have shape {tuple(values.shape)}, expected {expected} "
                              f"(one row per index, rows of shape {dense_shape[1:]})")
         if indices.shape[0]:
-            lo, hi = int(xp.min(indices)), int(xp.max(indices))
+            lo, hi = (int(indices.min()), int(indices.max())) if host else (int(xp.min(indices)), int(xp.max(indices)))
             if lo < 0 or hi >= dense_shape[0]:
                 raise ValueError(f"IndexedSlices indices must lie in [0, {dense_shape[0]}), got values from {lo} to {hi}")
         self.values, self.indices, self.dense_shape = values, indices, dense_shape

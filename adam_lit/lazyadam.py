@@ -14,6 +14,7 @@ from typing import Callable
 import numpy as np
 
 from .adam import Adam, _numpy_rows_ok, _row_order, _summed_rows
+from .kernels import PARALLEL_MIN
 from .optimizer import _patch_into
 from array_api_compat import device as _dev
 
@@ -39,41 +40,49 @@ def _cupy_rows_ok(x, g) -> bool:
 _ROWS = {}
 
 def _rows_kernel(ams: bool, decay: bool):
-    "The fused row loop for lazy AMSGrad or Adam, with or without decay (compiled once, lazily, cached on disk); None without numba."
+    """The fused row loop for lazy AMSGrad or Adam, with or without decay: `(one thread, threads)` (compiled once,
+    lazily, cached on disk); None without numba."""
     if (ams, decay) in _ROWS: return _ROWS[ams, decay]
     try:
         import numba
     except ImportError:
         _ROWS[ams, decay] = None; return None
 
-    @numba.njit(cache=True, error_model="numpy", nogil=True)
-    def rows(x, g, idx, order, m, v, vh, alpha, b1, b2, c1, c2, eps, wd, lr):
-        "Rows `idx` of the 2-d tables; occurrences in the stable `order`; `alpha`: one, or one per touched row."
-        n, D = order.size, x.shape[1]
-        acc = np.empty(D, x.dtype)
-        k = 0; grp = 0
-        while k < n:
-            r = idx[order[k]]
-            acc[:] = 0
-            while k < n and idx[order[k]] == r:                  # its occurrences, in order of appearance
-                gs = g[order[k]]; k += 1
-                for d in range(D): acc[d] = acc[d] + gs[d]
-            a = alpha[grp] if alpha.size > 1 else alpha[0]
-            grp += 1
-            xr, mr, vr, hr = x[r], m[r], v[r], vh[r]
-            for d in range(D):                                     # (branches on the closure's constants: compiled out)
-                p, gi = xr[d], acc[d]
-                if decay: p = p - (p * wd) * lr
-                mi = mr[d] * b1 + gi * c1
-                vi = vr[d] * b2 + (gi * gi) * c2
-                mr[d] = mi; vr[d] = vi
-                if ams:
-                    h = hr[d]
-                    vi = h if (h >= vi or h != h) else vi          # numpy.maximum: a NaN in either propagates
-                    hr[d] = vi
-                xr[d] = p - (a * mi) / (np.sqrt(vi) + eps)
-    _ROWS[ams, decay] = rows
-    return rows
+    def rows(x, g, idx, order, ends, m, v, vh, alpha, b1, b2, c1, c2, eps, wd, lr, parts):
+        """Rows `idx` of the 2-d tables: group q (one row) is `order[ends[q-1]:ends[q]]`, its occurrences in order;
+        `alpha`: one, or one per group; the groups split into `parts` runs of consecutive groups, one per thread."""
+        D, ng = x.shape[1], ends.size
+        for c in numba.prange(parts):
+            acc = np.empty(D, x.dtype)
+            for q in range(ng * c // parts, ng * (c + 1) // parts):
+                k0 = ends[q - 1] if q > 0 else 0
+                r = idx[order[k0]]
+                acc[:] = 0
+                for k in range(k0, ends[q]):                          # its occurrences, in order of appearance
+                    gs = g[order[k]]
+                    for d in range(D): acc[d] = acc[d] + gs[d]
+                a = alpha[q] if alpha.size > 1 else alpha[0]
+                xr, mr, vr, hr = x[r], m[r], v[r], vh[r]
+                for d in range(D):                                     # (branches on the closure's constants: compiled out)
+                    p, gi = xr[d], acc[d]
+                    if decay: p = p - (p * wd) * lr
+                    mi = mr[d] * b1 + gi * c1
+                    vi = vr[d] * b2 + (gi * gi) * c2
+                    mr[d] = mi; vr[d] = vi
+                    if ams:
+                        h = hr[d]
+                        vi = h if (h >= vi or h != h) else vi          # numpy.maximum: a NaN in either propagates
+                        hr[d] = vi
+                    xr[d] = p - (a * mi) / (np.sqrt(vi) + eps)
+    kw = dict(cache=True, error_model="numpy", nogil=True)
+    _ROWS[ams, decay] = (numba.njit(**kw)(rows), numba.njit(parallel=True, **kw)(rows))
+    return _ROWS[ams, decay]
+
+def _threads() -> int:
+    "numba's thread count now (the user may have set it with `numba.set_num_threads`)."
+    import numba
+    return numba.get_num_threads()
+
 
 # %% ../nbs/07_lazyadam.ipynb #d09ee07b
 def _group_kernel():
@@ -86,7 +95,7 @@ def _group_kernel():
 
     @numba.njit(cache=True, nogil=True)
     def group(idx, n_rows):
-        "An order listing each row's occurrences together and in order (rows by first appearance); -1 on a bad index."
+        "An order listing each row's occurrences together and in order (rows by first appearance), where each group ends, and the number of groups (-1: a bad index)."
         n, bits = idx.size, 4
         while (1 << bits) < 2 * n: bits += 1
         cap = 1 << bits
@@ -95,7 +104,7 @@ def _group_kernel():
         ng = 0
         for k in range(n):
             i = np.int64(idx[k])
-            if i < 0 or i >= n_rows: return order, -1
+            if i < 0 or i >= n_rows: return order, start, -1
             h = np.int64((np.uint64(i) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(64 - bits))   # Fibonacci hashing
             while keys[h] != -1 and keys[h] != i: h = (h + 1) & (cap - 1)
             if keys[h] == -1:
@@ -103,24 +112,33 @@ def _group_kernel():
             of[k] = gid[h]; start[gid[h] + 1] += 1
         for q in range(ng): start[q + 1] += start[q]
         for k in range(n):
-            order[start[of[k]]] = k; start[of[k]] += 1
-        return order, ng
+            order[start[of[k]]] = k; start[of[k]] += 1        # start[q] moves on to the end of group q
+        return order, start[:ng], ng
     _ROWS["group"] = group
     return group
 
 def _grouped(indices, n_rows: int):
-    "An order of `indices` listing each row's occurrences together and in order, the range checked (hashing or a stable sort)."
+    """`(order, ends)`: an order of `indices` listing each row's occurrences together and in order, and where each
+    row's group ends in it; the range checked (hashing or a stable sort)."""
     kernel = _group_kernel()
-    if kernel is None: return _row_order(indices, n_rows)[0]
-    order, ng = kernel(indices, n_rows)
+    if kernel is None:
+        order = _row_order(indices, n_rows)[0]
+        return order, _ends(indices, order)
+    order, ends, ng = kernel(indices, n_rows)
     if ng < 0: _row_order(indices, n_rows)            # raises the range error
-    return order
+    return order, ends
+
+def _ends(indices, order):
+    "Where each row's group ends in `order` (which lists each row's occurrences together)."
+    srt = indices[order]
+    return np.append(np.flatnonzero(srt[1:] != srt[:-1]) + 1, srt.size) if srt.size else np.zeros(0, np.int64)
 
 # %% ../nbs/07_lazyadam.ipynb #000df88e
 # (a long cell: longer than one screen only by its docstring, which lists every parameter)
 def lazy_adam_rows_inplace(x: np.ndarray, g_rows: np.ndarray, m: np.ndarray, v: np.ndarray, vhat: np.ndarray | None = None,
                            *, indices: np.ndarray, alpha, beta_1: float, beta_2: float, c1: float, c2: float, epsilon: float,
-                           weight_decay: float | None = None, lr: float = 0.0, order=None, use_numba: bool | None = None):
+                           weight_decay: float | None = None, lr: float = 0.0, order=None, ends=None,
+                           use_numba: bool | None = None):
     """TF Addons LazyAdam's row update (lazy AMSGrad with `vhat`) written into NumPy tables, repeated rows summed first.
 
     Parameters
@@ -145,12 +163,15 @@ def lazy_adam_rows_inplace(x: np.ndarray, g_rows: np.ndarray, m: np.ndarray, v: 
     order : numpy.ndarray, optional
         An order of the occurrences listing each row's together and in order of appearance, e.g.
         `np.argsort(indices, kind="stable")`, when the caller has one (the range of `indices` checked).
+    ends : numpy.ndarray, optional
+        Where each row's occurrences end in `order` (`_grouped` gives both); computed from `order` when omitted.
     use_numba : bool or None
         None: the compiled loop when numba is installed; False: the NumPy operations (the same bits).
     """
     n_rows, n = x.shape[0], indices.shape[0]
     if order is None:                          # a bad index raises here, before anything is written
-        order = _row_order(indices, n_rows)[0] if np.ndim(alpha) else _grouped(indices, n_rows)
+        if np.ndim(alpha): order, ends = _row_order(indices, n_rows)[0], None
+        else: order, ends = _grouped(indices, n_rows)
     if n == 0: return x
     D = math.prod(x.shape[1:])
     x2, m2, v2 = (a.reshape(n_rows, D) for a in (x, m, v))
@@ -158,8 +179,10 @@ def lazy_adam_rows_inplace(x: np.ndarray, g_rows: np.ndarray, m: np.ndarray, v: 
     kernel = _rows_kernel(h2 is not None, weight_decay is not None) if use_numba is not False else None
     if kernel is not None:
         S, g2 = x.dtype.type, np.ascontiguousarray(g_rows).reshape(n, D)
-        kernel(x2, g2, indices, order, m2, v2, m2 if h2 is None else h2, np.asarray(alpha, x.dtype).reshape(-1),
-               S(beta_1), S(beta_2), S(c1), S(c2), S(epsilon), S(weight_decay or 0.0), S(lr))
+        parts = _threads() if n * D >= PARALLEL_MIN else 1       # the dense kernels' threshold for a second thread
+        kernel[parts > 1](x2, g2, indices, order, _ends(indices, order) if ends is None else ends, m2, v2,
+                          m2 if h2 is None else h2, np.asarray(alpha, x.dtype).reshape(-1), S(beta_1), S(beta_2), S(c1),
+                          S(c2), S(epsilon), S(weight_decay or 0.0), S(lr), parts)
         return x
     idx, rows = _summed_rows(g_rows.reshape(n, D), indices, n_rows, order)
     x_rows = x2[idx]
@@ -321,7 +344,7 @@ def _slots_ok(slots) -> bool:
 def _rows_in_place(self: LazyAdam, g, x, slots, lr, t, hyper):
     "The lazy row update written into a NumPy table and its slots (weight decay of the touched rows included)."
     S, num = host_float(np, x.dtype), self.numerics
-    order = _grouped(g.indices, x.shape[0])                 # a bad index raises here, before anything is written
+    order, ends = _grouped(g.indices, x.shape[0])           # a bad index raises here, before anything is written
     c1, c2 = moment_constants(hyper["beta_1"], hyper["beta_2"], S, num)
     b1, b2 = float(_hyper(hyper["beta_1"], S, num)), float(_hyper(hyper["beta_2"], S, num))
     if self.row_bias_correction:                            # the touched rows in the order of the groups
@@ -334,7 +357,7 @@ def _rows_in_place(self: LazyAdam, g, x, slots, lr, t, hyper):
         alpha = bias_corrected_step_size(lr, hyper["beta_1"], hyper["beta_2"], t, S, num)
     lazy_ams = self.amsgrad and num != "legacy"            # TF Addons ignores vhat on sparse gradients
     lazy_adam_rows_inplace(x, g.values, slots["m"], slots["v"], slots["vhat"] if lazy_ams else None, indices=g.indices,
-                           order=order, alpha=alpha, beta_1=b1, beta_2=b2, c1=c1, c2=c2, epsilon=hyper["epsilon"],
+                           order=order, ends=ends, alpha=alpha, beta_1=b1, beta_2=b2, c1=c1, c2=c2, epsilon=hyper["epsilon"],
                            weight_decay=hyper.get("weight_decay"), lr=lr)
     if self.row_bias_correction: slots["row_step"][uniq] = row_t
     return x, {}

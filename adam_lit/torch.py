@@ -7,6 +7,8 @@ Docs: https://adam-lit.github.io/adam_lit/torch.html.md"""
 # %% ../nbs/17_torch.ipynb #t05509992
 from __future__ import annotations
 
+import functools
+import importlib
 import math
 
 import numpy as np
@@ -100,6 +102,23 @@ def _state_view(a, p):
     return torch.view_as_complex(t) if p.is_complex() else t
 
 # %% ../nbs/17_torch.ipynb #t118b535e
+def _eager_step(raw):
+    "`raw` (an optimizer's `step`) run directly unless torch's wrapper has work to do: a profiler, or a step hook."
+    full = torch.optim.Optimizer.profile_hook_step(raw)
+    mod = importlib.import_module("torch.optim.optimizer")
+    glob = getattr(mod, "_global_optimizer_pre_hooks", None), getattr(mod, "_global_optimizer_post_hooks", None)
+    if not all(isinstance(h, dict) for h in glob): glob = None          # (a PyTorch without them: always torch's wrapper)
+    profiling = torch.autograd._profiler_enabled
+    @functools.wraps(raw)
+    def step(self, *args, **kwargs):
+        if (glob is None or glob[0] or glob[1] or self._optimizer_step_pre_hooks or self._optimizer_step_post_hooks
+                or profiling()):
+            return full(self, *args, **kwargs)
+        return raw(self, *args, **kwargs)
+    eager = torch._disable_dynamo(step)
+    eager.hooked, eager._eager = True, True
+    return eager
+
 class _Front(torch.optim.Optimizer):
     "The shared part of `Adam`, `AdamW` and `LazyAdam`: param groups, engines, state in torch's layout."
     _engine_class = _LitAdam
@@ -123,13 +142,12 @@ class _Front(torch.optim.Optimizer):
         super().add_param_group(param_group)
 
     def _patch_step_function(self) -> None:
-        "torch's profiling wrapper of `step`, itself left out of `torch.compile`'s graphs (the step runs adam_lit's kernels)."
-        super()._patch_step_function()
-        step = type(self).step
-        if not getattr(step, "_eager", False):
-            eager = torch._disable_dynamo(step)
-            eager.hooked, eager._eager = True, True
-            type(self).step = eager
+        """`step` wrapped once per class: torch's wrapper (the profiler's label, the step hooks) where a profiler or a
+        step hook is active, the step alone otherwise; left out of `torch.compile`'s graphs (it runs adam_lit's kernels)."""
+        cls = type(self)
+        raw = cls.step
+        super()._patch_step_function()          # (the profiler's names; wraps `step` unless it is wrapped already)
+        if not getattr(raw, "_eager", False): cls.step = _eager_step(raw)
 
     def __getstate__(self):
         "torch's state (defaults, state, param groups) and the front end's options; the engines are rebuilt from the state."

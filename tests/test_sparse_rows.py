@@ -107,9 +107,13 @@ def test_lazy_dense_gradient_with_row_counters(monkeypatch):
 
 @pytest.mark.parametrize("ams,wd,per_row", [(False, None, False), (True, 0.1, True), (True, None, False), (False, 0.1, True)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_rows_inplace_numba_and_numpy_agree_with_the_rule(ams, wd, per_row, dtype):
+@pytest.mark.parametrize("size,threads", [("small", 2), ("large", 1), ("large", 2), ("large", 3)])
+def test_rows_inplace_numba_and_numpy_agree_with_the_rule(ams, wd, per_row, dtype, size, threads, monkeypatch):
+    # large: n * D >= PARALLEL_MIN, so the compiled loop splits the rows between `threads` runs (1: one thread)
+    monkeypatch.setattr(lazy_mod, "_threads", lambda: threads)
     rng = np.random.default_rng(4)
-    R, D, n = 30, 5, 50
+    R, D, n = (30, 5, 50) if size == "small" else (700, 64, 1500)
+    assert (n * D >= lazy_mod.PARALLEL_MIN) == (size == "large")
     x0 = rng.standard_normal((R, D)).astype(dtype); m0 = rng.standard_normal((R, D)).astype(dtype)
     v0 = rng.random((R, D)).astype(dtype); h0 = rng.random((R, D)).astype(dtype)
     idx = rng.integers(0, R, n); g = rng.standard_normal((n, D)).astype(dtype)
@@ -152,13 +156,15 @@ def test_grouping_lists_each_rows_occurrences_together_in_order(case):
     idx = {"random": rng.integers(0, 50, 300), "strided": np.arange(0, 1 << 20, 1 << 10).repeat(3)[::-1].copy(),
            "one_row": np.full(257, 7), "huge": rng.integers(0, 1 << 40, 100).repeat(2),
            "empty": np.zeros(0, np.int64), "int32": rng.integers(0, 9, 64).astype(np.int32)}[case]
-    order = lazy_mod._grouped(idx, n_rows)
+    order, ends = lazy_mod._grouped(idx, n_rows)
     assert sorted(order.tolist()) == list(range(idx.size))
     srt = idx[order]
     starts = [0][:srt.size] + [k for k in range(1, srt.size) if srt[k] != srt[k - 1]]
     assert len(starts) == np.unique(idx).size                  # each row's occurrences are together
     for a, b in zip(starts, starts[1:] + [srt.size]):
         assert np.all(np.diff(order[a:b]) > 0)                 # and in order of appearance
+    assert ends.tolist() == starts[1:] + [srt.size][:srt.size]  # where each row's group ends
+    assert lazy_mod._ends(idx, order).tolist() == ends.tolist()
 
 
 def test_bad_index_changes_nothing():

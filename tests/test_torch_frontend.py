@@ -411,6 +411,29 @@ def test_step_hooks_run():
     assert calls == ["pre", "post"]
 
 
+def test_global_step_hooks_and_the_profilers_label():
+    # the step skips torch's wrapper only while it has nothing to do: global hooks and a profiler still get theirs
+    from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+    ps = params(16)
+    opt, ref = LazyAdam(ps), LazyAdam([torch.nn.Parameter(p.detach().clone()) for p in ps])
+    calls = []
+    handles = [register_optimizer_step_pre_hook(lambda o, a, k: calls.append(("pre", o))),
+               register_optimizer_step_post_hook(lambda o, a, k: calls.append(("post", o)))]
+    try:
+        set_grads(ps, grads(ps, 0)); opt.step()
+    finally:
+        for h in handles: h.remove()
+    assert calls == [("pre", opt), ("post", opt)]
+    set_grads(ps, grads(ps, 1)); opt.step()
+    assert len(calls) == 2                                       # removed: not called again
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        set_grads(ps, grads(ps, 2)); opt.step()
+    assert "Optimizer.step#LazyAdam.step" in {e.key for e in prof.key_averages()}
+    for k in range(3):                                            # the same steps, no hooks, no profiler: the same bits
+        set_grads(ref.param_groups[0]["params"], grads(ps, k)); ref.step()
+    for p, q in zip(ps, ref.param_groups[0]["params"]): same_bits(p, q, "hooked and plain steps")
+
+
 def test_scheduler_goes_right_direction():
     "test_forloop_goes_right_direction with a scheduler: a least-squares problem, loss down by 10x, lr decayed."
     g = torch.Generator().manual_seed(0)
