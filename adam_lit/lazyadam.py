@@ -8,6 +8,7 @@ Docs: https://adam-lit.github.io/adam_lit/lazyadam.html.md"""
 from __future__ import annotations
 
 import math
+import types
 import warnings
 from typing import Callable
 
@@ -74,8 +75,12 @@ def _rows_kernel(ams: bool, decay: bool):
                         vi = h if (h >= vi or h != h) else vi          # numpy.maximum: a NaN in either propagates
                         hr[d] = vi
                     xr[d] = p - (a * mi) / (np.sqrt(vi) + eps)
+    # numba's disk cache files a function under its qualified name and its closure, not under `parallel`: the threaded
+    # variant is compiled from a copy of the function under a name of its own (else one variant's cache serves both)
+    threaded = types.FunctionType(rows.__code__, rows.__globals__, "rows_threads", rows.__defaults__, rows.__closure__)
+    threaded.__qualname__ = rows.__qualname__ + "_threads"
     kw = dict(cache=True, error_model="numpy", nogil=True)
-    _ROWS[ams, decay] = (numba.njit(**kw)(rows), numba.njit(parallel=True, **kw)(rows))
+    _ROWS[ams, decay] = (numba.njit(**kw)(rows), numba.njit(parallel=True, **kw)(threaded))
     return _ROWS[ams, decay]
 
 def _threads() -> int:
