@@ -107,8 +107,8 @@ def _eager_step(raw):
     full = torch.optim.Optimizer.profile_hook_step(raw)
     mod = importlib.import_module("torch.optim.optimizer")
     glob = getattr(mod, "_global_optimizer_pre_hooks", None), getattr(mod, "_global_optimizer_post_hooks", None)
-    if not all(isinstance(h, dict) for h in glob): glob = None          # (a PyTorch without them: always torch's wrapper)
-    profiling = torch.autograd._profiler_enabled
+    profiling = getattr(torch.autograd, "_profiler_enabled", None)
+    if not all(isinstance(h, dict) for h in glob) or profiling is None: glob = None    # (a PyTorch without them: torch's wrapper)
     @functools.wraps(raw)
     def step(self, *args, **kwargs):
         if (glob is None or glob[0] or glob[1] or self._optimizer_step_pre_hooks or self._optimizer_step_post_hooks
