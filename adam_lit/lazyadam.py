@@ -353,9 +353,7 @@ def _rows_in_place(self: LazyAdam, g, x, slots, lr, t, hyper):
     c1, c2 = moment_constants(hyper["beta_1"], hyper["beta_2"], S, num)
     b1, b2 = float(_hyper(hyper["beta_1"], S, num)), float(_hyper(hyper["beta_2"], S, num))
     if self.row_bias_correction:                            # the touched rows in the order of the groups
-        srt = g.indices[order]
-        first = np.ones(srt.size, bool); np.not_equal(srt[1:], srt[:-1], out=first[1:])
-        uniq = srt[first]
+        uniq = g.indices[order[ends - 1]]                   # each group's row (its last occurrence names it)
         row_t = slots["row_step"][uniq] + 1
         alpha = _row_alpha(np, x, row_t, b1, b2, lr, S)
     else:

@@ -19,7 +19,7 @@ import numpy as np
 from array_api_compat import device as _device
 from .backend import (ArgumentTypeError, IndexedSlices, RowUpdate, as_row_sparse, assign, check_gradient,
                               check_variables, default_int, describe, host_float, namespace)
-from .kernels import array_module, flat_like, tiled_base
+from .kernels import _views, array_module, flat_like, tiled_base
 from ._fastpath import _flat_apply, _loop_apply
 from .rules import _FAITHFUL, _check_numerics, _check_traceable_numerics, _traced
 from .schedules import LearningRateSchedule, _traced_rate, deserialize, serialize
@@ -671,8 +671,8 @@ def _placed_zeros(shape: tuple, dtype, v: np.ndarray, name: str) -> np.ndarray:
 def _placed_flat(views: list, base, name: str):
     "`kernels.flat_like(views)` for slot `name` of variables that tile `base`: a NumPy buffer placed as `_placed_zeros` places a slot."
     if type(base) is not np.ndarray: return flat_like(views)
-    buf, ends = _placed_zeros(base.shape, base.dtype, base, name), np.cumsum([v.size for v in views])
-    return buf, [buf[e - v.size:e].reshape(v.shape) for e, v in zip(ends.tolist(), views)]
+    buf = _placed_zeros(base.shape, base.dtype, base, name)
+    return buf, _views(buf, [tuple(v.shape) for v in views])
 
 # %% ../nbs/03_optimizer.ipynb #0e9d3ab3
 # (a long cell: longer than one screen only by its docstrings, which list every parameter (for help() and the parameter table))
