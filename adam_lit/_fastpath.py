@@ -52,6 +52,7 @@ def _flat_apply(self, grads, variables) -> bool:
         if type(g0) is type(vs[0]) and self._loop_apply(grads, variables):   # than the flat plan's identity checks
             d["_flat_steps"] += 1
             return True
+        if type(g0) is IndexedSlices: return False     # (rows: never a flat buffer's step; the training-loop step next)
     if variables is not None: variables = list(variables)
     ran = _run_plan(self, grads, variables)
     if ran is not None: return ran
@@ -107,8 +108,9 @@ def _root(a):
 class _Loop:
     "What a step for fresh gradients needs, decided once: the table of addresses, the groups by dtype, the constants."
     @classmethod
-    def make(cls, opt):
-        "The plan for optimizer `opt`, or None when its options or variables need the pipeline's stages one by one."
+    def make(cls, opt, cols=None):
+        """The plan for optimizer `opt` (for its variables at positions `cols` only: the dense part of a step with
+        row-sparse gradients), or None when its options or variables need the pipeline's stages one by one."""
         if opt._dist is not None or opt.communicator is not None or not opt._flat_kernel_ok(): return None
         if (opt.clipnorm or opt.clipvalue or opt.global_clipnorm or opt.gradient_accumulation_steps or opt.use_ema
                 or opt.loss_scale_factor is not None or opt.gradient_nan_policy != "propagate" or opt._wide): return None
@@ -117,16 +119,18 @@ class _Loop:
         spec = opt._learning_rate
         if callable(spec) and not isinstance(spec, LearningRateSchedule): return None
         k = loop_kernels()
-        vs = list(opt._variables)
+        every = list(opt._variables)
+        cols = list(range(len(every))) if cols is None else list(cols)
+        vs = [every[j] for j in cols]
         torch = None if type(vs[0]) is np.ndarray else sys.modules.get("torch")
         if k is None or (torch is None and (k["layout"] is None or not all(map(_numpy_ok, vs)))): return None
         if torch is not None and not all(_torch_cpu_ok(v, torch) for v in vs): return None
         names = ("m", "v", "vhat") if opt.amsgrad else ("m", "v")
-        slots = [[opt._slot_of[(j, s)].array for j in range(len(vs))] for s in names]
+        slots = [[opt._slot_of[(j, s)].array for j in cols] for s in names]
         ok = _numpy_ok if torch is None else (lambda a: _torch_cpu_ok(a, torch))
         if not all(ok(a) and a.dtype == x.dtype and tuple(a.shape) == tuple(x.shape) for col in slots for a, x in zip(col, vs)):
             return None
-        decay = [opt.weight_decay is not None and opt._use_weight_decay(j) for j in range(len(vs))]
+        decay = [opt.weight_decay is not None and opt._use_weight_decay(j) for j in cols]
         made = loop_table(vs, slots[0], slots[1], slots[2] if opt.amsgrad else None, decay)
         if made is None: return None
         self = cls()
@@ -140,16 +144,19 @@ class _Loop:
         for S in (np.float32, np.float64):
             idx = [j for j, x in enumerate(vs) if _host_type(x) is S]
             if not idx: continue
-            try: opt._check_precision([(j, S) for j in idx], hyper)
+            try: opt._check_precision([(cols[j], S) for j in idx], hyper)
             except ValueError: return None         # (the pipeline raises it, naming the variable)
             self.groups.append(_Group(opt, S, idx, self.tab, hyper, k))
         self.single = self.groups[0] if len(self.groups) == 1 and torch is None else None
-        self.rows = None          # one table and its row-sparse gradient: the class's fused row update (LazyAdam's)
-        if len(vs) == 1 and torch is None and vs[0].ndim >= 1 and getattr(type(opt), "_loop_rows", False):
-            S = self.groups[0].S
-            hyper = {k: hyper[k] for k in ("beta_1", "beta_2", "epsilon")}
-            if decay[0]: hyper["weight_decay"] = float(S(opt.weight_decay))      # (as the pipeline's stage 4 passes it)
-            self.rows = (hyper, {s.name: s.array for s in opt._slots if s.index == 0})
+        self.rows, self.subs = None, {}   # tables that may get a row-sparse gradient: the class's fused row update (LazyAdam's)
+        if len(cols) == len(every) and torch is None and getattr(type(opt), "_loop_rows", False):
+            rows = {}
+            for j, x in enumerate(vs):
+                if x.ndim < 1: continue
+                S, h = x.dtype.type, {n_: hyper[n_] for n_ in ("beta_1", "beta_2", "epsilon")}
+                if decay[j]: h["weight_decay"] = float(S(opt.weight_decay))      # (as the pipeline's stage 4 passes it)
+                rows[j] = (h, {s.name: s.array for s in opt._slots if s.index == j}, S)
+            self.rows = rows or None
         return self
 
 def _rule_ok(opt) -> bool:
@@ -179,8 +186,8 @@ def _loop_step(self: _Loop, opt, grads, variables) -> bool:
     if opt._learning_rate is not self.spec and not self._new_rate(opt): return False
     for g in self.groups:
         if not g.set_lr(opt, t - 1): return False
-    if self.rows is not None and type(grads[0]) is IndexedSlices:
-        if not self._rows_step(opt, grads[0], t): return False
+    if self.rows is not None and any(type(g) is IndexedSlices for g in grads):
+        if not self._rows_step(opt, grads, t): return False
     elif self.torch is None:
         ids = self.ids                                     # the gradients' objects: alive for the whole call
         if n == 1: ids[0] = id(grads[0])
@@ -224,20 +231,41 @@ def _new_rate(self: _Loop, opt) -> bool:
     self.spec = spec
     return True
 
-def _rows_step(self: _Loop, opt, g, t: int) -> bool:
-    """One table's row-sparse gradient (an `IndexedSlices` of NumPy arrays): checked as the pipeline checks it, then the
-    class's fused row update (`_rows_in_place`) with the constants decided once; False (nothing written) if not taken.
-    A bad row index raises the pipeline's error before anything is written."""
-    x, (hyper, slots) = self.vs[0], self.rows
-    if not opt._fast_update(x, g): return False      # the class's test for its in-place row update (types, dtypes, x)
-    vals, idx = g.values, g.indices
-    if not (idx.ndim == 1 and vals.ndim == x.ndim and vals.shape[0] == idx.shape[0] and vals.shape[1:] == x.shape[1:]
-            and tuple(g.dense_shape) == x.shape and vals.flags.c_contiguous and x.flags.writeable):
-        return False
-    if np.may_share_memory(idx, x) or any(np.may_share_memory(vals, a) or np.may_share_memory(idx, a) for a in slots.values()):
-        return False
-    grp = self.groups[0]
-    opt._rows_in_place(g, x, slots, opt._lr_at(grp.S, t - 1, self.spec), t, hyper)
+def _rows_step(self: _Loop, opt, grads, t: int) -> bool:
+    """A step in which some tables get a row-sparse gradient (an `IndexedSlices` of NumPy arrays): each checked as the
+    pipeline checks it (and outside every variable's and slot's memory), the dense gradients by the compiled check of a
+    plan for their variables alone (`subs`, made once per set of positions), each table's rows grouped (a bad row index
+    raises the pipeline's error); then, and only then, the dense update and each table's fused row update
+    (`_rows_in_place`), with the constants decided once. False (nothing written) if not taken."""
+    rows, meets, sparse, dense = self.rows, self.k["meets"], [], []
+    for j, g in enumerate(grads):
+        if type(g) is not IndexedSlices:
+            dense.append(j); continue
+        r, x = rows.get(j), self.vs[j]
+        if r is None or not opt._fast_update(x, g): return False   # the class's test for its in-place row update
+        vals, idx = g.values, g.indices
+        if not (idx.ndim == 1 and vals.ndim == x.ndim and vals.shape[0] == idx.shape[0] and vals.shape[1:] == x.shape[1:]
+                and tuple(g.dense_shape) == x.shape and vals.flags.c_contiguous and x.flags.writeable):
+            return False
+        if meets(vals, self.rng) or meets(idx, self.rng): return False     # (read while other tables are written)
+        sparse.append((j, g))
+    sub = None
+    if dense:
+        sub = self.subs.get(tuple(dense))
+        if sub is None:
+            sub = self.subs[tuple(dense)] = _Loop.make(opt, dense) or False
+            if sub: sub.rng = self.rng                 # a dense gradient must not meet a table or its slots either
+        if not sub or (opt._learning_rate is not sub.spec and not sub._new_rate(opt)): return False
+        for gr in sub.groups:
+            if not gr.set_lr(opt, t - 1): return False
+        sub.ids[:] = [id(grads[j]) for j in dense]   # (the gradients stay alive for the whole call)
+        if self.k["check_ids"](sub.ids, sub.tab, sub.rng, self.k["layout"]) >= 0: return False
+    grouped = [opt._rows_group(g, self.vs[j]) for j, g in sparse]    # a bad row index raises here, before any write
+    if sub:
+        for gr in sub.groups: gr.update(gr.table(sub.tab), gr.chunks, gr.sc, sub.ams)
+    for (j, g), grp in zip(sparse, grouped):
+        hyper, slots, S = rows[j]
+        opt._rows_in_place(g, self.vs[j], slots, opt._lr_at(S, t - 1, self.spec), t, hyper, grp)
     return True
 
 _Loop.__call__, _Loop._torch_grads, _Loop._new_rate, _Loop._rows_step = _loop_step, _torch_grads, _new_rate, _rows_step

@@ -396,6 +396,7 @@ def loop_kernels():
     -------
     dict or None
         "check_ids" (NumPy gradients by object address), "check_ptrs" (gradients by data address, e.g. torch's),
+        "meets" (whether an array's memory meets one of the ranges, e.g. a row-sparse gradient's),
         "layout" (`_layout()`, None when the NumPy struct cannot be read), "threads", and for numpy.float32 and
         numpy.float64: "update"/"pupdate" (the step on a table, one thread/all), "step_ids"/"pstep_ids" (check then
         step, one call) and "alpha" (the bias-corrected step size). Their `sc` argument holds, in the dtype:
@@ -408,7 +409,7 @@ def loop_kernels():
     except ImportError:
         _LOOP["k"] = None; return None
     steps = dict(update=lk.update, pupdate=lk.pupdate, step_ids=lk.step_ids, pstep_ids=lk.pstep_ids, alpha=lk.alpha)
-    _LOOP["k"] = {"check_ids": lk.check_ids, "check_ptrs": lk.check_ptrs, "layout": _layout(),
+    _LOOP["k"] = {"check_ids": lk.check_ids, "check_ptrs": lk.check_ptrs, "meets": lk.meets, "layout": _layout(),
                   "threads": numba.get_num_threads(), np.float32: steps, np.float64: steps}
     return _LOOP["k"]
 

@@ -346,10 +346,11 @@ def _slots_ok(slots) -> bool:
     return all(a.flags.c_contiguous for a in slots.values())
 
 @_patch_lazy
-def _rows_in_place(self: LazyAdam, g, x, slots, lr, t, hyper):
-    "The lazy row update written into a NumPy table and its slots (weight decay of the touched rows included)."
+def _rows_in_place(self: LazyAdam, g, x, slots, lr, t, hyper, grouped=None):
+    """The lazy row update written into a NumPy table and its slots (weight decay of the touched rows included);
+    `grouped`: `_rows_group(g, x)` when the caller has it."""
     S, num = host_float(np, x.dtype), self.numerics
-    order, ends = _grouped(g.indices, x.shape[0])           # a bad index raises here, before anything is written
+    order, ends = _grouped(g.indices, x.shape[0]) if grouped is None else grouped   # a bad index raises, before any write
     c1, c2 = moment_constants(hyper["beta_1"], hyper["beta_2"], S, num)
     b1, b2 = float(_hyper(hyper["beta_1"], S, num)), float(_hyper(hyper["beta_2"], S, num))
     if self.row_bias_correction:                            # the touched rows in the order of the groups
@@ -364,6 +365,11 @@ def _rows_in_place(self: LazyAdam, g, x, slots, lr, t, hyper):
                            weight_decay=hyper.get("weight_decay"), lr=lr)
     if self.row_bias_correction: slots["row_step"][uniq] = row_t
     return x, {}
+
+@_patch_lazy
+def _rows_group(self: LazyAdam, g, x):
+    "The grouping of `g`'s rows that `_rows_in_place` needs (`_grouped`): a bad row index raises here, before any write."
+    return _grouped(g.indices, x.shape[0])
 
 # %% ../nbs/07_lazyadam.ipynb #7a5f0367
 def _own_slot_names(self):

@@ -7,6 +7,7 @@ Docs: https://adam-lit.github.io/adam_lit/optimizer.html.md"""
 # %% ../nbs/03_optimizer.ipynb #8f5f0975
 from __future__ import annotations
 
+import bisect
 import inspect
 import math
 import numbers
@@ -495,21 +496,21 @@ def _path_name(path) -> str | None:
 
 
 # %% ../nbs/03_optimizer.ipynb #opt-extent
-def _extent(v):
+def _extent(v, view: bool = True):
     """`(first byte, end byte, exact, loose)` of the memory `v` spans: `exact` a NumPy view of it for `np.shares_memory`
-    (or None: only the byte range is known), `loose` whether such a range has gaps (a non-contiguous device array);
-    None for an empty array or a library without addresses (JAX)."""
+    (or None: only the byte range is known, or `view` False), `loose` whether such a range has gaps (a non-contiguous
+    device array); None for an empty array, a sparse tensor or a library without addresses (JAX)."""
     lib = "numpy" if isinstance(v, np.ndarray) else type(v).__module__.split(".")[0]
     if lib == "array_api_strict": v, lib = v._array, "numpy"
     if lib == "numpy":
         if v.size == 0: return None
         ptr, strides, item, exact = v.__array_interface__["data"][0], v.strides, v.itemsize, v
     elif lib == "torch":
-        if v.numel() == 0: return None
+        if v.numel() == 0 or str(v.layout) != "torch.strided": return None
         item = v.element_size()
         ptr, strides = v.data_ptr(), [s * item for s in v.stride()]
         exact = None
-        if v.device.type == "cpu":
+        if v.device.type == "cpu" and view:       # (.numpy() makes the storage not resizable: only when asked)
             import torch
             t = v.detach()
             try: exact = (t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy()
@@ -1213,6 +1214,7 @@ def _apply_local(self, grads, trainable_variables=None):
     if self._flat is not None and self._flat_apply(grads, trainable_variables): return None   # variables in one buffer
     if self._loop_apply(grads, trainable_variables): return None       # fresh gradients, separate tensors
     xp, variables, pairs, hyper, missing = self._prepare(grads, trainable_variables, writeable=True)
+    pairs = self._unaliased(pairs)          # a gradient that views a variable's or a slot's memory: copied first
     if not self.built:
         self.build(variables)
         if not missing and self._loop_apply(grads, trainable_variables): return None    # (the first step too)
@@ -1250,6 +1252,37 @@ def _commit(target, new):
 def _materialize(base, new):
     "A step's result as an array, for the functional path."
     return new.applied(base) if isinstance(new, RowUpdate) else new
+
+# %% ../nbs/03_optimizer.ipynb #opt-alias
+def _copy(a):
+    "A copy of array `a`, in its library and on its device."
+    return a.copy() if type(a) is np.ndarray else namespace(a).asarray(a, copy=True)
+
+@_patch
+def _unaliased(self, pairs: list) -> list:
+    """`pairs` (`(index, gradient, variable)`) with every gradient that may view a variable's or a slot's memory
+    replaced by a copy (an `IndexedSlices` through its values and indices): see above."""
+    mine = {id(a) for a in self._variables} | {id(s.array) for s in self._slots}
+    spans = starts = None
+    out = []
+    for i, g, v in pairs:
+        parts = (g.values, g.indices) if isinstance(g, IndexedSlices) else (g,)
+        if all(type(a) is np.ndarray and a.flags.owndata and id(a) not in mine for a in parts):
+            out.append((i, g, v)); continue
+        if spans is None:
+            spans = sorted(e[:2] for e in map(_extent, list(self._variables) + [s.array for s in self._slots]) if e is not None)
+            starts = [lo for lo, _ in spans]
+        def meets(a):
+            e = _extent(a, view=False)
+            if e is None: return False
+            k = bisect.bisect_left(starts, e[1]) - 1        # the last range that starts before `a` ends (they are disjoint)
+            return k >= 0 and spans[k][1] > e[0]
+        if isinstance(g, IndexedSlices):
+            if meets(g.values) or meets(g.indices):
+                g = g._with_values(_copy(g.values)); g.indices = _copy(g.indices)
+        elif meets(g): g = _copy(g)
+        out.append((i, g, v))
+    return out
 
 # %% ../nbs/03_optimizer.ipynb #opt-commit2
 # (a long cell: longer than one screen only by its docstrings, which list every parameter (for help() and the parameter table))

@@ -126,13 +126,19 @@ def test_what_the_loop_does_not_take_runs_the_pipeline(counted):
 
 
 def test_indexed_slices_and_options_run_the_pipeline(counted):
-    xs = [np.ones((10, 3), np.float32), np.ones((6, 3), np.float32)]     # two tables: the pipeline
-    o = LazyAdam()
-    for k in range(3):
-        o.apply([IndexedSlices(np.ones((2, 3), np.float32), np.array([1, 4]), (10, 3)),
-                 IndexedSlices(np.ones((1, 3), np.float32), np.array([5]), (6, 3))], xs)
-    assert counted[0] == 0
-    assert np.array_equal(xs[0][0], np.ones(3, np.float32))   # an untouched row stays
+    out = []
+    for loop in (True, False):       # two tables: the compiled step, with the pipeline's bits
+        xs = [np.ones((10, 3), np.float32), np.ones((6, 3), np.float32)]
+        o = LazyAdam(); o.build(xs)
+        for k in range(3):
+            if not loop: object.__setattr__(o, "_loop", False)
+            o.apply([IndexedSlices(np.full((2, 3), k + 1.0, np.float32), np.array([1, 4]), (10, 3)),
+                     IndexedSlices(np.full((1, 3), -k - 1.0, np.float32), np.array([5]), (6, 3))], xs)
+        out.append(xs + [np.asarray(w) for w in o.variables])
+        assert counted[0] == (3 if loop else 0)
+        counted[0] = 0
+        assert np.array_equal(xs[0][0], np.ones(3, np.float32))   # an untouched row stays
+    assert all(np.array_equal(a, b) for a, b in zip(*out))
     x = [np.ones((10, 3), np.float32)]
     o = Adam()                                                 # Adam's dense-equivalent rows: the pipeline
     for k in range(3): o.apply([IndexedSlices(np.ones((2, 3), np.float32), np.array([1, 4]), (10, 3))], x)
