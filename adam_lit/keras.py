@@ -60,7 +60,9 @@ class LazyAdam(keras.optimizers.Optimizer):
         name : str, default "LazyAdam"
         **kwargs
             Keras's optimizer options: `weight_decay` (decays only the touched rows of a row-sparse gradient),
-            `clipnorm`, `clipvalue`, `global_clipnorm`, `use_ema`, `loss_scale_factor`, `gradient_accumulation_steps`.
+            `clipnorm`, `clipvalue`, `global_clipnorm`, `use_ema`, `loss_scale_factor` (not with row-sparse gradients on
+            the TensorFlow backend: Keras 3's `apply` divides the `tf.IndexedSlices` and fails, for its own Adam too),
+            `gradient_accumulation_steps`.
         """
         if not isinstance(numerics, str) or numerics not in _NUMERICS:
             raise ValueError(f"Argument `numerics` must be one of {', '.join(map(repr, _NUMERICS))}; got {numerics!r}")

@@ -155,6 +155,8 @@ def _lazy_leaf(g, m, v, vh, x, lr, t, b1, b2, eps, wd, rows):
     "`rules.lazy_adam_rows` on the rows `rows` (indices, or a boolean mask) of a table: returns `(u, m, v, vh)`."
     _, jnp, _ = _libs()
     dt, n = g.dtype, g.shape[0]
+    if rows.dtype != jnp.bool_ and jnp.dtype(rows.dtype).itemsize < 4:
+        rows = rows.astype(jnp.int32)        # (uint8/uint16 ids: `n` is compared in their dtype, where it may wrap)
     S = np.dtype(dt).type
     c1, c2 = moment_constants(b1, b2, S)
     kw = dict(alpha=_traced_step_size(jnp, lr, b1, b2, t, g), beta_1=float(S(b1)), beta_2=float(S(b2)), epsilon=eps,
@@ -180,6 +182,16 @@ def _leaves(tree, treedef, what):
     leaves, td = jax.tree_util.tree_flatten(tree, is_leaf=lambda z: z is None)
     if td != treedef: raise ValueError(f"Argument `{what}` must have the structure of the updates, {treedef}; got {td}")
     return leaves
+
+def _rows_leaves(rows, updates, treedef):
+    """The leaves of `rows`, matched to the updates' (`_leaves`), where a leaf that `optax.masked` or
+    `optax.multi_transform` hides from this transformation (an `optax.MaskedNode`) may have None or a MaskedNode."""
+    jax, _, optax = _libs()
+    hidden = lambda z: z is None or isinstance(z, optax.MaskedNode)
+    ul, utd = jax.tree_util.tree_flatten(updates, is_leaf=hidden)
+    rl, rtd = jax.tree_util.tree_flatten(rows, is_leaf=hidden)
+    if rtd != utd or not any(isinstance(u, optax.MaskedNode) for u in ul): return _leaves(rows, treedef, "rows")
+    return [None if isinstance(r, optax.MaskedNode) else r for r, u in zip(rl, ul) if not isinstance(u, optax.MaskedNode)]
 
 def _check_leaf(k, g, m, v, x, r, mu_dtype=None):
     """Update `k` (an index and its pytree path) and what goes with it: a real or complex floating-point array (complex
@@ -230,7 +242,7 @@ def _update_fn(leaf_rule, learning_rate, b1, b2, eps, weight_decay, mask, amsgra
         decays = [weight_decay] * len(gl)
         if mask is not None:
             decays = [weight_decay if bool(k) else None for k in _leaves(mask(params) if callable(mask) else mask, treedef, "mask")]
-        rl = [None] * len(gl) if rows is None else _leaves(rows, treedef, "rows")
+        rl = [None] * len(gl) if rows is None else _rows_leaves(rows, updates, treedef)
         paths = [jax.tree_util.keystr(q) for q, _ in jax.tree_util.tree_flatten_with_path(updates, is_leaf=lambda z: z is None)[0]]
         for k, (g, m, v, x, r) in enumerate(zip(gl, ml, vl, xl, rl)):
             if g is None: continue
@@ -388,8 +400,9 @@ def lazy_adam(learning_rate: float | Callable | LearningRateSchedule = 0.001, b1
         Lazy AMSGrad: the touched rows keep the running maximum of v (default False).
 
     `update`'s extra argument `rows` is a pytree like the updates: None for a leaf stepped densely, or for a table a
-    1-d integer array of the touched rows (fixed size; pad with `len(table)`; repeats allowed), or a boolean mask of
-    its rows (`touched_rows(grad)`).
+    1-d integer array of the touched rows (any integer dtype; fixed size; pad with `len(table)`; repeats allowed), or a
+    boolean mask of its rows (`touched_rows(grad)`). Under `optax.masked`/`multi_transform`, None where a leaf is
+    another transformation's; under `optax.MultiSteps`, the rows of all the mini-batches accumulated so far.
     """
     return _transformation(learning_rate, b1, b2, eps, weight_decay, mask, amsgrad, "keras", lazy=True)
 
