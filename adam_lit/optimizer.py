@@ -437,6 +437,8 @@ def _lr_at(self, precision, raw_it: int, lr) -> float:
         return float(S(val))
     if isinstance(lr, LearningRateSchedule): val = lr.evaluate(raw_it, S)
     else: val = float(lr) if self.numerics in _FAITHFUL else float(S(lr))   # torch/optax/paper round it where it is used
+    if self.numerics == "torch" and self.__dict__.get("_rate_f32"):       # adam_lit.torch: a float32 tensor `lr`, with
+        return np.float32(val)                                            # which torch computes in float32
     if self.decay:
         val = float(S(val) / (S(1) + S(self.decay) * S(raw_it)))
     return val
@@ -1022,7 +1024,9 @@ def _nonfinite(self, xp, idx: list, raw: list, seen: list, is_update: bool) -> b
 @_patch
 def _decayed(self, x, S, lr: float):
     "Decoupled weight decay of `x`: Keras's `x - (x * wd) * lr`; with `numerics='torch'`, AdamW's `x * (1 - lr * wd)`."
-    if self.numerics == "torch": return x * float(S(1.0 - lr * self.weight_decay))
+    if self.numerics == "torch":                  # (a float32 rate: torch's `1 - lr * wd` with a float32 tensor lr)
+        f = np.float32(1) - lr * np.float32(self.weight_decay) if type(lr) is np.float32 else 1.0 - lr * self.weight_decay
+        return x * float(S(f))
     return x - (x * float(S(self.weight_decay))) * lr
 
 @_patch

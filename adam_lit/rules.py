@@ -262,7 +262,8 @@ def _torch_rule(xp, x, g, m, v, vmax, learning_rate, beta_1, beta_2, epsilon, t)
     "`torch.optim.Adam`'s `_single_tensor_adam` on the CPU: returns `(x, m, v, vmax)`."
     S = host_float(xp, x.dtype)
     bc1, bc2 = 1 - beta_1 ** float(t), 1 - beta_2 ** float(t)           # Python doubles
-    step_size, bc2_sqrt = learning_rate / bc1, bc2 ** 0.5
+    f32 = type(learning_rate) is np.float32                               # a float32 tensor lr: torch divides in float32
+    step_size, bc2_sqrt = (learning_rate / np.float32(bc1) if f32 else learning_rate / bc1), bc2 ** 0.5
     w, d = S(1 - beta_1), g - m                                           # m.lerp_(g, 1 - beta_1)
     m = _fma(xp, float(w), d, m) if abs(w) < 0.5 else _fma(xp, float(w - S(1)), d, g)
     v = _fma(xp, g * float(S(1 - beta_2)), g, v * float(S(beta_2)))      # v.mul_(b2).addcmul_(g, g, value=1 - b2)

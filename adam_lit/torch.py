@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import importlib
 import math
+import re
 
 import numpy as np
 try: import torch                      # the real PyTorch (this module is adam_lit.torch)
@@ -45,6 +46,7 @@ def _check_group(g: dict, where: str = "") -> tuple:
     at = f" (param group {where})" if where else ""
     try:
         lr = _number("lr", g["lr"])
+        if isinstance(g["lr"], torch.Tensor) and g["lr"].dtype == torch.float32: lr = np.float32(lr)   # (see `_configure`)
         betas = g["betas"]
         if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
             raise ValueError(f"Argument `betas` must be a pair (beta_1, beta_2), got {betas!r}")
@@ -80,6 +82,7 @@ class _Engine:
                                        weight_decay=(wd or None) if dec else None, numerics=owner._numerics,
                                        **owner._engine_kwargs)
         self.opt.build(self.xs)
+        object.__setattr__(self.opt, "_rate_f32", type(lr) is np.float32)     # (see `_configure`)
 
     def live(self, group) -> bool:
         "Whether this engine still serves `group`: the same group, the same parameters, the same storage."
@@ -178,7 +181,7 @@ def _engine(self, group: dict, hp: tuple, k: int):
     "The engine of `group`, made (from the state, if any) when there is none or its parameters changed; options synced."
     eng = self._engines.get(id(group))
     if eng is not None and eng.live(group) and eng.hp[5] == hp[5]:
-        if hp != eng.hp: _configure(eng, hp)
+        if hp != eng.hp or type(hp[0]) is not type(eng.hp[0]): _configure(eng, hp)
         return eng
     eng = _Engine(self, group, hp)
     _restore(self, eng, k)
@@ -186,8 +189,11 @@ def _engine(self, group: dict, hp: tuple, k: int):
     return eng
 
 def _configure(eng, hp: tuple):
-    "A scheduler (or the user) changed the group's options: the new values, set on the adam_lit optimizer."
+    """A scheduler (or the user) changed the group's options: the new values, set on the adam_lit optimizer. A float32
+    tensor `lr` (`_check_group` gives it as a `numpy.float32`) is one torch computes with in float32 (`lr / (1 -
+    beta_1**t)` and AdamW's `1 - lr * wd`): `_rate_f32` tells numerics "torch" to do the same."""
     o, old = eng.opt, eng.hp
+    object.__setattr__(o, "_rate_f32", type(hp[0]) is np.float32)
     for pos, attr in ((0, "learning_rate"), (1, "beta_1"), (2, "beta_2"), (3, "epsilon")):
         if hp[pos] != old[pos]: setattr(o, attr, hp[pos])
     wd = (hp[4] or None) if hp[6] else None
@@ -257,7 +263,11 @@ def _sparse_view(g, j: int, k: int):
     if g.layout is not torch.sparse_coo or g.sparse_dim() != 1:
         raise ValueError(f"the gradient of parameter {j} of param group {k} is sparse with layout {g.layout}: adam_lit takes "
                          "row-sparse COO gradients (as nn.Embedding(sparse=True) gives) or dense ones")
-    return IndexedSlices(g._values().detach().numpy(), g._indices()[0].numpy(), tuple(g.shape))
+    vals, idx = g._values().detach(), g._indices()[0]
+    if vals.shape[0] == 0:        # (`.numpy()` makes a storage not resizable: the next backward could not grow an empty gradient)
+        dt = torch.empty(0, dtype=vals.dtype).numpy().dtype
+        return IndexedSlices(np.zeros(tuple(vals.shape), dt), np.zeros(0, np.int64), tuple(g.shape))
+    return IndexedSlices(vals.numpy(), idx.numpy(), tuple(g.shape))
 
 # %% ../nbs/17_torch.ipynb #t17f29a85
 def _step(self, closure=None):
@@ -271,20 +281,52 @@ def _step(self, closure=None):
     loss = None
     if closure is not None:
         with torch.enable_grad(): loss = closure()
-    work = []
-    for k, group in enumerate(self.param_groups):        # every group checked and its gradients viewed first
-        hp = _options(self, group, k)
-        if all(p.grad is None for p in group["params"]): continue
-        eng = _engine(self, group, hp, k)
-        work.append((eng, *_grads(self, eng, hp, k)))
+    work, made = [], []
+    try:
+        for k, group in enumerate(self.param_groups):        # every group checked and its gradients viewed first
+            hp = _options(self, group, k)
+            if all(p.grad is None for p in group["params"]): continue
+            if self._engines.get(id(group)) is None or not self._engines[id(group)].live(group):
+                _check_params(group, k)
+                made.append((group, {p: self.state[p] for p in group["params"] if p in self.state}))
+            eng = _engine(self, group, hp, k)
+            work.append((eng, k, *_grads(self, eng, hp, k)))
+    except (TypeError, ValueError) as e:
+        for group, before in made:                  # a refused step leaves the state as it was (no new entries)
+            self._engines.pop(id(group), None)
+            for p in group["params"]:
+                if p in before: self.state[p] = before[p]
+                else: self.state.pop(p, None)
+        if "param group" in str(e): raise
+        raise type(e)(f"param group {k}: {_torch_names(str(e))}") from None     # (adam_lit's checks: torch's names)
     with torch.no_grad():
-        for eng, out, at in work:
+        for eng, k, out, at in work:
             o = eng.opt
-            if len(at) == len(eng.xs): o.apply(out)
-            else: o.apply(out, [eng.xs[j] for j in at])
+            try:
+                if len(at) == len(eng.xs): o.apply(out)
+                else: o.apply(out, [eng.xs[j] for j in at])
+            except ValueError as e:                   # (adam_lit's checks, before anything is written: torch's names)
+                raise ValueError(f"param group {k}: {_torch_names(str(e))}") from None
             if eng.numpy: torch.autograd.graph.increment_version([eng.params[j] for j in at])   # as torch's in-place step does
             eng.step_t.fill_(float(o.iterations))
     return loss
+
+def _check_params(group: dict, k: int):
+    "A parameter whose elements share memory (`expand`, `as_strided`) refused, as torch.optim refuses it (a step writes each element once)."
+    for j, p in enumerate(group["params"]):
+        if isinstance(p, torch.Tensor) and torch._debug_has_internal_overlap(p) == 1:
+            raise ValueError(f"parameter {j} of param group {k} (shape {tuple(p.shape)}, strides {p.stride()}) has elements "
+                             "that share memory (made with expand or as_strided?): a step would write them more than once; "
+                             "pass a tensor that holds each element once (.clone())")
+
+def _torch_names(msg: str) -> str:
+    "An adam_lit error message in torch's terms: its parameters and options by torch's names."
+    msg = re.sub(r"variable (\d+) \('variable_\d+'\)", r"parameter \1", msg)
+    for keras, torch_name in (("`beta_1`", "`betas[0]`"), ("`beta_2`", "`betas[1]`"), ("`epsilon`", "`eps`"),
+                              ("`learning_rate`", "`lr`"), ("beta_1 <=", "betas[0] <="),
+                              ("beta_2 <=", "betas[1] <=")):
+        msg = msg.replace(keras, torch_name)
+    return msg
 
 _PLAIN = (float, int, bool)
 

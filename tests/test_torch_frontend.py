@@ -691,3 +691,59 @@ def test_torch_optim_switches_accepted_as_a_drop_in():
     for kw, err, word in ((dict(capturable=True), ValueError, "CUDA graph"), (dict(differentiable=True), ValueError, "not differentiable"),
                           (dict(fused="yes"), TypeError, "Argument `fused` must be None or a bool")):
         with pytest.raises(err, match=word): Adam(params(6), **kw)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("case", ["adam", "adamw", "l2", "steplr"])
+def test_torch_numerics_with_a_tensor_lr_are_torch_optim_bits(case, dtype):
+    "A float32 tensor `lr`: torch computes the step size (and AdamW's `1 - lr * wd`) in float32; numerics='torch' too."
+    ref_cls, cls, kw = TORCH_CASES["adamw" if case == "adamw" else "l2" if case == "l2" else "adam"]
+    kw = dict(kw, lr=torch.tensor(kw["lr"] * 1.37))
+    ps = params(3, dtype); qs = clones(ps)
+    ref, mine = ref_cls(ps, **kw), cls(qs, numerics="torch", **dict(kw, lr=kw["lr"].clone()))
+    scheds = [torch.optim.lr_scheduler.StepLR(o, 3, gamma=0.7) for o in (ref, mine)] if case == "steplr" else []
+    for t in range(20):
+        gs = grads(ps, t); set_grads(ps, gs); set_grads(qs, gs)
+        ref.step(); mine.step()
+        for s in scheds: s.step()
+        for j, (p, q) in enumerate(zip(ps, qs)): same_bits(q, p, f"{case} step {t} param {j}")
+    lr_f = float(ref.param_groups[0]["lr"])     # the same group switched to a float lr: the double rule again
+    for o in (ref, mine): o.param_groups[0]["lr"] = lr_f
+    for t in range(20, 25):
+        gs = grads(ps, t); set_grads(ps, gs); set_grads(qs, gs)
+        ref.step(); mine.step()
+        for j, (p, q) in enumerate(zip(ps, qs)): same_bits(q, p, f"{case} float lr, step {t} param {j}")
+
+
+@pytest.mark.parametrize("cls", [LazyAdam, Adam])
+def test_an_empty_sparse_gradient_then_backward(cls):
+    "zero_grad(set_to_none=False) leaves an empty sparse gradient: the step must not fix its storage's size."
+    e = torch.nn.Embedding(5, 2, sparse=True); o = cls([e.weight])
+    e(torch.tensor([1])).sum().backward(); o.step()
+    o.zero_grad(set_to_none=False)
+    before = e.weight.detach().clone(); o.step()
+    assert o.state[e.weight]["step"] == 2
+    if cls is LazyAdam: same_bits(e.weight, before, "an empty gradient moves no row")
+    e(torch.tensor([2, 2])).sum().backward(); e(torch.tensor([4])).sum().backward()      # (grows the gradient)
+    o.step()
+    assert int((e.weight.detach() != before).any(dim=1).sum()) == (2 if cls is LazyAdam else 3)   # rows 2, 4 (and 1: its m)
+
+
+def test_refused_steps_name_torch_terms_and_leave_no_state():
+    P = torch.nn.Parameter
+    e = P(torch.zeros(1, 3).expand(4, 3)); o = Adam([e], lr=0.1); e.grad = torch.ones(4, 3)
+    with pytest.raises(ValueError, match=r"parameter 0 of param group 0 .*share memory"): o.step()
+    assert len(o.state) == 0 and torch.equal(e.detach(), torch.zeros(4, 3))
+    emb = torch.nn.Embedding(5, 2, sparse=True); o = Adam([emb.weight], weight_decay=0.1)
+    emb(torch.tensor([1])).sum().backward()
+    with pytest.raises(ValueError, match="sparse gradient"): o.step()
+    assert len(o.state) == 0
+    a, b, c = P(torch.randn(3)), P(torch.randn(3)), P(torch.randn(3).bfloat16())
+    o = Adam([{"params": [a]}, {"params": [b, c]}])
+    for p in (a, b, c): p.grad = torch.ones_like(p)
+    snap = [p.detach().clone() for p in (a, b, c)]
+    with pytest.raises(ValueError, match=r"param group 1: Argument `betas\[1\]`=0.999 rounds to 1 in bfloat16, the dtype parameter 1 "):
+        o.step()
+    assert all(torch.equal(p.detach(), s) for p, s in zip((a, b, c), snap)) and len(o.state) == 0
+    o.param_groups[1]["params"].pop()                  # the bfloat16 parameter taken out: the same optimizer steps
+    o.step(); assert len(o.state) == 2 and not torch.equal(a.detach(), snap[0])
