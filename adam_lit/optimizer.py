@@ -429,7 +429,8 @@ def _hyper_values(self) -> dict:
 def _lr_at(self, precision, raw_it: int, lr) -> float:
     "The learning rate of this step in `precision`: a schedule sees the raw call count; legacy `decay` divides."
     S = precision
-    if S is np.float16 or S.__name__ == "bfloat16":   # Keras keeps the rate (and evaluates schedules) in floatx, float32, then casts
+    if (S is np.float16 or S.__name__ == "bfloat16") and self.numerics != "torch":   # Keras keeps the rate (and evaluates
+        # schedules) in floatx, float32, then casts; PyTorch keeps a float rate a double and its kernels compute in float32
         return float(S(self._lr_at(np.float32, raw_it, lr)))
     if self.numerics == "legacy":   # tf.keras keeps lr and decay in float32 variables; its schedules compute in float32
         val = lr.evaluate(raw_it, np.float32) if isinstance(lr, LearningRateSchedule) else float(np.float32(lr))
@@ -1026,7 +1027,7 @@ def _decayed(self, x, S, lr: float):
     "Decoupled weight decay of `x`: Keras's `x - (x * wd) * lr`; with `numerics='torch'`, AdamW's `x * (1 - lr * wd)`."
     if self.numerics == "torch":                  # (a float32 rate: torch's `1 - lr * wd` with a float32 tensor lr)
         f = np.float32(1) - lr * np.float32(self.weight_decay) if type(lr) is np.float32 else 1.0 - lr * self.weight_decay
-        return x * float(S(f))
+        return x * float((np.float32 if S is np.float16 or S.__name__ == "bfloat16" else S)(f))   # (half: torch's float32 scalar)
     return x - (x * float(S(self.weight_decay))) * lr
 
 @_patch

@@ -261,6 +261,7 @@ def _fma(xp, a, b, c):
 def _torch_rule(xp, x, g, m, v, vmax, learning_rate, beta_1, beta_2, epsilon, t):
     "`torch.optim.Adam`'s `_single_tensor_adam` on the CPU: returns `(x, m, v, vmax)`."
     S = host_float(xp, x.dtype)
+    if S is np.float16 or S.__name__ == "bfloat16": return _torch_rule_half(xp, x, g, m, v, vmax, learning_rate, beta_1, beta_2, epsilon, t)
     bc1, bc2 = 1 - beta_1 ** float(t), 1 - beta_2 ** float(t)           # Python doubles
     f32 = type(learning_rate) is np.float32                               # a float32 tensor lr: torch divides in float32
     step_size, bc2_sqrt = (learning_rate / np.float32(bc1) if f32 else learning_rate / bc1), bc2 ** 0.5
@@ -270,6 +271,24 @@ def _torch_rule(xp, x, g, m, v, vmax, learning_rate, beta_1, beta_2, epsilon, t)
     if vmax is not None: vmax = xp.maximum(vmax, v)                       # max_exp_avg_sq
     denom = xp.sqrt(v if vmax is None else vmax) / float(S(bc2_sqrt)) + float(S(epsilon))
     return x + (float(S(-step_size)) * m) / denom, m, v, vmax            # x.addcdiv_(m, denom, value=-step_size)
+
+def _torch_rule_half(xp, x, g, m, v, vmax, learning_rate, beta_1, beta_2, epsilon, t):
+    """`_torch_rule` for float16 and bfloat16 tensors as PyTorch's CPU kernels run it: each operation computes in float32
+    (its scalars rounded to float32) and rounds its result once to the tensor's dtype."""
+    H, F = x.dtype, xp.float32
+    up, dn, f = (lambda a: xp.astype(a, F)), (lambda a: xp.astype(a, H)), (lambda z: float(np.float32(z)))
+    bc1, bc2 = 1 - beta_1 ** float(t), 1 - beta_2 ** float(t)
+    step_size = learning_rate / (np.float32(bc1) if type(learning_rate) is np.float32 else bc1)
+    gf, mf = up(g), up(m)
+    w = np.float32(1 - beta_1)
+    m = dn(_fma(xp, float(w), gf - mf, mf) if abs(w) < 0.5 else _fma(xp, float(w - np.float32(1)), gf - mf, gf))
+    v = dn(up(v) * f(beta_2))                                            # v.mul_(b2)
+    v = dn(_fma(xp, gf * f(1 - beta_2), gf, up(v)))                      # .addcmul_(g, g, value=1 - b2)
+    if vmax is not None: vmax = xp.maximum(vmax, v)
+    denom = dn(xp.sqrt(up(v if vmax is None else vmax)))
+    denom = dn(up(denom) / f(bc2 ** 0.5))
+    denom = dn(up(denom) + f(epsilon))
+    return dn(up(x) + (f(-step_size) * up(m)) / up(denom)), m, v, vmax
 
 def _optax_bias_correction(xp, beta, t, like):
     "optax's `1 - beta**count`: a 0-d array of `like`'s dtype, computed with the library's own `pow`."

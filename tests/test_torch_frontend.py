@@ -747,3 +747,23 @@ def test_refused_steps_name_torch_terms_and_leave_no_state():
     assert all(torch.equal(p.detach(), s) for p, s in zip((a, b, c), snap)) and len(o.state) == 0
     o.param_groups[1]["params"].pop()                  # the bfloat16 parameter taken out: the same optimizer steps
     o.step(); assert len(o.state) == 2 and not torch.equal(a.detach(), snap[0])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bfloat16", "float16"])
+@pytest.mark.parametrize("case", ["adam", "amsgrad", "l2", "adam-decoupled", "adamw", "eps", "tensor-lr"])
+def test_torch_numerics_on_half_tensors_are_torch_optim_bits(case, dtype):
+    "float16/bfloat16: each of torch's CPU operations computes in float32 and rounds once; numerics='torch' does the same."
+    ref_cls, cls, kw = TORCH_CASES["adam" if case == "tensor-lr" else case]
+    kw = dict(kw, eps=max(kw.get("eps", 1e-8), 1e-6))        # (float16: torch's 1e-8 rounds to 0, refused by adam_lit)
+    if case == "tensor-lr": kw["lr"] = torch.tensor(3e-3)
+    torch.manual_seed(3)
+    ps = [torch.nn.Parameter(torch.randn(s).to(dtype)) for s in ((40, 7), (7,), (300,))]; qs = clones(ps)
+    ref = ref_cls(ps, **kw)
+    mine = cls(qs, numerics="torch", **{k: (v.clone() if torch.is_tensor(v) else v) for k, v in kw.items()})
+    for t in range(30):
+        gs = [torch.randn(p.shape).to(dtype) for p in ps]; set_grads(ps, gs); set_grads(qs, gs)
+        ref.step(); mine.step()
+        for j, (p, q) in enumerate(zip(ps, qs)):
+            same_bits(q, p, f"{case} step {t} param {j}")
+            for key, val in ref.state[p].items():
+                if key != "step": same_bits(mine.state[q][key], val, f"{case} step {t} param {j} {key}")
