@@ -155,7 +155,8 @@ class _Loop:
                 if x.ndim < 1: continue
                 S, h = x.dtype.type, {n_: hyper[n_] for n_ in ("beta_1", "beta_2", "epsilon")}
                 if decay[j]: h["weight_decay"] = float(S(opt.weight_decay))      # (as the pipeline's stage 4 passes it)
-                rows[j] = (h, {s.name: s.array for s in opt._slots if s.index == j}, S)
+                sl = {s.name: s.array for s in opt._slots if s.index == j}
+                rows[j] = (h, sl, S, opt._rows_plan(x, sl, h))       # (the row loop's constants, decided once)
             self.rows = rows or None
         return self
 
@@ -264,8 +265,10 @@ def _rows_step(self: _Loop, opt, grads, t: int) -> bool:
     if sub:
         for gr in sub.groups: gr.update(gr.table(sub.tab), gr.chunks, gr.sc, sub.ams)
     for (j, g), grp in zip(sparse, grouped):
-        hyper, slots, S = rows[j]
-        opt._rows_in_place(g, self.vs[j], slots, opt._lr_at(S, t - 1, self.spec), t, hyper, grp)
+        hyper, slots, S, plan = rows[j]
+        lr = opt._lr_at(S, t - 1, self.spec)
+        if plan is None: opt._rows_in_place(g, self.vs[j], slots, lr, t, hyper, grp)
+        else: opt._rows_run(plan, g, lr, t, grp)
     return True
 
 _Loop.__call__, _Loop._torch_grads, _Loop._new_rate, _Loop._rows_step = _loop_step, _torch_grads, _new_rate, _rows_step

@@ -367,6 +367,37 @@ def _rows_in_place(self: LazyAdam, g, x, slots, lr, t, hyper, grouped=None):
     return x, {}
 
 @_patch_lazy
+def _rows_plan(self: LazyAdam, x, slots, hyper):
+    """What `_rows_in_place` works out for table `x` that no step changes, worked out once (the training-loop step keeps
+    it until the optimizer is reconfigured): the compiled row loop and its constants in the table's dtype, the 2-d
+    views of the table and its slots, numba's thread count then. None where the loop is not the compiled one (no
+    numba, `row_bias_correction`)."""
+    if self.row_bias_correction or type(x) is not np.ndarray: return None
+    S, num = host_float(np, x.dtype), self.numerics
+    lazy_ams, wd = self.amsgrad and num != "legacy", hyper.get("weight_decay")
+    kernel = _rows_kernel(lazy_ams, wd is not None)
+    if kernel is None: return None
+    n_rows, D = x.shape[0], math.prod(x.shape[1:])
+    c1, c2 = moment_constants(hyper["beta_1"], hyper["beta_2"], S, num)
+    b1, b2 = _hyper(hyper["beta_1"], S, num), _hyper(hyper["beta_2"], S, num)
+    m2, v2 = slots["m"].reshape(n_rows, D), slots["v"].reshape(n_rows, D)
+    return types.SimpleNamespace(kernel=kernel, S=S, D=D, x2=x.reshape(n_rows, D), m2=m2, v2=v2,
+                                 h2=slots["vhat"].reshape(n_rows, D) if lazy_ams else m2,
+                                 consts=(S(b1), S(b2), S(c1), S(c2), S(hyper["epsilon"]), S(wd or 0.0)),
+                                 betas=(hyper["beta_1"], hyper["beta_2"]), threads=_threads())
+
+@_patch_lazy
+def _rows_run(self: LazyAdam, plan, g, lr, t, grouped):
+    "`_rows_in_place` with the plan of `_rows_plan` (the same bits): the grouped rows of `g` written into the table."
+    n = g.indices.shape[0]
+    if n == 0: return
+    S = plan.S
+    alpha = np.full(1, bias_corrected_step_size(lr, *plan.betas, t, S, self.numerics), S)
+    parts = plan.threads if n * plan.D >= PARALLEL_MIN else 1
+    plan.kernel[parts > 1](plan.x2, g.values.reshape(n, plan.D), g.indices, grouped[0], grouped[1], plan.m2, plan.v2,
+                           plan.h2, alpha, *plan.consts, S(lr), parts)
+
+@_patch_lazy
 def _rows_group(self: LazyAdam, g, x):
     "The grouping of `g`'s rows that `_rows_in_place` needs (`_grouped`): a bad row index raises here, before any write."
     return _grouped(g.indices, x.shape[0])

@@ -53,6 +53,10 @@ def _run(make, shape, dtype, batches, monkeypatch, *, fast, numba=True, dense_ev
         def spy(*a, **k):
             calls["n"] += 1; return inner(*a, **k)
         mp.setattr(lazy_mod, "lazy_adam_rows_inplace", spy)
+        run = lazy_mod.LazyAdam._rows_run                 # (the training-loop step's planned call of the same loop)
+        def spy_run(*a, **k):
+            calls["n"] += 1; return run(*a, **k)
+        mp.setattr(lazy_mod.LazyAdam, "_rows_run", spy_run)
         for s, g in enumerate(batches):
             if dense_every and s % dense_every == dense_every - 1: g = g.to_dense()
             opt.apply([g], [table])

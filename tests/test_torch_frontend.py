@@ -34,6 +34,8 @@ from adam_lit import interop
 from adam_lit._fastpath import _Loop
 from adam_lit.backend import IndexedSlices
 from adam_lit.torch import Adam, AdamW, LazyAdam
+from adam_lit.lazyadam import _rows_kernel
+HAVE_NUMBA = _rows_kernel(False, False) is not None     # the compiled row loop (numba); without it the NumPy one
 
 DT = {np.float32: torch.float32, np.float64: torch.float64}
 
@@ -247,14 +249,15 @@ def test_lazy_adam_agrees_with_sparse_adam_to_rounding():
 
 
 def test_lazy_adam_speed_path_is_the_row_kernel(monkeypatch):
-    "The sparse step goes through adam_lit's in-place row pass (`LazyAdam._rows_in_place`), nothing dense."
+    "The sparse step goes through adam_lit's in-place row pass (`LazyAdam._rows_run` with numba, else `_rows_in_place`), nothing dense."
     mod, _ = lazy_pair("embedding", rows=1000)
     opt = LazyAdam(mod.parameters())
     calls = []
-    orig = adam_lit.LazyAdam._rows_in_place
-    monkeypatch.setattr(adam_lit.LazyAdam, "_rows_in_place", lambda self, *a: calls.append(1) or orig(self, *a))
+    for name in ("_rows_in_place", "_rows_run"):
+        orig = getattr(adam_lit.LazyAdam, name)
+        monkeypatch.setattr(adam_lit.LazyAdam, name, lambda self, *a, _o=orig, _n=name: calls.append(_n) or _o(self, *a))
     mod(torch.tensor([1, 2, 2])).sum().backward(); opt.step()
-    assert calls == [1]
+    assert calls == ["_rows_run" if HAVE_NUMBA else "_rows_in_place"], calls
 
 
 # ------------------------------------------------------------------------------ PyTorch's generic optimizer tests
