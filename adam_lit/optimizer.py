@@ -1219,17 +1219,24 @@ def _apply_local(self, grads, trainable_variables=None):
     if self._flat is not None and self._flat_apply(grads, trainable_variables): return None   # variables in one buffer
     if self._loop_apply(grads, trainable_variables): return None       # fresh gradients, separate tensors
     xp, variables, pairs, hyper, missing = self._prepare(grads, trainable_variables, writeable=True)
-    pairs = self._unaliased(pairs)          # a gradient that views a variable's or a slot's memory: copied first
-    if not self.built:
+    unbuilt = None
+    if not self.built:                      # (what building changes, kept: a first step that fails leaves it unbuilt)
+        unbuilt = {k: (v.copy() if type(v) in (list, dict) else v) for k, v in self.__dict__.items()}
         self.build(variables)
-        if not missing and self._loop_apply(grads, trainable_variables): return None    # (the first step too)
-    if missing:
-        warnings.warn(f"Gradients do not exist for variables {[self._names[self._index[id(variables[k])]] for k in missing]} "
-                      "when minimizing the loss.", stacklevel=2)
-    xs = list(self._variables)
-    slots = {(s.index, s.name): s.array for s in self._slots}
-    out = self._compute(xp, xs, slots, [i for i, _, _ in pairs], [g for _, g, _ in pairs], self._iterations,
-                        hyper, inplace=True)
+    try:
+        pairs = self._unaliased(pairs)      # a gradient that views a variable's or a slot's memory: copied first
+        if unbuilt is not None and not missing and self._loop_apply(grads, trainable_variables): return None  # (step 1 too)
+        if missing:
+            warnings.warn(f"Gradients do not exist for variables {[self._names[self._index[id(variables[k])]] for k in missing]} "
+                          "when minimizing the loss.", stacklevel=2)
+        xs = list(self._variables)
+        slots = {(s.index, s.name): s.array for s in self._slots}
+        out = self._compute(xp, xs, slots, [i for i, _, _ in pairs], [g for _, g, _ in pairs], self._iterations,
+                            hyper, inplace=True)
+    except BaseException:
+        if unbuilt is not None:
+            self.__dict__.clear(); self.__dict__.update(unbuilt)
+        raise
     if out is None: return self._skip()
     new_xs, new_slots = out
     for x, nx in zip(xs, new_xs): _commit(x, nx)
