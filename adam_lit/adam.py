@@ -94,9 +94,13 @@ class Adam(Optimizer):
         if not isinstance(amsgrad, (bool, np.bool_)): raise ArgumentTypeError(f"Argument `amsgrad` must be a bool, got {amsgrad!r}")
         self.amsgrad = bool(amsgrad)
         self._slot_names = ("m", "v")
-        self._late_slot_names = ("vhat",) if amsgrad else ()
 
     def _hyper_specs(self): return _ADAM_HYPERS
+
+    @property
+    def _late_slot_names(self) -> tuple:
+        "AMSGrad's `vhat`, made after the other slots (Keras's order), read from `amsgrad` when the optimizer is built."
+        return ("vhat",) if self.amsgrad else ()
 
     def get_config(self) -> dict:
         "Keras 3's `Adam` config: the base keys, then `beta_1`, `beta_2`, `epsilon`, `amsgrad`."

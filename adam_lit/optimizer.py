@@ -174,6 +174,31 @@ def _check_clips(numerics: str, clips: dict) -> dict:
                          + ", ".join(f"{k}={v}" for k, v in clips.items()))
     return {k: None if v is None else check_float(k, v, low=0, low_open=True) for k, v in clips.items()}
 
+def _clip_option(self, name, value):
+    "`opt.clipnorm = ...` (or clipvalue, global_clipnorm): > 0 or None, and allowed with the other clips now set."
+    clips = {k: self.__dict__.get(k) for k in ("clipnorm", "clipvalue", "global_clipnorm")}
+    return _check_clips(self.numerics, {**clips, name: value})[name]
+
+def _nan_policy(self, name, value):
+    if not isinstance(value, str) or value not in NAN_POLICIES:
+        raise ValueError(f"Argument `gradient_nan_policy` must be one of {', '.join(map(repr, NAN_POLICIES))}; got {value!r}")
+    return value
+
+_OPTION_CHECKS = {   # options that are not hyperparameters, checked when set after construction as the constructor checks them
+    "clipnorm": _clip_option, "clipvalue": _clip_option, "global_clipnorm": _clip_option,
+    "weight_decay": lambda self, n, v: None if v is None else check_float(n, v, low=0),
+    "decay": lambda self, n, v: check_float(n, v, low=0),
+    "loss_scale_factor": lambda self, n, v: None if v is None else check_float(n, v, low=0, low_open=True),
+    "ema_momentum": lambda self, n, v: check_float(n, v, low=0, high=1),
+    "ema_overwrite_frequency": lambda self, n, v: None if v is None else check_int(n, v, low=0),
+    "gradient_nan_policy": _nan_policy,
+    "gradient_accumulation_steps": lambda self, n, v: None if v is None else check_int(n, v, low=2),
+    "use_ema": lambda self, n, v: _check_bool(n, v), "master_weights": lambda self, n, v: _check_bool(n, v),
+    "amsgrad": lambda self, n, v: bool(_check_bool(n, v)), "moment_dtype": lambda self, n, v: _check_moment_dtype(v),
+}
+_LAYOUT_OPTIONS = ("amsgrad", "use_ema", "gradient_accumulation_steps", "moment_dtype", "master_weights",
+                   "row_bias_correction")     # they decide which slots `build` makes
+
 def _check_bool(name: str, value) -> bool:
     if not isinstance(value, (bool, np.bool_)): raise ArgumentTypeError(f"Argument `{name}` must be a bool, got {value!r}")
     return bool(value)
@@ -333,6 +358,11 @@ class Optimizer:
         if name not in Optimizer._STEP_STATE:
             bounds = self._hyper_specs().get(name)      # `opt.beta_1 = ...`: checked as the constructor checks it
             if bounds is not None: value = check_hyper(name, value, **bounds)
+            elif name in _OPTION_CHECKS: value = _OPTION_CHECKS[name](self, name, value)    # `opt.clipnorm = ...` too
+            if name in _LAYOUT_OPTIONS and self.__dict__.get("built") and value != getattr(self, name):
+                raise ValueError(f"`{name}` cannot change once optimizer '{self.name}' is built: its slots were made for "
+                                 f"{name}={getattr(self, name)!r}. Set it before the first step, or make a new optimizer "
+                                 "(and `set_weights` what it should keep)")
             object.__setattr__(self, "_plan", None)
             if name not in ("learning_rate", "_learning_rate"):     # (the training-loop plan of adam_lit._fastpath reads a new float rate itself)
                 object.__setattr__(self, "_loop", None)
@@ -458,6 +488,11 @@ Optimizer.iterations = property(_get_iterations, _set_iterations, doc=_get_itera
 def _listed(value, what: str, hint: str = "[x]") -> list:
     "`value` (a list, tuple or any iterable) as a list; a bare array is refused, since `list()` would make its rows entries."
     if type(value) is list: return value
+    if isinstance(value, dict):
+        raise ArgumentTypeError(f"Argument `{what}` must be a list, got a dict (whose keys a list() would take): pass "
+                                "list(d.values()), in the order of the gradients" + (" (`build` takes a dict pytree; "
+                                "`apply` takes lists in the order of its leaves, `jax.tree_util.tree_leaves(d)`)"
+                                if what == "trainable_variables" else ""))
     if hasattr(value, "shape"):
         pairs = what == "grads_and_vars"
         one = "(gradient, variable) pairs" if pairs else "arrays (one per variable)"
@@ -835,7 +870,12 @@ def set_weights(self, weights: list) -> None:
     weights = list(weights)
     lr_value = None
     if self._has_lr_variable() and len(weights) == len(self._slots) + 2:     # Keras 3's `variables` layout
-        lr_value = check_float("learning_rate", float(weights[1]), low=0)
+        w1 = weights[1]
+        if getattr(w1, "ndim", 0) != 0 or not _is_real(float(w1) if hasattr(w1, "ndim") else w1):
+            raise ValueError(f"set_weights got {len(weights)} entries, the length of Keras 3's `variables` layout, whose "
+                             f"entry 1 is the learning rate; got {describe(w1) if hasattr(w1, 'shape') else repr(w1)} there. "
+                             f"`get_weights()` gives {len(self._slots) + 1} entries (the counter and the slots)")
+        lr_value = check_float("learning_rate", float(w1), low=0)
         weights = weights[:1] + weights[2:]
     if len(weights) != len(self._slots) + 1:
         raise ValueError(f"set_weights expected a list of {len(self._slots) + 1} arrays (the iteration counter and "
@@ -1347,6 +1387,9 @@ def minimize(self, loss: Callable, var_list: list | Callable, name: str | None =
         raise ArgumentTypeError("`loss()` must return a pair (loss_value, grads); adam_lit does no automatic "
                                 "differentiation: compute the gradients with your framework and return them")
     value, grads = out
+    if isinstance(value, (list, tuple)) and not isinstance(grads, (list, tuple)) and not hasattr(grads, "shape"):
+        raise ArgumentTypeError(f"`loss()` returned ({type(value).__name__}, {type(grads).__name__}): the pair is "
+                                "(loss_value, grads), the loss value first")
     self.apply(_listed(grads, "grads", "[g]"), var_list)
     return value
 

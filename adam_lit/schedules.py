@@ -113,7 +113,12 @@ class LearningRateSchedule:
             The learning rate.
         """
         step, S = _check_step(step), _check_precision(precision)
-        return float(S(float(self(step))))
+        v = self(step)
+        try: v = float(v)
+        except (TypeError, ValueError):
+            raise ArgumentTypeError(f"the schedule {type(self).__name__} returned {v!r} at step {step}, not a number "
+                                    "(a learning rate must be a float or a 0-d array)") from None
+        return float(S(v))
 
 # %% ../nbs/02_schedules.ipynb #0ca580a7
 def _cos(x):

@@ -372,3 +372,62 @@ def test_stateless_counter_jax_int():
     state = o.variables; state[0] = 7
     _, ns = o.stateless_apply(state, [jnp.ones(3)], xs)
     assert int(ns[0]) == 8
+
+
+# ---------------------------------------------------------------- options set as attributes; ordinary slips
+def _built(**kw):
+    o, xs = Adam(**kw), [np.ones(3, np.float32)]
+    o.apply([np.full(3, 0.5, np.float32)], xs)
+    return o, xs
+
+
+@pytest.mark.parametrize("name,value,fragment", [
+    ("clipnorm", -1.0, "clipnorm"), ("clipvalue", 0.0, "clipvalue"), ("global_clipnorm", float("nan"), "global_clipnorm"),
+    ("loss_scale_factor", 0.0, "loss_scale_factor"), ("weight_decay", -1.0, "weight_decay"),
+    ("gradient_nan_policy", "bogus", "gradient_nan_policy"), ("ema_momentum", 1.5, "ema_momentum"),
+    ("decay", -0.1, "decay")])
+def test_options_set_as_attributes_are_checked(name, value, fragment):
+    o, xs = _built()
+    before = getattr(o, name)
+    with pytest.raises((ValueError, TypeError), match=fragment): setattr(o, name, value)
+    assert getattr(o, name) == before or (before != before)
+    o.apply([np.full(3, 0.5, np.float32)], xs)                # still steps
+
+
+def test_a_second_clip_set_as_an_attribute_is_refused_as_in_the_constructor():
+    o, _ = _built(clipnorm=1.0)
+    with pytest.raises(ValueError, match="clipnorm"): o.global_clipnorm = 1.0
+    assert o.global_clipnorm is None
+    o.clipnorm = 0.5; assert o.clipnorm == 0.5
+
+
+@pytest.mark.parametrize("name,value", [("amsgrad", True), ("use_ema", True), ("gradient_accumulation_steps", 3)])
+def test_slot_layout_options_cannot_change_once_built(name, value):
+    o, xs = _built()
+    _refused(o, xs, lambda: setattr(o, name, value), ValueError, f"`{name}` cannot change once")
+    p = Adam(); setattr(p, name, value)                        # before the first step: fine
+    ys = [np.ones(3, np.float32)]; p.apply([np.full(3, 0.5, np.float32)], ys)
+
+
+def test_set_weights_with_an_extra_entry_says_which_layout():
+    o, xs = _built()
+    w = o.get_weights()
+    _refused(o, xs, lambda: o.set_weights(w + [w[-1]]), ValueError, "entry 1 is the learning rate")
+
+
+def test_a_schedule_returning_a_non_number_is_named():
+    from adam_lit.schedules import LearningRateSchedule
+    class Bad(LearningRateSchedule):
+        def __call__(self, step): return "x"
+        def get_config(self): return {}
+    o, xs = Adam(learning_rate=Bad()), [np.ones(3, np.float32)]
+    with pytest.raises(ArgumentTypeError, match="the schedule Bad returned 'x' at step 0, not a number"):
+        o.apply([np.full(3, 0.5, np.float32)], xs)
+    assert np.array_equal(xs[0], np.ones(3, np.float32)) and o.iterations == 0
+
+
+def test_minimize_with_the_pair_reversed_and_apply_with_a_dict():
+    o, xs = _built()
+    _refused(o, xs, lambda: o.minimize(lambda: ([np.ones(3, np.float32)], 1.0), xs), ArgumentTypeError,
+             "the loss value first")
+    _refused(o, xs, lambda: o.apply([np.ones(3, np.float32)], {"w": xs[0]}), ArgumentTypeError, "got a dict")
