@@ -10,6 +10,10 @@ Fails on:
   a NumPy scalar repr (`np.float64(0.5)`) in an output or in prose;
 - references a reader cannot follow: "SPEC" as a word, an issue number ("issue 8", "#8" in prose);
 - literal asterisks in prose (`*emphasis*` that did not render);
+- a Markdown escape or TeX shown as typed, in prose or inline code (`\\*`, `\\_`, `\\beta`, `\\sqrt`, ...): escaping that
+  reached a code span (show_doc escapes the asterisks of a docstring's first line) or TeX written in backticks;
+- a docstring's numpydoc section read as Markdown: a heading "Parameters", "Returns", "Raises", ... inside a show_doc
+  block (dashes under a word make a setext <h2>), or "Parameters ----------" left as text;
 - layout: a box whose content is cut (overflow hidden, content wider), a signature, table, code block or image
   wider than the text column or under the table of contents (at 1280 and 760 px), a text column under 600 px at
   760 px;
@@ -43,8 +47,13 @@ WIDTHS = (1280, 760)
 SEARCH = "epsilon hat"
 MIN_TEXT_WIDTH = 600          # px of the text column at 760 px
 
+# numpydoc's section names: in a show_doc block they must not be headings (tools/docs.py makes them labels)
+DOC_SECTIONS = ("Parameters", "Other Parameters", "Keyword Arguments", "Returns", "Yields", "Receives", "Raises",
+                "Warns", "Attributes", "Methods", "See Also", "Notes", "Examples", "References", "Warnings")
+
 # What a reader must not see. (what, pattern, where): "output" = text of output blocks (a <pre> that is not
-# highlighted source code), "prose" = text outside code and outputs, "all" = both and the code.
+# highlighted source code), "prose" = text outside code and outputs, "inline code" = code spans in the text (not
+# in a <pre>), "all" = outputs, prose and the code blocks.
 TEXT_CHECKS = [
     ("a warning in an output", r"\b(?:Runtime|Deprecation|PendingDeprecation|User|Future|Resource|Syntax)Warning\b|"
                                r"\bWarning:", ("output",)),
@@ -57,6 +66,10 @@ TEXT_CHECKS = [
     ("an issue number", r"(?<![\w&#/])#\d+\b", ("prose",)),
     ("literal asterisks (emphasis that did not render)", r"(?<![\w*\\])\*{1,2}[^\s*][\s\S]{0,150}?[^\s*\\]\*{1,2}(?![\w*])",
      ("prose",)),
+    ("a Markdown escape or TeX shown as typed", r"\\[*_`#]|\\(?:alpha|beta|gamma|delta|epsilon|eta|theta|lambda|mu|"
+                                              r"sigma|hat|sqrt|frac|cdot|odot|times|leftarrow|sum|prod|mathbf|mathrm|"
+                                              r"text|left|right)(?![A-Za-z])", ("prose", "inline code")),
+    ("a numpydoc section left as text", r"\b(?:%s)\s*-{3,}" % "|".join(DOC_SECTIONS), ("prose",)),
 ]
 
 # Injected (into the served copy only) at the start of <head>: records failed scripts, stylesheets and errors, then
@@ -225,11 +238,13 @@ class Handler(http.server.SimpleHTTPRequestHandler):
 
 class Page(html.parser.HTMLParser):
     """What the checks need from a rendered DOM: prose, outputs and code of the main column (navigation left out),
-    its headings, ids, links, images, and the data the in-page scripts left on <html> and <body>."""
+    its inline code, its headings (and those inside a show_doc block), ids, links, images, and the data the in-page
+    scripts left on <html> and <body>."""
     SKIP = ("script", "style", "math")
     def __init__(self):
         super().__init__(convert_charrefs=True)
-        self.prose, self.outputs, self.code, self.headings = [], [], [], []
+        self.prose, self.outputs, self.code, self.headings, self.inline_code = [], [], [], [], []
+        self.doc_headings, self._blocks = [], []           # headings in a .doc-block; open <div>/<section>: is it one
         self.ids, self.links, self.imgs, self.body, self.root = set(), [], [], {}, {}
         self.main_text, self._main, self._nav, self._skip, self._pre, self._code, self._h = 0, 0, 0, 0, None, 0, None
     def handle_starttag(self, tag, attrs):
@@ -245,18 +260,23 @@ class Page(html.parser.HTMLParser):
         if tag in self.SKIP: self._skip += 1
         if tag == "pre" and self._pre is None:
             self._pre = ["sourceCode" in (a.get("class") or "").split(), []]
-        if tag == "code": self._code += 1
+        if tag == "code":
+            self._code += 1
+            if self._code == 1 and self._pre is None: self.inline_code.append("")
+        if tag in ("div", "section"): self._blocks.append("doc-block" in (a.get("class") or "").split())
         if re.fullmatch(r"h[1-6]", tag) and self._main and not self._nav: self._h = []
     def handle_endtag(self, tag):
         if tag == "main": self._main = max(0, self._main - 1)
         if tag == "nav": self._nav = max(0, self._nav - 1)
         if tag in self.SKIP: self._skip = max(0, self._skip - 1)
         if tag == "code": self._code = max(0, self._code - 1)
+        if tag in ("div", "section") and self._blocks: self._blocks.pop()
         if tag == "pre" and self._pre is not None:
             is_src, parts = self._pre; self._pre = None
             if self._main and not self._nav: (self.code if is_src else self.outputs).append("".join(parts))
         if re.fullmatch(r"h[1-6]", tag) and self._h is not None:
             self.headings.append(" ".join("".join(self._h).split())); self._h = None
+            if any(self._blocks): self.doc_headings.append(self.headings[-1])
     def handle_data(self, data):
         if not self._main or self._nav: return
         self.main_text += len(data.strip())
@@ -264,7 +284,9 @@ class Page(html.parser.HTMLParser):
         if self._skip: return
         if self._pre is not None: self._pre[1].append(data)
         elif not self._code: self.prose.append(data)
-        else: self.prose.append(" ")
+        else:
+            self.prose.append(" ")
+            if self.inline_code: self.inline_code[-1] += data
 
 
 def _is_test(node) -> bool:
@@ -290,6 +312,7 @@ def text_problems(name: str, pg: Page) -> list:
     found = []
     where = {"output": "\n".join(pg.outputs), "prose": " ".join(pg.prose), "code": "\n".join(pg.code)}
     where["all"] = "\n".join(where.values())
+    where["inline code"] = "\n".join(pg.inline_code)
     for what, pattern, scopes in TEXT_CHECKS:
         for scope in scopes:
             hits = [m for m in re.finditer(pattern, where[scope])]
@@ -302,6 +325,10 @@ def text_problems(name: str, pg: Page) -> list:
     if tests:
         first = tests[0].strip().splitlines()[0][:80]
         found.append(f"{name}: {len(tests)} visible test-only code cells (hide them with #| hide), e.g. {first!r}")
+    sections = [h for h in pg.doc_headings if h.strip(" :") in DOC_SECTIONS]
+    if sections:
+        found.append(f"{name}: {len(sections)} docstring sections shown as headings in show_doc blocks (numpydoc "
+                     f"'{sections[0]}' over dashes read as a Markdown heading; tools/docs.py's numpy_sections)")
     for a, b in zip(pg.headings, pg.headings[1:]):
         if a and a.lower() == b.lower(): found.append(f"{name}: duplicated heading {a!r} twice in a row")
     return found

@@ -2,8 +2,8 @@
 
 Quarto (what `nbdev-docs` uses) cannot be installed on our build machines. This script runs nbdev's own notebook
 processing (`nbdev-proc-nbs`: front matter, hidden cells, show_doc signatures, links), then converts each processed
-notebook to Markdown (cells as they are, saved outputs as text blocks, rendered Markdown, HTML and PNG images) and
-renders it with pandoc: math as MathML (no script, no network), syntax highlighting, a table of contents, the
+notebook to Markdown (cells as they are, saved outputs as text blocks, rendered Markdown, HTML and PNG images; in
+show_doc's output the docstring's numpydoc sections as labelled definition lists) and renders it with pandoc: math as MathML (no script, no network), syntax highlighting, a table of contents, the
 sidebar's sections of `SECTIONS` below (also written to nbs/sidebar.yml for Quarto), previous/next links, and a
 static full-text search index made by Pagefind. Usage: python tools/docs.py [--out _docs] [--strict-imports]
 (tools/docs.sh wraps it).
@@ -188,6 +188,121 @@ def dedupe_heading(m, last: list) -> str:
     return f'<span id="{anchor}-api"></span>'
 
 
+# numpydoc's sections (https://numpydoc.readthedocs.io/en/latest/format.html): show_doc passes the docstring on as it
+# is, and Markdown reads "Parameters" over a line of dashes as a setext <h2> followed by one run-on paragraph of
+# every entry. `numpy_sections` writes each as a small bold label and a definition list (names and type, then the
+# description); the sections of free text keep their text, doctest lines become code.
+ENTRY_SECTIONS = {"Parameters", "Other Parameters", "Keyword Arguments", "Returns", "Yields", "Receives", "Raises",
+                  "Warns", "Attributes", "Methods", "See Also"}
+TEXT_SECTIONS = {"Notes", "Examples", "References", "Warnings", "Warning", "Note", "Example"}
+TYPE_ONLY = {"Returns", "Yields", "Receives"}          # a bare entry line there is a type, elsewhere a name
+_CODE_SPAN = re.compile(r"(?<!`)(`+)(?!`)((?:(?!\n[ \t]*\n).)+?)(?<!`)\1(?!`)", re.S)      # within a paragraph
+
+
+def _inline_text(text: str) -> str:
+    "Plain text as Markdown: its code spans kept, the characters Markdown would read escaped (quotes kept straight)."
+    out, pos = [], 0
+    for m in _CODE_SPAN.finditer(text):
+        out.append(re.sub(r"([\\*_\[\]<>$#|~^\"'])", r"\\\1", text[pos:m.start()])); out.append(m.group(0)); pos = m.end()
+    out.append(re.sub(r"([\\*_\[\]<>$#|~^\"'])", r"\\\1", text[pos:]))
+    return "".join(out)
+
+
+def _code(name: str) -> str:
+    n = max([0] + [len(r) for r in re.findall(r"`+", name)]) + 1
+    pad = " " if name.startswith("`") or name.endswith("`") else ""
+    return f"{'`' * n}{pad}{name}{pad}{'`' * n}"
+
+
+def _dedent(lines: list) -> list:
+    ind = min([len(l) - len(l.lstrip()) for l in lines if l.strip()] or [0])
+    return [l[ind:] for l in lines]
+
+
+def _entry_term(line: str, section: str) -> str:
+    "The definition-list term of an entry line: `name`, `other` : type (or only the type, or only the names)."
+    m = re.match(r"^(.*?\S)\s+:(?:\s+(.*))?$", line.strip())
+    names, typ = (m.group(1), m.group(2) or "") if m else ("", line.strip()) if section in TYPE_ONLY else (line.strip(), "")
+    term = ", ".join(_code(n.strip()) for n in names.split(",") if n.strip())
+    if typ: term += (" : " if term else "") + f"[{_inline_text(typ)}]{{.doc-type}}"
+    return term
+
+
+def _is_entry(line: str, section: str) -> bool:
+    "Whether an unindented line of an entry section starts an entry (not prose that follows the section)."
+    s = line.strip()
+    if re.match(r"^\*{0,2}[\w.]+(?:\s*,\s*\*{0,2}[\w.]+)*\s+:(?:\s|$)", s): return True
+    return len(s) <= 60 and not re.search(r"[.:;]$|\.\s", s)
+
+
+def _entries_md(lines: list, section: str) -> str:
+    items = []                                          # [term line, [description lines]]
+    for l in lines:
+        if l.strip() and not l[:1].isspace(): items.append([l, []])
+        elif items: items[-1][1].append(l)
+    out = []
+    for head, desc in items:
+        while desc and not desc[-1].strip(): desc.pop()
+        desc = _dedent(desc)
+        body = "\n".join(("    " + d if d.strip() else "") for d in desc).strip()
+        out.append(f"{_entry_term(head, section)}\n:   {body}")
+    return "\n\n".join(out)
+
+
+def _text_md(lines: list, section: str) -> str:
+    "A free-text section: its paragraphs as they are, runs of doctest lines (`>>>` and their output) as code."
+    lines, out, i = _dedent(lines), [], 0
+    while i < len(lines):
+        if lines[i].lstrip().startswith(">>>"):
+            j = i
+            while j < len(lines) and lines[j].strip(): j += 1
+            out.append(fence("\n".join(lines[i:j]), "python")); i = j
+        else: out.append(lines[i]); i += 1
+    return "\n".join(out).strip("\n")
+
+
+def numpy_sections(md: str) -> str:
+    "show_doc Markdown with the docstring's numpydoc sections as labels and definition lists (code fences untouched)."
+    lines, out, i, fenced = md.split("\n"), [], 0, None
+    def section_at(k):
+        if k + 1 >= len(lines): return None
+        name = lines[k].strip()
+        if name in ENTRY_SECTIONS | TEXT_SECTIONS and re.fullmatch(r"-{3,}", lines[k + 1].strip()) \
+                and not lines[k][:1].isspace(): return name
+        return None
+    while i < len(lines):
+        line = lines[i]
+        f = re.match(r"^(`{3,}|~{3,})", line)
+        if fenced is None and f: fenced = f.group(1)
+        elif fenced is not None and line.startswith(fenced) and not line.strip(fenced[0]).strip(): fenced = None
+        name = section_at(i) if fenced is None else None
+        if name is None: out.append(line); i += 1; continue
+        j, body = i + 2, []
+        while j < len(lines) and section_at(j) is None:
+            if name in ENTRY_SECTIONS and lines[j].strip() and not lines[j][:1].isspace() \
+                    and not lines[j - 1].strip() and not _is_entry(lines[j], name): break
+            body.append(lines[j]); j += 1
+        while body and not body[-1].strip(): body.pop()
+        content = _entries_md(body, name) if name in ENTRY_SECTIONS else _text_md(body, name)
+        out += ["", "::: {.doc-section}", f"**{name}**", "", content, ":::", ""]
+        i = j
+    return "\n".join(out)
+
+
+def unescape_code_spans(md: str) -> str:
+    """show_doc's Markdown with `\\*` inside code spans made `*` again: adam_lit._site escapes every asterisk of a
+    docstring's first paragraph (so that `var**2` cannot end its italics), code spans included, where a backslash is
+    shown as it is. Fenced code is left alone."""
+    parts = re.split(r"(?ms)(^(?:`{3,}|~{3,}).*?^(?:`{3,}|~{3,})[ \t]*$)", md)
+    return "".join(p if k % 2 else _CODE_SPAN.sub(lambda m: m.group(1) + m.group(2).replace("\\*", "*") + m.group(1), p)
+                   for k, p in enumerate(parts))
+
+
+def show_doc_md(md: str) -> str:
+    "The Markdown of a show_doc output as the site shows it: numpydoc sections as lists, code spans unescaped."
+    return numpy_sections(unescape_code_spans(md))
+
+
 def notebook_md(nb: dict, page: str, files: Path, doc_host: str, title: str = "") -> str:
     "The page of a processed notebook as pandoc Markdown (without its front matter)."
     parts, counter, last = [], [0], [title]
@@ -208,6 +323,7 @@ def notebook_md(nb: dict, page: str, files: Path, doc_host: str, title: str = ""
                 # nbdev gives each show_doc a heading (### Name); the page's own heading often says the same
                 # just before it ("## AdamW"): the block keeps its anchor, the reader sees the name once
                 md = re.sub(r"(?m)^(#{2,6}) (.+)$", lambda m: dedupe_heading(m, last), md, count=1)
+                md = show_doc_md(md)
                 md = f"::: {{.doc-block}}\n{md.strip()}\n:::\n"
             else: last += headings(md)
             parts.append(md)
@@ -330,6 +446,13 @@ pre.output { background: #fff; border-left: 2px solid lightsalmon; border-radius
 .doc-block pre, .doc-block pre > code.sourceCode { white-space: pre-wrap; overflow-wrap: anywhere; }
 .doc-block pre > code.sourceCode > span { text-indent: -4ch; padding-left: 4ch; }
 .doc-block h3, .doc-block h4 { font-family: "SFMono-Regular", Consolas, "Liberation Mono", Menlo, monospace; margin-bottom: 0.2rem; }
+/* a docstring's numpydoc sections (tools/docs.py's numpy_sections): a small label, then names : type and descriptions */
+.doc-section > p:first-child { font-size: 0.85rem; font-weight: 700; color: #4a5560; margin: 0.9rem 0 0.2rem; }
+.doc-section dl { margin: 0.2rem 0 0.8rem; }
+.doc-section dt { margin-top: 0.4rem; }
+.doc-section dd { margin: 0.1rem 0 0 1.6rem; }
+.doc-section .doc-type { color: #6a737d; font-style: italic; }
+dt code, dd code { background: #f1f3f5; padding: 0.05rem 0.25rem; border-radius: 3px; font-size: 0.9em; overflow-wrap: anywhere; }
 .source-links { font-size: 0.82rem; margin: 0 0 0.4rem; color: #6a737d; }
 table { border-collapse: collapse; margin: 1rem 0; font-size: 0.9rem; display: block; max-width: 100%; overflow-x: auto; }
 th, td { border: 1px solid var(--line); padding: 0.3rem 0.6rem; vertical-align: top; }
