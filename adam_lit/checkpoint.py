@@ -335,7 +335,7 @@ def read(path: str | os.PathLike) -> tuple[dict, dict]:
     Parameters
     ----------
     path : str or os.PathLike
-        A file written by `save`, treated as untrusted input.
+        A file written by `save`, treated as untrusted input; the name given to `save` (without `.npz`) reads it too.
 
     Returns
     -------
@@ -348,6 +348,9 @@ def read(path: str | os.PathLike) -> tuple[dict, dict]:
     CheckpointError
         The file is not a regular file, not an adam_lit checkpoint, truncated, corrupted or malformed.
     """
+    if isinstance(path, (str, os.PathLike)) and not os.fspath(path).endswith(".npz") and not os.path.lexists(path) \
+            and os.path.lexists(os.fspath(path) + ".npz"):
+        path = os.fspath(path) + ".npz"            # (`save` appends `.npz`; the same name reads back what it wrote)
     f, size = _open_regular(path)
     try:
         with f:

@@ -497,3 +497,15 @@ def test_version_1_file_still_loads():
 def test_path_not_a_path():
     with open(__file__, "rb") as f:
         with pytest.raises(TypeError, match="a checkpoint is read from a path"): read(f)
+
+
+def test_the_name_given_to_save_reads_back(tmp_path):
+    "`save(opt, 'run')` writes run.npz; `load(opt, 'run')` reads it (as numpy.load does not), a missing name still raises."
+    import adam_lit.checkpoint as ck
+    from adam_lit import Adam as _Adam
+    o, xs = _Adam(), [np.ones(3, np.float32)]
+    o.apply([np.full(3, 0.5, np.float32)], xs)
+    assert str(ck.save(o, tmp_path / "run")).endswith("run.npz")
+    o2 = _Adam(); o2.build(xs); ck.load(o2, str(tmp_path / "run"))
+    assert o2.iterations == 1
+    with pytest.raises(FileNotFoundError): ck.load(o2, str(tmp_path / "other"))
