@@ -855,14 +855,15 @@ TARGETS = """
 | front end `adam_lit.optax.adam` under jit, 4 tensors 2.1M | ≥ 0.8x jitted optax.adam |
 """
 
-def parse_targets(md: str = TARGETS) -> list:
+def parse_targets(md: str | None = None) -> list:
     """The rows `(case, target)` of a two-column markdown table (a header row, a rule, then one row per target).
 
     Parameters
     ----------
-    md : str
-        The table.
+    md : str, optional
+        The table (default: `TARGETS`).
     """
+    if md is None: md = TARGETS
     lines = [l.strip() for l in md.strip().splitlines()]
     if len(lines) < 2 or set(lines[1]) - set("|-: "):
         raise ValueError("a targets table is a header row, a |---| rule and one row per target")
@@ -937,7 +938,7 @@ CHECKS = {    # case of TARGETS -> measurement of a run: (text, met: True, False
 
 def targets(
     results: dict,
-    md: str = TARGETS,
+    md: str | None = None,
 ) -> list:
     """Rows `(case, target, measured, met)` for each target of `md`; `met` is 'yes', 'no', 'not measured' or 'quick run'.
 
@@ -945,8 +946,8 @@ def targets(
     ----------
     results : dict
         What `run` returns.
-    md : str
-        The targets table (`parse_targets`); each case needs a measurement in `CHECKS`.
+    md : str, optional
+        The targets table (`parse_targets`; default: `TARGETS`); each case needs a measurement in `CHECKS`.
     """
     rows = []
     for case, target in parse_targets(md):
