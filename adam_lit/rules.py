@@ -260,6 +260,8 @@ def _fma(xp, a, b, c):
 
 def _torch_rule(xp, x, g, m, v, vmax, learning_rate, beta_1, beta_2, epsilon, t):
     "`torch.optim.Adam`'s `_single_tensor_adam` on the CPU: returns `(x, m, v, vmax)`."
+    if type(x).__module__.split(".")[0] == "torch":
+        return _torch_rule_native(x, g, m, v, vmax, learning_rate, beta_1, beta_2, epsilon, t)
     S = host_float(xp, x.dtype)
     if S is np.float16 or S.__name__ == "bfloat16": return _torch_rule_half(xp, x, g, m, v, vmax, learning_rate, beta_1, beta_2, epsilon, t)
     bc1, bc2 = 1 - beta_1 ** float(t), 1 - beta_2 ** float(t)           # Python doubles
@@ -271,6 +273,18 @@ def _torch_rule(xp, x, g, m, v, vmax, learning_rate, beta_1, beta_2, epsilon, t)
     if vmax is not None: vmax = xp.maximum(vmax, v)                       # max_exp_avg_sq
     denom = xp.sqrt(v if vmax is None else vmax) / float(S(bc2_sqrt)) + float(S(epsilon))
     return x + (float(S(-step_size)) * m) / denom, m, v, vmax            # x.addcdiv_(m, denom, value=-step_size)
+
+def _torch_rule_native(x, g, m, v, vmax, learning_rate, beta_1, beta_2, epsilon, t):
+    """`_torch_rule` on PyTorch tensors: PyTorch's own operations in `_single_tensor_adam`'s order (out of place), which
+    are the definition of its bits, on any dtype and device, at PyTorch's speed."""
+    import torch
+    bc1, bc2 = 1 - beta_1 ** float(t), 1 - beta_2 ** float(t)
+    step_size = learning_rate / (np.float32(bc1) if type(learning_rate) is np.float32 else bc1)
+    m = torch.lerp(m, g, 1 - beta_1)                                      # exp_avg.lerp_(grad, 1 - beta1)
+    v = torch.addcmul(v * beta_2, g, g, value=1 - beta_2)                 # exp_avg_sq.mul_(beta2).addcmul_(...)
+    if vmax is not None: vmax = torch.maximum(vmax, v)
+    denom = ((v if vmax is None else vmax).sqrt() / bc2 ** 0.5).add(epsilon)
+    return torch.addcdiv(x, m, denom, value=float(-step_size)), m, v, vmax
 
 def _torch_rule_half(xp, x, g, m, v, vmax, learning_rate, beta_1, beta_2, epsilon, t):
     """`_torch_rule` for float16 and bfloat16 tensors as PyTorch's CPU kernels run it: each operation computes in float32

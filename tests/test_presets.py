@@ -265,3 +265,30 @@ def test_optax_on_numpy(D, amsgrad, cfg):
     "With NumPy's own `pow`: `m`, `v` exact, `x` within what one ulp of `b**t` explains."
     need("optax")
     check_optax_on_numpy(D, amsgrad, cfg, exact=False)
+
+
+@pytest.mark.parametrize("amsgrad", [False, True], ids=["adam", "amsgrad"])
+@pytest.mark.parametrize("cfg", [(1e-2, 0.9, 0.999, 1e-4), (0.1, 0.3, 0.99, 1e-3)], ids=["default-betas", "lerp-other-branch"])
+def test_torch_half_on_numpy(cfg, amsgrad):
+    """NumPy float16 under numerics='torch' (`_torch_rule_half`: each of PyTorch's operations in float32, rounded once)
+    against torch.optim.Adam on float16 tensors: the moments exactly; the parameters within an ulp (PyTorch's float32
+    square root is not always correctly rounded, which rounding to float16 mostly hides)."""
+    torch = need("torch")
+    lr, b1, b2, eps = cfg
+    rng = np.random.default_rng(5)
+    x0 = rng.normal(size=N).astype(np.float16)
+    p = torch.nn.Parameter(torch.from_numpy(x0.copy()))
+    ref = torch.optim.Adam([p], lr=lr, betas=(b1, b2), eps=eps, amsgrad=amsgrad)
+    x, m, v = x0.copy(), np.zeros(N, np.float16), np.zeros(N, np.float16)
+    vmax = np.zeros(N, np.float16) if amsgrad else None
+    differ = 0
+    for t in range(1, STEPS + 1):
+        g = (rng.normal(size=N) * 10.0 ** rng.uniform(-3, 1, size=N)).astype(np.float16)
+        p.grad = torch.from_numpy(g.copy()); ref.step()
+        x, m, v, vmax = lit_step(x, g, m, v, vmax, cfg, t, "torch")
+        st = ref.state[p]
+        assert_bits(f"step {t} m", m, st["exp_avg"].numpy()); assert_bits(f"step {t} v", v, st["exp_avg_sq"].numpy())
+        want = p.detach().numpy()
+        assert np.all(np.abs(x.astype(np.float64) - want) <= np.spacing(np.abs(want)).astype(np.float64)), f"step {t}"
+        differ += int((x != want).sum()); x = want.copy()                 # (continue from PyTorch's parameters)
+    assert differ <= 0.02 * N * STEPS, differ
