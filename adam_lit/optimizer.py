@@ -545,8 +545,9 @@ def _extent(v, view: bool = True):
         ptr, strides, item, exact = v.__array_interface__["data"][0], v.strides, v.itemsize, v
     elif lib == "torch":
         if v.numel() == 0 or str(v.layout) != "torch.strided": return None
-        item = v.element_size()
-        ptr, strides = v.data_ptr(), [s * item for s in v.stride()]
+        item, ptr = v.element_size(), v.data_ptr()
+        if not view and v.is_contiguous(): return ptr, ptr + v.numel() * item, None, False     # (the common case, quickly)
+        strides = [s * item for s in v.stride()]
         exact = None
         if v.device.type == "cpu" and view:       # (.numpy() makes the storage not resizable: only when asked)
             import torch
@@ -1311,6 +1312,21 @@ def _copy(a):
     return a.copy() if type(a) is np.ndarray else namespace(a).asarray(a, copy=True)
 
 @_patch
+def _spans(self):
+    """The sorted byte ranges of the variables and the slots, and their starts. PyTorch tensors' gradients are always
+    checked, so for them the ranges are kept, and made again when a tensor's address changed (`p.data = ...`)."""
+    arrays = list(self._variables) + [s.array for s in self._slots]
+    key = None
+    if arrays and type(arrays[0]).__module__.split(".")[0] == "torch":
+        key = tuple(a.data_ptr() for a in arrays)
+        hit = self.__dict__.get("_span_cache")
+        if hit is not None and hit[0] == key: return hit[1], hit[2]
+    spans = sorted(e[:2] for e in (_extent(a, view=False) for a in arrays) if e is not None)
+    starts = [lo for lo, _ in spans]
+    if key is not None: object.__setattr__(self, "_span_cache", (key, spans, starts))
+    return spans, starts
+
+@_patch
 def _unaliased(self, pairs: list) -> list:
     """`pairs` (`(index, gradient, variable)`) with every gradient that may view a variable's or a slot's memory
     replaced by a copy (an `IndexedSlices` through its values and indices): see above."""
@@ -1321,9 +1337,7 @@ def _unaliased(self, pairs: list) -> list:
         parts = (g.values, g.indices) if isinstance(g, IndexedSlices) else (g,)
         if all(type(a) is np.ndarray and a.flags.owndata and id(a) not in mine for a in parts):
             out.append((i, g, v)); continue
-        if spans is None:
-            spans = sorted(e[:2] for e in map(_extent, list(self._variables) + [s.array for s in self._slots]) if e is not None)
-            starts = [lo for lo, _ in spans]
+        if spans is None: spans, starts = self._spans()
         def meets(a):
             e = _extent(a, view=False)
             if e is None: return False
