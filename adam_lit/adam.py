@@ -183,6 +183,7 @@ def _adam_update_step(self: Adam, g: Any, x: Any, slots: dict, lr: float, t: int
 @_patch_adam
 def _fast_update(self: Adam, x, g) -> bool:
     "NumPy and CuPy variables with dense gradients (NumPy tables with row-sparse ones) are updated in place (same bits as the rules)."
+    if self.numerics == "torch": return not isinstance(g, IndexedSlices) and _torch_dense_ok(x, g)   # PyTorch's own ops
     if self.numerics not in ("keras", "legacy"): return False     # the kernels compute Keras's order only
     if isinstance(g, IndexedSlices): return _numpy_rows_ok(x, g)   # a row-sparse gradient on a NumPy table: `_sparse_in_place`
     if type(x) is np.ndarray: return type(g) is np.ndarray and not np.may_share_memory(g, x)
@@ -191,9 +192,35 @@ def _fast_update(self: Adam, x, g) -> bool:
         return not cupy.may_share_memory(g, x)
     return False
 
+def _torch_dense_ok(x, g) -> bool:
+    "A PyTorch variable of a real floating dtype and a dense gradient of its dtype, shape and device (numerics 'torch', in place)."
+    if type(x).__module__.split(".")[0] != "torch" or type(g).__module__.split(".")[0] != "torch": return False
+    return (x.is_floating_point() and g.dtype == x.dtype and g.shape == x.shape and g.device == x.device
+            and str(g.layout) == "torch.strided" and str(x.layout) == "torch.strided")
+
+@_patch_adam
+def _torch_in_place(self: Adam, g, x, slots, lr, t, hyper):
+    """`numerics="torch"` on PyTorch tensors, written in place with the operations of `torch.optim.Adam`'s
+    `_single_tensor_adam` in its order (`rules._torch_rule_native` is the same, out of place): the same bits, without
+    the new arrays and their copies back."""
+    import torch
+    b1, b2, eps = hyper["beta_1"], hyper["beta_2"], hyper["epsilon"]
+    bc1, bc2 = 1 - b1 ** float(t), 1 - b2 ** float(t)
+    step_size = lr / (np.float32(bc1) if type(lr) is np.float32 else bc1)
+    m, v = slots["m"], slots["v"]
+    with torch.no_grad():
+        if hyper.get("weight_decay") is not None: x.mul_(self._torch_decay(host_float(self._xp, x.dtype), lr))
+        m.lerp_(g, 1 - b1)
+        v.mul_(b2).addcmul_(g, g, value=1 - b2)
+        if self.amsgrad: torch.maximum(slots["vhat"], v, out=slots["vhat"])
+        denom = ((slots["vhat"] if self.amsgrad else v).sqrt() / bc2 ** 0.5).add_(eps)
+        x.addcdiv_(m, denom, value=float(-step_size))
+    return x, {}
+
 @_patch_adam
 def _update_in_place(self: Adam, g, x, slots, lr, t, hyper):
     "The same step written into `x` and its slots by `kernels.adam_inplace_fast` or `cuda.adam_inplace_cupy` (weight decay included)."
+    if self.numerics == "torch": return self._torch_in_place(g, x, slots, lr, t, hyper)
     S = host_float(np, x.dtype)
     c1, c2 = moment_constants(hyper["beta_1"], hyper["beta_2"], S, self.numerics)
     kernel = adam_inplace_fast

@@ -1066,10 +1066,15 @@ def _nonfinite(self, xp, idx: list, raw: list, seen: list, is_update: bool) -> b
 @_patch
 def _decayed(self, x, S, lr: float):
     "Decoupled weight decay of `x`: Keras's `x - (x * wd) * lr`; with `numerics='torch'`, AdamW's `x * (1 - lr * wd)`."
-    if self.numerics == "torch":                  # (a float32 rate: torch's `1 - lr * wd` with a float32 tensor lr)
-        f = np.float32(1) - lr * np.float32(self.weight_decay) if type(lr) is np.float32 else 1.0 - lr * self.weight_decay
-        return x * float((np.float32 if S is np.float16 or S.__name__ == "bfloat16" else S)(f))   # (half: torch's float32 scalar)
+    if self.numerics == "torch": return x * self._torch_decay(S, lr)
     return x - (x * float(S(self.weight_decay))) * lr
+
+@_patch
+def _torch_decay(self, S, lr) -> float:
+    """AdamW's factor `1 - lr * wd` as PyTorch's `param.mul_(...)` takes it: a double rounded to the dtype `S`, or to
+    float32 for float16 and bfloat16 (its kernels' scalar type); with a float32 tensor rate, computed in float32."""
+    f = np.float32(1) - lr * np.float32(self.weight_decay) if type(lr) is np.float32 else 1.0 - lr * self.weight_decay
+    return float((np.float32 if S is np.float16 or S.__name__ == "bfloat16" else S)(f))
 
 @_patch
 def _decays_rows_only(self, g) -> bool:

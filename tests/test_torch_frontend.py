@@ -770,3 +770,14 @@ def test_torch_numerics_on_half_tensors_are_torch_optim_bits(case, dtype):
             same_bits(q, p, f"{case} step {t} param {j}")
             for key, val in ref.state[p].items():
                 if key != "step": same_bits(mine.state[q][key], val, f"{case} step {t} param {j} {key}")
+
+
+def test_torch_numerics_step_is_written_in_place(monkeypatch):
+    "numerics='torch' on CPU tensors: PyTorch's own in-place operations (`Adam._torch_in_place`), every parameter."
+    calls = []
+    orig = adam_lit.Adam._torch_in_place
+    monkeypatch.setattr(adam_lit.Adam, "_torch_in_place", lambda self, *a: calls.append(1) or orig(self, *a))
+    ps = params(2)
+    opt = AdamW(ps, numerics="torch")
+    set_grads(ps, grads(ps, 0)); opt.step()
+    assert len(calls) == len(ps)
