@@ -15,7 +15,7 @@ import numpy as np
 from .backend import IndexedSlices, host_float
 from .kernels import BLOCK_BYTES, adam_inplace_fast, fused_loop
 from .optimizer import ArgumentTypeError, Optimizer, check_hyper, _patch_into
-from .rules import _hyper, adam_step, amsgrad_step, bias_corrected_step_size, moment_constants, sparse_adam_step
+from .rules import _hyper, _torch_step_, adam_step, amsgrad_step, bias_corrected_step_size, moment_constants, sparse_adam_step
 from .schedules import LearningRateSchedule
 
 # %% auto #0
@@ -204,17 +204,10 @@ def _torch_in_place(self: Adam, g, x, slots, lr, t, hyper):
     `_single_tensor_adam` in its order (`rules._torch_rule_native` is the same, out of place): the same bits, without
     the new arrays and their copies back."""
     import torch
-    b1, b2, eps = hyper["beta_1"], hyper["beta_2"], hyper["epsilon"]
-    bc1, bc2 = 1 - b1 ** float(t), 1 - b2 ** float(t)
-    step_size = lr / (np.float32(bc1) if type(lr) is np.float32 else bc1)
-    m, v = slots["m"], slots["v"]
     with torch.no_grad():
         if hyper.get("weight_decay") is not None: x.mul_(self._torch_decay(host_float(self._xp, x.dtype), lr))
-        m.lerp_(g, 1 - b1)
-        v.mul_(b2).addcmul_(g, g, value=1 - b2)
-        if self.amsgrad: torch.maximum(slots["vhat"], v, out=slots["vhat"])
-        denom = ((slots["vhat"] if self.amsgrad else v).sqrt() / bc2 ** 0.5).add_(eps)
-        x.addcdiv_(m, denom, value=float(-step_size))
+        _torch_step_(x, g, slots["m"], slots["v"], slots["vhat"] if self.amsgrad else None, lr, hyper["beta_1"],
+                     hyper["beta_2"], hyper["epsilon"], t)
     return x, {}
 
 @_patch_adam

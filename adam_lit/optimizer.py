@@ -1331,6 +1331,13 @@ def _spans(self):
     if key is not None: object.__setattr__(self, "_span_cache", (key, spans, starts))
     return spans, starts
 
+def _meets(a, spans: list, starts: list) -> bool:
+    "Whether array `a`'s byte range meets one of the sorted, disjoint `spans` (`starts`: their first bytes)."
+    e = _extent(a, view=False)
+    if e is None: return False
+    k = bisect.bisect_left(starts, e[1]) - 1        # the last range that starts before `a` ends
+    return k >= 0 and spans[k][1] > e[0]
+
 @_patch
 def _unaliased(self, pairs: list) -> list:
     """`pairs` (`(index, gradient, variable)`) with every gradient that may view a variable's or a slot's memory
@@ -1343,15 +1350,9 @@ def _unaliased(self, pairs: list) -> list:
         if all(type(a) is np.ndarray and a.flags.owndata and id(a) not in mine for a in parts):
             out.append((i, g, v)); continue
         if spans is None: spans, starts = self._spans()
-        def meets(a):
-            e = _extent(a, view=False)
-            if e is None: return False
-            k = bisect.bisect_left(starts, e[1]) - 1        # the last range that starts before `a` ends (they are disjoint)
-            return k >= 0 and spans[k][1] > e[0]
-        if isinstance(g, IndexedSlices):
-            if meets(g.values) or meets(g.indices):
-                g = g._with_values(_copy(g.values)); g.indices = _copy(g.indices)
-        elif meets(g): g = _copy(g)
+        if any(_meets(a, spans, starts) for a in parts):
+            if isinstance(g, IndexedSlices): g = g._with_values(_copy(g.values)); g.indices = _copy(g.indices)
+            else: g = _copy(g)
         out.append((i, g, v))
     return out
 

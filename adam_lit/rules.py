@@ -264,9 +264,7 @@ def _torch_rule(xp, x, g, m, v, vmax, learning_rate, beta_1, beta_2, epsilon, t)
         return _torch_rule_native(x, g, m, v, vmax, learning_rate, beta_1, beta_2, epsilon, t)
     S = host_float(xp, x.dtype)
     if S is np.float16 or S.__name__ == "bfloat16": return _torch_rule_half(xp, x, g, m, v, vmax, learning_rate, beta_1, beta_2, epsilon, t)
-    bc1, bc2 = 1 - beta_1 ** float(t), 1 - beta_2 ** float(t)           # Python doubles
-    f32 = type(learning_rate) is np.float32                               # a float32 tensor lr: torch divides in float32
-    step_size, bc2_sqrt = (learning_rate / np.float32(bc1) if f32 else learning_rate / bc1), bc2 ** 0.5
+    step_size, bc2_sqrt = _torch_bias(learning_rate, beta_1, beta_2, t)
     w, d = S(1 - beta_1), g - m                                           # m.lerp_(g, 1 - beta_1)
     m = _fma(xp, float(w), d, m) if abs(w) < 0.5 else _fma(xp, float(w - S(1)), d, g)
     v = _fma(xp, g * float(S(1 - beta_2)), g, v * float(S(beta_2)))      # v.mul_(b2).addcmul_(g, g, value=1 - b2)
@@ -274,25 +272,37 @@ def _torch_rule(xp, x, g, m, v, vmax, learning_rate, beta_1, beta_2, epsilon, t)
     denom = xp.sqrt(v if vmax is None else vmax) / float(S(bc2_sqrt)) + float(S(epsilon))
     return x + (float(S(-step_size)) * m) / denom, m, v, vmax            # x.addcdiv_(m, denom, value=-step_size)
 
-def _torch_rule_native(x, g, m, v, vmax, learning_rate, beta_1, beta_2, epsilon, t):
-    """`_torch_rule` on PyTorch tensors: PyTorch's own operations in `_single_tensor_adam`'s order (out of place), which
-    are the definition of its bits, on any dtype and device, at PyTorch's speed."""
-    import torch
+def _torch_bias(learning_rate, beta_1: float, beta_2: float, t) -> tuple:
+    """PyTorch's `step_size = lr / (1 - beta_1**t)` and `sqrt(1 - beta_2**t)`, in double (its step is a Python float
+    there); a `numpy.float32` rate (adam_lit.torch's float32 tensor `lr`) divides in float32, as the tensor does."""
     bc1, bc2 = 1 - beta_1 ** float(t), 1 - beta_2 ** float(t)
-    step_size = learning_rate / (np.float32(bc1) if type(learning_rate) is np.float32 else bc1)
-    m = torch.lerp(m, g, 1 - beta_1)                                      # exp_avg.lerp_(grad, 1 - beta1)
-    v = torch.addcmul(v * beta_2, g, g, value=1 - beta_2)                 # exp_avg_sq.mul_(beta2).addcmul_(...)
-    if vmax is not None: vmax = torch.maximum(vmax, v)
-    denom = ((v if vmax is None else vmax).sqrt() / bc2 ** 0.5).add(epsilon)
-    return torch.addcdiv(x, m, denom, value=float(-step_size)), m, v, vmax
+    return learning_rate / (np.float32(bc1) if type(learning_rate) is np.float32 else bc1), bc2 ** 0.5
+
+def _torch_step_(x, g, m, v, vmax, learning_rate, beta_1, beta_2, epsilon, t):
+    """`_single_tensor_adam`'s operations on PyTorch tensors, in its order, writing `x`, `m`, `v` (and `vmax`) in place:
+    the definition of its bits, on any dtype and device (call it under `torch.no_grad()` for tensors that need grad)."""
+    import torch
+    step_size, bc2_sqrt = _torch_bias(learning_rate, beta_1, beta_2, t)
+    m.lerp_(g, 1 - beta_1)
+    v.mul_(beta_2).addcmul_(g, g, value=1 - beta_2)
+    if vmax is not None: torch.maximum(vmax, v, out=vmax)
+    denom = ((v if vmax is None else vmax).sqrt() / bc2_sqrt).add_(epsilon)
+    x.addcdiv_(m, denom, value=float(-step_size))
+
+def _torch_rule_native(x, g, m, v, vmax, learning_rate, beta_1, beta_2, epsilon, t):
+    """`_torch_rule` on PyTorch tensors: `_torch_step_` on copies (the rule returns new arrays), the same kernels so the
+    same bits as PyTorch's in-place step, at PyTorch's speed."""
+    x, m, v = x.clone(), m.clone(), v.clone()
+    vmax = None if vmax is None else vmax.clone()
+    _torch_step_(x, g, m, v, vmax, learning_rate, beta_1, beta_2, epsilon, t)
+    return x, m, v, vmax
 
 def _torch_rule_half(xp, x, g, m, v, vmax, learning_rate, beta_1, beta_2, epsilon, t):
     """`_torch_rule` for float16 and bfloat16 tensors as PyTorch's CPU kernels run it: each operation computes in float32
     (its scalars rounded to float32) and rounds its result once to the tensor's dtype."""
     H, F = x.dtype, xp.float32
     up, dn, f = (lambda a: xp.astype(a, F)), (lambda a: xp.astype(a, H)), (lambda z: float(np.float32(z)))
-    bc1, bc2 = 1 - beta_1 ** float(t), 1 - beta_2 ** float(t)
-    step_size = learning_rate / (np.float32(bc1) if type(learning_rate) is np.float32 else bc1)
+    step_size, bc2_sqrt = _torch_bias(learning_rate, beta_1, beta_2, t)
     gf, mf = up(g), up(m)
     w = np.float32(1 - beta_1)
     m = dn(_fma(xp, float(w), gf - mf, mf) if abs(w) < 0.5 else _fma(xp, float(w - np.float32(1)), gf - mf, gf))
@@ -300,7 +310,7 @@ def _torch_rule_half(xp, x, g, m, v, vmax, learning_rate, beta_1, beta_2, epsilo
     v = dn(_fma(xp, gf * f(1 - beta_2), gf, up(v)))                      # .addcmul_(g, g, value=1 - b2)
     if vmax is not None: vmax = xp.maximum(vmax, v)
     denom = dn(xp.sqrt(up(v if vmax is None else vmax)))
-    denom = dn(up(denom) / f(bc2 ** 0.5))
+    denom = dn(up(denom) / f(bc2_sqrt))
     denom = dn(up(denom) + f(epsilon))
     return dn(up(x) + (f(-step_size) * up(m)) / up(denom)), m, v, vmax
 

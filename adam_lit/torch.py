@@ -177,12 +177,16 @@ class _Front(torch.optim.Optimizer):
 # %% ../nbs/17_torch.ipynb #t13a25569
 def _tensor(a): return torch.from_numpy(a) if isinstance(a, np.ndarray) else a
 
-def _engine(self, group: dict, hp: tuple, k: int):
-    "The engine of `group`, made (from the state, if any) when there is none or its parameters changed; options synced."
+def _engine(self, group: dict, hp: tuple, k: int, made: list):
+    """The engine of `group`, made (from the state, if any) when there is none or its parameters changed; options
+    synced. A new one's parameters are checked first, and the group's state before it is noted in `made` (so that a
+    refused step can put it back)."""
     eng = self._engines.get(id(group))
     if eng is not None and eng.live(group) and eng.hp[5] == hp[5]:
         if hp != eng.hp or type(hp[0]) is not type(eng.hp[0]): _configure(eng, hp)
         return eng
+    _check_params(group, k)
+    made.append((group, {p: self.state[p] for p in group["params"] if p in self.state}))
     eng = _Engine(self, group, hp)
     _restore(self, eng, k)
     self._engines[id(group)] = eng
@@ -286,10 +290,7 @@ def _step(self, closure=None):
         for k, group in enumerate(self.param_groups):        # every group checked and its gradients viewed first
             hp = _options(self, group, k)
             if all(p.grad is None for p in group["params"]): continue
-            if self._engines.get(id(group)) is None or not self._engines[id(group)].live(group):
-                _check_params(group, k)
-                made.append((group, {p: self.state[p] for p in group["params"] if p in self.state}))
-            eng = _engine(self, group, hp, k)
+            eng = _engine(self, group, hp, k, made)
             work.append((eng, k, *_grads(self, eng, hp, k)))
     except (TypeError, ValueError) as e:
         for group, before in made:                  # a refused step leaves the state as it was (no new entries)
