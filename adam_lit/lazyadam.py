@@ -88,6 +88,12 @@ def _threads() -> int:
     import numba
     return numba.get_num_threads()
 
+def _run_rows(kernel, x2, g2, indices, order, ends, m2, v2, h2, alpha, consts, lr, threads: int):
+    """The compiled row loop `kernel` (`_rows_kernel`'s pair) on the 2-d views: one thread below `PARALLEL_MIN` touched
+    elements, else `threads`; `consts`: beta_1, beta_2, c1, c2, epsilon, weight decay, in the table's dtype."""
+    parts = threads if indices.shape[0] * x2.shape[1] >= PARALLEL_MIN else 1     # the dense kernels' threshold
+    kernel[parts > 1](x2, g2, indices, order, ends, m2, v2, h2, alpha, *consts, lr, parts)
+
 
 # %% ../nbs/07_lazyadam.ipynb #d09ee07b
 def _group_kernel():
@@ -183,11 +189,11 @@ def lazy_adam_rows_inplace(x: np.ndarray, g_rows: np.ndarray, m: np.ndarray, v: 
     h2 = None if vhat is None else vhat.reshape(n_rows, D)
     kernel = _rows_kernel(h2 is not None, weight_decay is not None) if use_numba is not False else None
     if kernel is not None:
-        S, g2 = x.dtype.type, np.ascontiguousarray(g_rows).reshape(n, D)
-        parts = _threads() if n * D >= PARALLEL_MIN else 1       # the dense kernels' threshold for a second thread
-        kernel[parts > 1](x2, g2, indices, order, _ends(indices, order) if ends is None else ends, m2, v2,
-                          m2 if h2 is None else h2, np.asarray(alpha, x.dtype).reshape(-1), S(beta_1), S(beta_2), S(c1),
-                          S(c2), S(epsilon), S(weight_decay or 0.0), S(lr), parts)
+        S = x.dtype.type
+        _run_rows(kernel, x2, np.ascontiguousarray(g_rows).reshape(n, D), indices, order,
+                  _ends(indices, order) if ends is None else ends, m2, v2, m2 if h2 is None else h2,
+                  np.asarray(alpha, x.dtype).reshape(-1), (S(beta_1), S(beta_2), S(c1), S(c2), S(epsilon), S(weight_decay or 0.0)),
+                  S(lr), _threads())
         return x
     idx, rows = _summed_rows(g_rows.reshape(n, D), indices, n_rows, order)
     x_rows = x2[idx]
@@ -393,9 +399,8 @@ def _rows_run(self: LazyAdam, plan, g, lr, t, grouped):
     if n == 0: return
     S = plan.S
     alpha = np.full(1, bias_corrected_step_size(lr, *plan.betas, t, S, self.numerics), S)
-    parts = plan.threads if n * plan.D >= PARALLEL_MIN else 1
-    plan.kernel[parts > 1](plan.x2, g.values.reshape(n, plan.D), g.indices, grouped[0], grouped[1], plan.m2, plan.v2,
-                           plan.h2, alpha, *plan.consts, S(lr), parts)
+    _run_rows(plan.kernel, plan.x2, g.values.reshape(n, plan.D), g.indices, grouped[0], grouped[1], plan.m2, plan.v2,
+              plan.h2, alpha, plan.consts, S(lr), plan.threads)
 
 @_patch_lazy
 def _rows_group(self: LazyAdam, g, x):
