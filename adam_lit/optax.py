@@ -43,6 +43,7 @@ class AdamState(NamedTuple):
 
 _NUMERICS = ("keras", "optax")
 _DEFAULT_EPS = {"keras": 1e-7, "optax": 1e-8}
+_DEFAULT_WD = {"keras": 0.004, "optax": 1e-4}          # AdamW's weight decay: Keras's, optax.adamw's
 
 def _number(name, value, low=None, high=None, open_high=False, allow_none=False):
     "A hyperparameter: a float (checked), or a 0-d array (`inject_hyperparams`; checked unless it is traced)."
@@ -362,10 +363,12 @@ def adam(learning_rate: float | Callable | LearningRateSchedule = 0.001, b1: flo
                            eps_root=eps_root, nesterov=nesterov)
 
 def adamw(learning_rate: float | Callable | LearningRateSchedule = 0.001, b1: float = 0.9, b2: float = 0.999,
-          eps: float | None = None, weight_decay: float = 0.004, *, mask: Any = None, amsgrad: bool = False,
+          eps: float | None = None, weight_decay: float | None = None, *, mask: Any = None, amsgrad: bool = False,
           numerics: str = "keras", mu_dtype: Any = None, eps_root: float = 0.0,
           nesterov: bool = False) -> "optax.GradientTransformation":
-    "Keras 3's AdamW: `adam` with decoupled weight decay (default 0.004, Keras's); the arguments of `adam`."
+    """Keras 3's AdamW: `adam` with decoupled weight decay; the arguments of `adam`. `weight_decay` None: the numerics'
+    default, 0.004 (Keras's `AdamW`) or with numerics "optax" 1e-4 (`optax.adamw`'s); 0 for none."""
+    if weight_decay is None: weight_decay = _DEFAULT_WD.get(numerics, 0.004)      # (a bad `numerics` is named below)
     return _transformation(learning_rate, b1, b2, eps, weight_decay, mask, amsgrad, numerics, lazy=False, mu_dtype=mu_dtype,
                            eps_root=eps_root, nesterov=nesterov)
 

@@ -214,6 +214,12 @@ def test_adamw_far_from_zero_is_bit_identical(mode):
                  offset=0.5, xscale=0.3, seed=4)
 
 
+def test_adamw_default_decay_is_the_numerics_default(f32):
+    "`adamw()`'s decay is Keras's AdamW default (0.004) under Keras's numerics; 0 decays nothing."
+    run_vs_keras(f32, {}, alo.adamw(), cls="AdamW", offset=0.5, xscale=0.3)
+    run_vs_keras(f32, {}, alo.adamw(weight_decay=0), offset=0.5, xscale=0.3)          # Keras's Adam
+
+
 def test_adamw_exact_where_the_difference_is_a_float(f32):
     """Near zero: from Keras's state at each step, the update of `adamw` gives Keras's new value at every coordinate
     where `x2 - x` is a float32, and somewhere it does not (the claim is not wider than stated)."""
@@ -256,13 +262,14 @@ def test_weight_decay_mask(f32):
 
 
 # ------------------------------------------------------------------------------------------- numerics="optax"
-@pytest.mark.parametrize("name", ["adam", "amsgrad", "adamw", "adamw_mask", "schedule"])
+@pytest.mark.parametrize("name", ["adam", "amsgrad", "adamw", "adamw_default", "adamw_mask", "schedule"])
 def test_optax_numerics_match_optax(mode, name):
     sched = optax.cosine_decay_schedule(0.01, 20)
     mine, theirs = {
         "adam": (alo.adam(0.01, numerics="optax"), optax.adam(0.01)),
         "amsgrad": (alo.amsgrad(0.01, numerics="optax"), optax.amsgrad(0.01)),
         "adamw": (alo.adamw(0.01, weight_decay=0.05, numerics="optax"), optax.adamw(0.01, weight_decay=0.05)),
+        "adamw_default": (alo.adamw(0.5, numerics="optax"), optax.adamw(0.5)),     # optax's default decay, 1e-4
         "adamw_mask": (alo.adamw(0.01, weight_decay=0.05, mask=[True, False, True], numerics="optax"),
                        optax.adamw(0.01, weight_decay=0.05, mask=[True, False, True])),
         "schedule": (alo.adam(sched, b1=0.8, eps=1e-6, numerics="optax"), optax.adam(sched, b1=0.8, eps=1e-6)),
