@@ -16,7 +16,7 @@ import numpy as np
 
 from .backend import ArgumentTypeError
 from .rules import _move, _moments, _traced_step_size, lazy_adam_rows, moment_constants
-from .schedules import LearningRateSchedule, _traced_rate
+from .schedules import LearningRateSchedule, _schedule_dtype, _traced_rate
 
 def _libs():
     "`jax`, `jax.numpy` and `optax`, imported at first use: the `optax` extra (`pip install 'adam-lit[optax]'`)."
@@ -97,7 +97,7 @@ def _lr_value(lr, count, dt):
     _, jnp, _ = _libs()
     dt = _real(dt)
     floatx = jnp.float64 if dt == jnp.float64 else jnp.float32
-    if isinstance(lr, LearningRateSchedule): lr = _traced_rate(lr, count, jnp, floatx)
+    if isinstance(lr, LearningRateSchedule): lr = _traced_rate(lr, count, jnp, _schedule_dtype(jnp, floatx))
     elif callable(lr) and not hasattr(lr, "dtype"): lr = lr(count)
     lr = lr if hasattr(lr, "dtype") else jnp.asarray(lr, dtype=floatx)
     return lr.astype(dt)

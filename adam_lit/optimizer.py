@@ -23,7 +23,7 @@ from .backend import (ArgumentTypeError, IndexedSlices, RowUpdate, as_row_sparse
 from .kernels import _views, array_module, flat_like, tiled_base
 from ._fastpath import _flat_apply, _loop_apply
 from .rules import _FAITHFUL, _check_numerics, _check_traceable_numerics, _traced
-from .schedules import LearningRateSchedule, _traced_rate, deserialize, serialize
+from .schedules import LearningRateSchedule, _jax_x64, _schedule_dtype, _traced_rate, deserialize, serialize
 
 # %% auto #0
 __all__ = ['NAN_POLICIES', 'check_float', 'check_hyper', 'check_int', 'NonFiniteGradientError', 'Optimizer', 'build', 'add_slot',
@@ -459,6 +459,8 @@ def _hyper_values(self) -> dict:
 def _lr_at(self, precision, raw_it: int, lr) -> float:
     "The learning rate of this step in `precision`: a schedule sees the raw call count; legacy `decay` divides."
     S = precision
+    if isinstance(lr, LearningRateSchedule) and self.numerics == "keras" and not self.decay and _jax_x64(self._xp):
+        return float(S(lr.evaluate(raw_it, np.float64)))      # Keras under JAX's 64-bit mode: the schedule in float64, cast
     if (S is np.float16 or S.__name__ == "bfloat16") and self.numerics != "torch":   # Keras keeps the rate (and evaluates
         # schedules) in floatx, float32, then casts; PyTorch keeps a float rate a double and its kernels compute in float32
         return float(S(self._lr_at(np.float32, raw_it, lr)))
@@ -1546,8 +1548,10 @@ def _check_traceable(self, pairs):
 @_patch
 def _lr_traced(self, xp, raw_it, lr, dtype):
     """This step's learning rate as a 0-d array of `dtype`, as Keras 3's `ops.cast(self.learning_rate, dtype)`: the rate
-    held in the state, a callable's value, or a schedule of the traced raw count computed in floatx."""
-    if isinstance(lr, LearningRateSchedule): lr = _traced_rate(lr, raw_it, xp, getattr(xp, self._floatx().__name__))
+    held in the state, a callable's value, or a schedule of the traced raw count computed in floatx (in float64 under
+    JAX's 64-bit mode, as Keras's: `_schedule_dtype`)."""
+    if isinstance(lr, LearningRateSchedule):
+        lr = _traced_rate(lr, raw_it, xp, _schedule_dtype(xp, getattr(xp, self._floatx().__name__)))
     if hasattr(lr, "dtype"): return lr if lr.dtype == dtype else xp.astype(lr, dtype)
     return xp.asarray(lr, dtype=dtype)
 

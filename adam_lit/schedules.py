@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import numbers
 import operator
+import sys
 from typing import Sequence
 import numpy as np
 
@@ -433,6 +434,16 @@ def _cosine_traced(self, step, xp, dt):
 # %% ../nbs/02_schedules.ipynb #sched-jit2
 _TRACED_RATES = {ExponentialDecay: _exp_traced, PiecewiseConstantDecay: _piecewise_traced, InverseTimeDecay: _inverse_traced,
                  PolynomialDecay: _poly_traced, CosineDecay: _cosine_traced}
+
+def _jax_x64(xp) -> bool:
+    "Whether `xp` is JAX's namespace with 64-bit mode on (JAX is not imported for it)."
+    jax = sys.modules.get("jax")
+    return jax is not None and "jax" in getattr(xp, "__name__", "") and bool(jax.config.read("jax_enable_x64"))
+
+def _schedule_dtype(xp, floatx):
+    """The dtype Keras 3 computes a schedule in on `xp`'s backend: floatx, except under JAX with 64-bit mode on, where
+    `ops.convert_to_tensor` of the schedule's Python floats gives float64 whatever floatx (the rate is cast after)."""
+    return xp.float64 if _jax_x64(xp) else floatx
 
 def _traced_rate(schedule, step, xp, dtype):
     """`schedule` at the traced integer `step` (inside `jax.jit`) as a 0-d array of `dtype`, with `xp`'s operations in

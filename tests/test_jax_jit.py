@@ -53,6 +53,18 @@ def float64_mode():
     jax.config.update("jax_enable_x64", prev_x64)
 
 
+@pytest.fixture
+def x64_float32_mode():
+    "JAX 64-bit with Keras floatx float32 and float32 variables (a JAX user who turned x64 on); restored afterwards."
+    keras = keras_jax()
+    prev_x64, prev_floatx = jax.config.read("jax_enable_x64"), keras.config.floatx()
+    jax.config.update("jax_enable_x64", True)
+    keras.config.set_floatx("float32")
+    yield np.float32
+    keras.config.set_floatx(prev_floatx)
+    jax.config.update("jax_enable_x64", prev_x64)
+
+
 def same_bits(a, b) -> bool:
     a, b = np.asarray(a), np.asarray(b)
     return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
@@ -79,7 +91,7 @@ def keras_schedule(s):
     return getattr(keras.optimizers.schedules, type(s).__name__).from_config(s.get_config())
 
 
-def run_both(dtype, kw, steps=20, exclude=None, seed=0, gscale=1.0, none_at=None):
+def run_both(dtype, kw, steps=20, exclude=None, seed=0, gscale=1.0, none_at=None, wrap=jax.jit):
     """Keras's and adam_lit's jitted `stateless_apply`, `steps` calls each, outputs fed back in; asserts the same bits
     of every variable and optimizer variable after every call; returns adam_lit's final state."""
     keras = keras_jax()
@@ -91,14 +103,14 @@ def run_both(dtype, kw, steps=20, exclude=None, seed=0, gscale=1.0, none_at=None
     kopt = keras.optimizers.Adam(**kkw, name="adam")      # one name in both (the automatic ones count per process)
     if exclude: kopt.exclude_from_weight_decay(var_names=exclude)
     kopt.build(kvars)
-    kstep = jax.jit(kopt.stateless_apply)
+    kstep = wrap(kopt.stateless_apply)
     kov, ktv = [v.value for v in kopt.variables], [v.value for v in kvars]
 
     avars = [jnp.asarray(x) for x in x0]
     aopt = Adam(**kw, name="adam")
     aopt.build(avars, names=NAMES)
     if exclude: aopt.exclude_from_weight_decay(var_names=exclude)
-    astep = jax.jit(aopt.stateless_apply)
+    astep = wrap(aopt.stateless_apply)
     aov, atv = aopt.variables, avars
     assert aopt.variable_names == [v.path for v in kopt.variables]
     same_state(aov, kov, "initial state")
@@ -156,6 +168,22 @@ def test_jit_float64_matches_keras(float64_mode, case):
     "float64 variables (JAX 64-bit, floatx float64): the learning rate, alpha and every slot in float64."
     _, atv, aov = run_both(np.float64, CASES[case])
     assert all(np.asarray(a).dtype == np.float64 for a in atv + aov[1:])
+
+
+# Not the cosine schedules, for the reason of test_jit_float64_matches_keras: Keras's float64 cosine is a float32 `cos`.
+@pytest.mark.parametrize("case", ["default", "weight_decay", "exponential_decay", "exponential_staircase",
+                                  "piecewise_constant", "inverse_time", "polynomial", "everything"])
+def test_jit_x64_float32_variables_match_keras(x64_float32_mode, case):
+    """JAX 64-bit on, float32 variables: Keras holds a float rate in floatx (float32), but its schedules compute in
+    float64 (`ops.convert_to_tensor` of a Python float is float64 under x64) and the rate is cast to float32 after."""
+    _, atv, aov = run_both(np.float32, CASES[case], steps=30)
+    assert all(np.asarray(a).dtype == np.float32 for a in atv + aov[1:])
+
+
+@pytest.mark.parametrize("case", ["exponential_decay", "piecewise_constant", "inverse_time", "polynomial"])
+def test_eager_x64_float32_variables_match_keras(x64_float32_mode, case):
+    "The same, eagerly: Keras's `stateless_apply` outside `jax.jit` also computes its schedules in float64."
+    run_both(np.float32, CASES[case], steps=30, wrap=lambda f: f)
 
 
 def test_jit_weight_decay_exclusions_match_keras(float32_mode):

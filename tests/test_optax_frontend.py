@@ -142,6 +142,25 @@ def test_adam_matches_keras_jit(mode, case):
     run_vs_keras(mode, kkw, alo.adam(**akw))
 
 
+@pytest.fixture
+def x64_f32():
+    "JAX 64-bit on, Keras floatx float32, float32 parameters; restored afterwards."
+    keras = keras_jax()
+    prev_x64, prev_floatx = jax.config.read("jax_enable_x64"), keras.config.floatx()
+    jax.config.update("jax_enable_x64", True)
+    keras.config.set_floatx("float32")
+    yield np.float32
+    keras.config.set_floatx(prev_floatx)
+    jax.config.update("jax_enable_x64", prev_x64)
+
+
+@pytest.mark.parametrize("case", ["default", "exponential", "staircase", "piecewise", "inverse_time", "polynomial"])
+def test_adam_matches_keras_jit_x64_float32_params(x64_f32, case):
+    "JAX 64-bit on with float32 parameters: Keras's schedules compute in float64 there, and so do adam_lit's."
+    kkw, akw = CASES[case]
+    run_vs_keras(np.float32, kkw, alo.adam(**akw), steps=40)
+
+
 def test_cosine_schedules_match_keras_float32(f32):
     "(Not in float64: Keras's float64 `ops.cos` computes in float32; tests/test_jax_jit.py says why.)"
     for s in (S.CosineDecay(0.01, 15, alpha=0.1), S.CosineDecay(0.0, 12, warmup_target=0.01, warmup_steps=4)):
