@@ -181,18 +181,49 @@ def _leaves(tree, treedef, what):
     "The leaves of `tree`, which must have the structure `treedef` of the updates (None leaves kept)."
     jax, _, _ = _libs()
     leaves, td = jax.tree_util.tree_flatten(tree, is_leaf=lambda z: z is None)
-    if td != treedef: raise ValueError(f"Argument `{what}` must have the structure of the updates, {treedef}; got {td}")
+    if td != treedef:
+        if what.startswith("state."):       # (the state is init's: more likely the updates are not the params' tree)
+            raise ValueError(f"The updates and `{what}` have different structures: updates {treedef}, {what} {td}. The "
+                             "state was made by `init(params)`: the updates (gradients) must have the structure of those params")
+        raise ValueError(f"Argument `{what}` must have the structure of the updates, {treedef}; got {td}")
     return leaves
 
-def _rows_leaves(rows, updates, treedef):
-    """The leaves of `rows`, matched to the updates' (`_leaves`), where a leaf that `optax.masked` or
-    `optax.multi_transform` hides from this transformation (an `optax.MaskedNode`) may have None or a MaskedNode."""
+def _prefix_leaves(tree, updates, treedef, what):
+    """The leaves of `tree` matched to the updates' leaves (`_leaves`), where `tree` may also be, as Optax's masks and
+    `multi_transform`'s labels may, a prefix of the updates' tree: one leaf standing for a whole subtree (for `rows`
+    only None, "no rows": dense steps). Where the updates hold an `optax.MaskedNode` (a leaf that `optax.masked` or
+    `multi_transform` gives to another transformation), whatever `tree` has there is ignored."""
     jax, _, optax = _libs()
     hidden = lambda z: z is None or isinstance(z, optax.MaskedNode)
-    ul, utd = jax.tree_util.tree_flatten(updates, is_leaf=hidden)
-    rl, rtd = jax.tree_util.tree_flatten(rows, is_leaf=hidden)
-    if rtd != utd or not any(isinstance(u, optax.MaskedNode) for u in ul): return _leaves(rows, treedef, "rows")
-    return [None if isinstance(r, optax.MaskedNode) else r for r, u in zip(rl, ul) if not isinstance(u, optax.MaskedNode)]
+    ups = jax.tree_util.tree_flatten_with_path(updates, is_leaf=hidden)[0]
+    if jax.tree_util.tree_structure(tree, is_leaf=lambda z: z is None) == treedef and not any(
+            isinstance(u, optax.MaskedNode) for _, u in ups):
+        return _leaves(tree, treedef, what)
+    ks = jax.tree_util.keystr
+    entries = dict(jax.tree_util.tree_flatten_with_path(tree, is_leaf=hidden)[0])
+    if () in entries and len(ups) != 1 and what == "mask":     # (one bool for a whole tree: all or nothing)
+        raise ValueError(f"Argument `mask` is one value ({entries[()]!r}), not a tree of the parameters: it would decay all "
+                         "parameters or none (for none, use `adam`). Under optax.inject_hyperparams a callable mask is "
+                         "called as if it were a schedule: pass static_args=('mask',) to inject_hyperparams")
+    masked = {q for q, u in ups if isinstance(u, optax.MaskedNode)}
+    prefixes = {q[:k] for q, _ in ups for k in range(len(q) + 1)}
+    for e in entries:                  # every entry of `tree` stands for some of the updates, or lies in a hidden part
+        if e not in prefixes and not any(e[:k] in masked for k in range(len(e) + 1)):
+            raise ValueError(f"Argument `{what}` has an entry at {ks(e) or 'its root'} where the updates have none "
+                             f"(it must have the structure of the updates, or of a prefix of it: {treedef})")
+    out = []
+    for k, (q, u) in enumerate(ups):
+        if isinstance(u, optax.MaskedNode): out.append(None); continue
+        at = next((q[:j] for j in range(len(q), -1, -1) if q[:j] in entries), None)
+        if at is None:
+            raise ValueError(f"Argument `{what}` has nothing for update {k} ({ks(q)}): it must have the structure of the "
+                             f"updates, or of a prefix of it: {treedef}")
+        v = entries[at]
+        if at != q and what == "rows" and not hidden(v):
+            raise ValueError(f"Argument `rows` has an array at {ks(at) or 'its root'}, which holds a subtree of the updates: "
+                             f"row indices go to a table's own leaf ({ks(q)}), None to a subtree stepped densely")
+        out.append(None if isinstance(v, optax.MaskedNode) else v)
+    return out
 
 def _check_leaf(k, g, m, v, x, r, mu_dtype=None):
     """Update `k` (an index and its pytree path) and what goes with it: a real or complex floating-point array (complex
@@ -223,7 +254,8 @@ def _check_rounding(k, dt, b1, b2, eps):
             raise ValueError(f"Argument `{name}`={float(b)} rounds to 1 in {np.dtype(S).name}, the dtype of update {k}: the "
                              f"bias correction 1 - {name}**t is then 0, so every step would be "
                              + ("0 (the parameter never moves)" if name == "b2" else "a division by 0")
-                             + f". Keep such parameters in float32, or use {name} <= {below!r}")
+                             + f". Keep such parameters in float32, use {name} <= {below!r}, or (adam, adamw, amsgrad) pass "
+                             "numerics='optax' for Optax's own arithmetic")
     if float(eps) != 0 and S(float(eps)) == 0:
         raise ValueError(f"Argument `eps`={float(eps)} rounds to 0 in {np.dtype(S).name}, the dtype of update {k}: where "
                          f"v is 0 the step would be 0/0 = NaN. Use an eps of at least {float(np.finfo(S).smallest_subnormal):.3g}")
@@ -242,8 +274,8 @@ def _update_fn(leaf_rule, learning_rate, b1, b2, eps, weight_decay, mask, amsgra
         xl = [None] * len(gl) if params is None else _leaves(params, treedef, "params")
         decays = [weight_decay] * len(gl)
         if mask is not None:
-            decays = [weight_decay if bool(k) else None for k in _leaves(mask(params) if callable(mask) else mask, treedef, "mask")]
-        rl = [None] * len(gl) if rows is None else _rows_leaves(rows, updates, treedef)
+            decays = [weight_decay if bool(k) else None for k in _prefix_leaves(mask(params) if callable(mask) else mask, updates, treedef, "mask")]
+        rl = [None] * len(gl) if rows is None else _prefix_leaves(rows, updates, treedef, "rows")
         paths = [jax.tree_util.keystr(q) for q, _ in jax.tree_util.tree_flatten_with_path(updates, is_leaf=lambda z: z is None)[0]]
         for k, (g, m, v, x, r) in enumerate(zip(gl, ml, vl, xl, rl)):
             if g is None: continue

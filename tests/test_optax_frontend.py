@@ -510,7 +510,7 @@ def test_bad_update_arguments():
         lz.update(g, sl, p, rows={"w": jnp.ones((2, 2), jnp.int32), "b": None})
     with pytest.raises(ValueError, match=r"rows of update 1 \(\['w'\]\) \(shape \(3, 2\)\) must be"):
         lz.update(g, sl, p, rows={"w": jnp.ones(5, bool), "b": None})
-    with pytest.raises(ValueError, match="Argument `rows` must have the structure of the updates"):
+    with pytest.raises(ValueError, match=r"Argument `rows` has nothing for update 0 \(\['b'\]\): it must have the structure of the updates"):
         lz.update(g, sl, p, rows={"w": jnp.asarray([0])})
 
 
@@ -673,3 +673,89 @@ def test_inject_hyperparams_in_a_narrow_dtype_says_what_to_do():
     tx = optax.inject_hyperparams(alo.adam, hyperparam_dtype=jnp.float32)(learning_rate=0.1, b2=0.99)
     u, _ = jax.jit(tx.update)(p, tx.init(p), p)
     assert u.dtype == jnp.bfloat16 and np.all(np.asarray(u, np.float32) < 0)
+
+
+# ------------------------------------------------------------------------------------------- prefixes, as Optax's
+def _table_and_mlp():
+    p = {"embed": {"table": jnp.linspace(-1, 1, 12, dtype=jnp.float32).reshape(6, 2)},
+         "mlp": {"w": jnp.full((2, 2), 0.5, jnp.float32), "b": jnp.full(2, -0.25, jnp.float32)}}
+    g = jax.tree.map(lambda a: jnp.cos(a * 3.0) + 0.1, p)
+    return p, g
+
+
+@pytest.mark.parametrize("labels", ["prefix", "per leaf"])
+@pytest.mark.parametrize("form", ["params tree", "prefix", "masked nodes"])
+def test_lazy_rows_under_multi_transform_in_every_form(f32, labels, form):
+    """`multi_transform` with labels as a prefix of the params or one per leaf; `rows` as the params' tree (None on the
+    other leaves), as a prefix (None for the other subtree), or with MaskedNodes: the bits of each transformation alone."""
+    p, g = _table_and_mlp()
+    lab = {"embed": "lazy", "mlp": "adam"} if labels == "prefix" else {"embed": {"table": "lazy"}, "mlp": {"w": "adam", "b": "adam"}}
+    ids = jnp.array([1, 4, 4])
+    rows = {"params tree": {"embed": {"table": ids}, "mlp": {"w": None, "b": None}},
+            "prefix": {"embed": {"table": ids}, "mlp": None},
+            "masked nodes": {"embed": {"table": ids}, "mlp": optax.MaskedNode()}}[form]
+    tx = optax.multi_transform({"lazy": alo.lazy_adam(0.1), "adam": alo.adam(0.1)}, lab)
+    u, _ = jax.jit(tx.update)(g, tx.init(p), p, rows=rows)
+    lz, ad = alo.lazy_adam(0.1), alo.adam(0.1)
+    ul, _ = lz.update(g["embed"], lz.init(p["embed"]), p["embed"], rows={"table": ids})
+    ua, _ = ad.update(g["mlp"], ad.init(p["mlp"]), p["mlp"])
+    assert same_bits(u["embed"]["table"], ul["table"]) and same_bits(u["mlp"]["w"], ua["w"]) and same_bits(u["mlp"]["b"], ua["b"])
+    assert np.count_nonzero(np.asarray(u["embed"]["table"])[:, 0]) == 2          # rows 1 and 4 only
+
+
+def test_lazy_rows_prefix_none_is_dense_and_masked_prefix(f32):
+    "`rows` None for a subtree of lazy_adam's own leaves steps them densely; `optax.masked` with a prefix mask."
+    p, g = _table_and_mlp()
+    tx = alo.lazy_adam(0.1)
+    u, _ = tx.update(g, tx.init(p), p, rows={"embed": {"table": jnp.array([0])}, "mlp": None})
+    ud, _ = tx.update(g, tx.init(p), p, rows={"embed": {"table": jnp.array([0])}, "mlp": {"w": None, "b": None}})
+    assert all(same_bits(a, b) for a, b in zip(jax.tree.leaves(u), jax.tree.leaves(ud)))
+    m = optax.masked(alo.lazy_adam(0.1), {"embed": True, "mlp": False})
+    um, _ = m.update(g, m.init(p), p, rows={"embed": {"table": jnp.array([0])}, "mlp": None})
+    assert same_bits(um["embed"]["table"], u["embed"]["table"]) and same_bits(um["mlp"]["w"], g["mlp"]["w"])
+
+
+def test_bad_rows_trees_are_named(f32):
+    p, g = _table_and_mlp()
+    tx = alo.lazy_adam(0.1); st = tx.init(p)
+    with pytest.raises(ValueError, match=r"`rows` has an array at \['mlp'\], which holds a subtree"):
+        tx.update(g, st, p, rows={"embed": {"table": jnp.array([0])}, "mlp": jnp.array([0])})
+    with pytest.raises(ValueError, match=r"`rows` has an entry at \['extra'\] where the updates have none"):
+        tx.update(g, st, p, rows={"embed": {"table": None}, "mlp": None, "extra": None})
+    with pytest.raises(ValueError, match=r"`rows` has nothing for update 0 \(\['embed'\]\['table'\]\)"):
+        tx.update(g, st, p, rows={"mlp": None})
+
+
+def test_adamw_prefix_mask_is_optax_mask(f32):
+    "A prefix mask decays whole subtrees, as Optax's; the same bits as the full mask, and as optax.adamw's choice."
+    p = {"dense": {"kernel": jnp.full((3, 2), 2.0, jnp.float32), "bias": jnp.full(2, 2.0, jnp.float32)},
+         "ln": {"scale": jnp.full(2, 2.0, jnp.float32)}}
+    g = jax.tree.map(jnp.zeros_like, p)
+    full = {"dense": {"kernel": True, "bias": True}, "ln": {"scale": False}}
+    a, b = alo.adamw(0.1, weight_decay=0.5, mask={"dense": True, "ln": False}), alo.adamw(0.1, weight_decay=0.5, mask=full)
+    ua, _ = a.update(g, a.init(p), p)
+    ub, _ = b.update(g, b.init(p), p)
+    assert all(same_bits(x, y) for x, y in zip(jax.tree.leaves(ua), jax.tree.leaves(ub)))
+    o = optax.adamw(0.1, weight_decay=0.5, mask={"dense": True, "ln": False})
+    uo, _ = o.update(g, o.init(p), p)
+    assert jax.tree.map(lambda x: bool(jnp.any(x != 0)), ua) == jax.tree.map(lambda x: bool(jnp.any(x != 0)), uo)
+
+
+def test_a_mask_of_one_value_is_refused_with_the_inject_hyperparams_hint(f32):
+    p = {"w": jnp.ones((2, 2)), "b": jnp.ones(2)}
+    g = jax.tree.map(jnp.zeros_like, p)
+    m = lambda params: jax.tree.map(lambda x: x.ndim > 1, params)
+    t = optax.inject_hyperparams(alo.adamw)(learning_rate=0.1, weight_decay=0.5, mask=m)
+    with pytest.raises(ValueError, match=r"`mask` is one value \(False\).*static_args=\('mask',\)"):
+        t.update(g, t.init(p), p)
+    t = optax.inject_hyperparams(alo.adamw, static_args=("mask",))(learning_rate=0.1, weight_decay=0.5, mask=m)
+    u, _ = t.update(g, t.init(p), p)
+    assert float(jnp.abs(u["w"]).min()) > 0 and float(jnp.abs(u["b"]).max()) == 0
+    one = alo.adamw(0.1, weight_decay=0.5, mask=True)                 # one parameter: one value is its whole mask
+    assert float(jnp.abs(one.update(jnp.zeros(2), one.init(jnp.ones(2)), jnp.ones(2))[0]).min()) > 0
+
+
+def test_updates_of_another_tree_blame_the_updates(f32):
+    tx = alo.adam(0.1); pp = {"w": jnp.ones(2), "b": jnp.ones(2)}
+    with pytest.raises(ValueError, match=r"The updates and `state.mu` have different structures.*must have the structure of those params"):
+        tx.update({"w": jnp.ones(2)}, tx.init(pp), pp)
