@@ -161,12 +161,18 @@ class _Front(torch.optim.Optimizer):
         super().__setstate__(state)
         for group in self.param_groups:
             for k, v in self.defaults.items(): group.setdefault(k, v)
+            for p in group["params"]:             # a `step` stored as a number (older PyTorch): a tensor, as torch's Adam
+                st = self.state.get(p)
+                if isinstance(st, dict) and "step" in st and not torch.is_tensor(st["step"]):
+                    st["step"] = torch.tensor(float(st["step"]), dtype=torch.float32)
         self._engines, self._checked = {}, {}
 
     def state_dict(self) -> dict:
         "torch's `state_dict`: each parameter's state (one `step` tensor each, as torch.optim.Adam keeps), the param groups."
         sd = super().state_dict()
-        sd["state"] = {k: {n: (t.clone() if n == "step" else t) for n, t in st.items()} for k, st in sd["state"].items()}
+        copy = lambda st: ({n: (t.clone() if n == "step" and torch.is_tensor(t) else t) for n, t in st.items()}
+                           if isinstance(st, dict) else st)     # (a state pre-hook may store any value, as torch allows)
+        sd["state"] = {k: copy(st) for k, st in sd["state"].items()}
         return sd
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -265,8 +271,9 @@ def _grads(self, eng, hp: tuple, k: int):
 def _sparse_view(g, j: int, k: int):
     "A torch sparse COO gradient (nn.Embedding(sparse=True)) as `IndexedSlices` of NumPy views: no copy, no coalescing."
     if g.layout is not torch.sparse_coo or g.sparse_dim() != 1:
-        raise ValueError(f"the gradient of parameter {j} of param group {k} is sparse with layout {g.layout}: adam_lit takes "
-                         "row-sparse COO gradients (as nn.Embedding(sparse=True) gives) or dense ones")
+        what = f"layout {g.layout}" if g.layout is not torch.sparse_coo else f"{g.sparse_dim()} sparse dimensions"
+        raise ValueError(f"the gradient of parameter {j} of param group {k} is sparse with {what}: adam_lit takes row-sparse "
+                         "COO gradients (sparse_dim() == 1, as nn.Embedding(sparse=True) gives) or dense ones (g.to_dense())")
     vals, idx = g._values().detach(), g._indices()[0]
     if vals.shape[0] == 0:        # (`.numpy()` makes a storage not resizable: the next backward could not grow an empty gradient)
         dt = torch.empty(0, dtype=vals.dtype).numpy().dtype
@@ -315,6 +322,9 @@ def _step(self, closure=None):
 def _check_params(group: dict, k: int):
     "A parameter whose elements share memory (`expand`, `as_strided`) refused, as torch.optim refuses it (a step writes each element once)."
     for j, p in enumerate(group["params"]):
+        if isinstance(p, torch.Tensor) and p.device.type == "meta":
+            raise ValueError(f"parameter {j} of param group {k} is on the meta device, which holds no data: materialize the "
+                             "model first (e.g. model.to_empty(device='cpu') and initialize it), then step")
         if isinstance(p, torch.Tensor) and torch._debug_has_internal_overlap(p) == 1:
             raise ValueError(f"parameter {j} of param group {k} (shape {tuple(p.shape)}, strides {p.stride()}) has elements "
                              "that share memory (made with expand or as_strided?): a step would write them more than once; "

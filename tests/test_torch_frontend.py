@@ -315,10 +315,20 @@ def test_older_state_dict_and_step_as_a_number_load():
     for st in sd["state"].values(): st["step"] = float(st["step"])
     qs = clones(ps)
     b = Adam(qs, lr=0.01); b.load_state_dict(sd)
+    resaved = b.state_dict()            # before any step: the number became a tensor, as torch.optim.Adam's __setstate__
+    assert all(torch.is_tensor(st["step"]) and float(st["step"]) == 3.0 for st in resaved["state"].values())
     for t in range(3, 6):
         gs = grads(ps, t); set_grads(ps, gs); set_grads(qs, gs); a.step(); b.step()
     for p, q in zip(ps, qs): same_bits(q, p, "older state_dict")
     assert b.param_groups[0]["maximize"] is False
+
+
+@pytest.mark.parametrize("cls", [Adam, AdamW, LazyAdam])
+def test_state_dict_pre_hook_may_store_any_value(cls):
+    "test_state_dict_pre_hook: torch lets a pre-hook put any value into `state`; state_dict hands it on."
+    o = cls(params(2), lr=0.01)
+    o.register_state_dict_pre_hook(lambda opt: opt.state.__setitem__("test", 1))
+    assert o.state_dict()["state"]["test"] == 1
 
 
 def test_deepcopy_continues_independently():
@@ -781,3 +791,20 @@ def test_torch_numerics_step_is_written_in_place(monkeypatch):
     opt = AdamW(ps, numerics="torch")
     set_grads(ps, grads(ps, 0)); opt.step()
     assert len(calls) == len(ps)
+
+
+def test_meta_parameters_and_two_sparse_dimensions_are_named():
+    "A model built on the meta device (no data yet) and a gradient with two sparse dimensions: errors that say so."
+    with torch.device("meta"):
+        lin = torch.nn.Linear(3, 2)
+    o = Adam(lin.parameters())
+    for p in lin.parameters(): p.grad = torch.ones_like(p)
+    with pytest.raises(ValueError, match="parameter 0 of param group 0 is on the meta device"):
+        o.step()
+    assert o.state_dict()["state"] == {}
+    e = torch.nn.Parameter(torch.randn(4, 3))
+    before = e.detach().clone()
+    o = LazyAdam([e]); e.grad = torch.randn(4, 3).to_sparse()
+    with pytest.raises(ValueError, match=r"is sparse with 2 sparse dimensions.*\(g.to_dense\(\)\)"):
+        o.step()
+    assert torch.equal(e.detach(), before)
