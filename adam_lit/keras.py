@@ -41,7 +41,7 @@ class LazyAdam(keras.optimizers.Optimizer):
     """TF Addons' LazyAdam as a Keras 3 optimizer: a row-sparse gradient (`tf.IndexedSlices`, the TensorFlow backend's
     gradient of an `Embedding` table) updates only its rows; a dense gradient takes Adam's step."""
     def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, amsgrad=False, numerics="keras",
-                 name="LazyAdam", **kwargs):
+                 name=None, **kwargs):
         """Parameters
         ----------
         learning_rate : float, keras.optimizers.schedules.LearningRateSchedule or callable, default 0.001
@@ -57,7 +57,9 @@ class LazyAdam(keras.optimizers.Optimizer):
             "keras": Keras 3's rounding (`1 - beta` in double, then to the dtype), bit for bit `keras.optimizers.Adam`
             on dense gradients. "legacy": tf.keras 2.x's and TF Addons' (the betas through float32, `1 - beta` in the
             dtype; `epsilon=0` becomes 1e-7), bit for bit TF Addons' LazyAdam.
-        name : str, default "LazyAdam"
+        name : str, optional
+            As Keras's optimizers: None gives `lazy_adam`, made unique in the process (`lazy_adam_1`, ...), so that
+            two optimizers' variables have distinct paths (TF Addons' default was "LazyAdam").
         **kwargs
             Keras's optimizer options: `weight_decay` (decays only the touched rows of a row-sparse gradient),
             `clipnorm`, `clipvalue`, `global_clipnorm`, `use_ema`, `loss_scale_factor` (not with row-sparse gradients on
@@ -135,11 +137,36 @@ def _update_step(self: LazyAdam, gradient, variable, learning_rate):
     wd = float(np.dtype(dt).type(self.weight_decay)) if self.weight_decay is not None and self._use_weight_decay(variable) else None
     if _tf_slices(gradient): return _tf_rows(self, gradient, variable, i, lr, alpha, b1, b2, c1, c2, wd)
     g = ops.cast(gradient, dt)
+    if self.numerics == "keras" and keras.backend.backend() == "torch":
+        return _torch_adam(self, g, variable, i, learning_rate, alpha, wd is not None)
+    K = lambda c: ops.cast(c, dt)       # (a constant in the dtype: on PyTorch a bare Python float would become float32)
     m, v = self._momentums[i], self._velocities[i]
-    if wd is not None: self.assign(variable, ops.subtract(variable, ops.multiply(ops.multiply(variable, wd), lr)))
-    self.assign_add(m, ops.multiply(ops.subtract(g, m), c1))                       # m + (g - m) * c1
-    self.assign_add(v, ops.multiply(ops.subtract(ops.square(g), v), c2))           # v + (g*g - v) * c2
+    if wd is not None: self.assign(variable, ops.subtract(variable, ops.multiply(ops.multiply(variable, K(wd)), lr)))
+    self.assign_add(m, ops.multiply(ops.subtract(g, m), K(c1)))                    # m + (g - m) * c1
+    self.assign_add(v, ops.multiply(ops.subtract(ops.square(g), v), K(c2)))        # v + (g*g - v) * c2
     if self.amsgrad:
         vh = self._velocity_hats[i]
-        self.assign(vh, ops.maximum(vh, v)); v = vh
-    self.assign_sub(variable, ops.divide(ops.multiply(m, alpha), ops.add(ops.sqrt(v), self.epsilon)))
+        self.assign(vh, _maximum(vh, v)); v = vh
+    self.assign_sub(variable, ops.divide(ops.multiply(m, alpha), ops.add(ops.sqrt(v), K(self.epsilon))))
+
+def _maximum(a, b):
+    "`ops.maximum`; on PyTorch `torch.maximum` itself (Keras 3.15's PyTorch `maximum` returns float32 for two float64 arrays)."
+    if keras.backend.backend() != "torch": return ops.maximum(a, b)
+    import torch
+    return torch.maximum(ops.convert_to_tensor(a), ops.convert_to_tensor(b))
+
+def _torch_adam(self, g, variable, i, learning_rate, alpha, decays: bool):
+    """Keras 3's Adam as its PyTorch backend computes it, which is not Keras's generic `update_step`:
+    `TorchOptimizer._apply_weight_decay` (`x * (1 - weight_decay * lr)`) and `torch_adam.Adam._parallel_update_step`
+    (`m * beta_1`, then torch's `add_` of `g` with `alpha=1 - beta_1`, ...), its operations in its order, on this one
+    variable (its `_foreach_` functions apply each operation tensor by tensor: the same bits)."""
+    import torch
+    with torch.no_grad():
+        x, m, v = variable.value, self._momentums[i].value, self._velocities[i].value
+        if decays: x.mul_(1 - self.weight_decay * learning_rate)
+        m.mul_(self.beta_1); m.add_(g, alpha=1 - self.beta_1)
+        v.mul_(self.beta_2); v.add_(g * g, alpha=1 - self.beta_2)
+        if self.amsgrad:
+            vh = self._velocity_hats[i].value
+            torch.maximum(vh, v, out=vh); v = vh
+        x.add_(torch.div(m * alpha, torch.sqrt(v) + self.epsilon), alpha=-1)

@@ -375,26 +375,40 @@ def test_tensorflow_dense_gradients_and_fit(tmp_path):
 
 
 _TORCH_SCRIPT = r"""
-import sys, warnings, numpy as np, keras
+import sys, warnings, numpy as np, keras, torch
 assert keras.backend.backend() == "torch", keras.backend.backend()
 from adam_lit.keras import LazyAdam
 d = dict(np.load(sys.argv[1])); out = {}
-xs = [keras.Variable(d["init0"]), keras.Variable(d["init1"])]
-opt = LazyAdam(learning_rate=0.01, weight_decay=0.01, amsgrad=True)
-for c in range(4): opt.apply([d[f"g0/{c}"], d[f"g1/{c}"]], xs)
-for i, x in enumerate(xs): out[f"var/{i}"] = keras.ops.convert_to_numpy(x)
-keras.utils.set_random_seed(1)
-model = keras.Sequential([keras.Input((6,), dtype="int32"), keras.layers.Embedding(300, 8),
-                          keras.layers.GlobalAveragePooling1D(), keras.layers.Dense(1)])
-model.compile(optimizer=LazyAdam(learning_rate=0.01), loss="mse")
-out["loss"] = np.array(model.fit(d["X"], d["y"], batch_size=64, epochs=4, verbose=0).history["loss"])
+OPTIONS = [dict(), dict(amsgrad=True), dict(weight_decay=0.01), dict(beta_1=0.5, beta_2=0.9, epsilon=1e-3),
+           dict(amsgrad=True, weight_decay=0.1, learning_rate=0.05),
+           dict(learning_rate=keras.optimizers.schedules.ExponentialDecay(0.01, 2, 0.7), clipnorm=0.5, use_ema=True)]
+def run(cls, dtype, **kw):
+    xs = [keras.Variable(d["init0"].astype(dtype), dtype=dtype), keras.Variable(d["init1"].astype(dtype), dtype=dtype)]
+    opt = cls(**kw)
+    for c in range(4): opt.apply([torch.as_tensor(d[f"g0/{c}"].astype(dtype)), torch.as_tensor(d[f"g1/{c}"].astype(dtype))], xs)
+    return [keras.ops.convert_to_numpy(v) for v in xs + list(opt.variables)]
+for dtype in ("float32", "float64"):
+    for k, kw in enumerate(OPTIONS):
+        a, b = run(LazyAdam, dtype, **kw), run(keras.optimizers.Adam, dtype, **kw)
+        for j, (x, y) in enumerate(zip(a, b)): assert x.dtype == y.dtype and x.tobytes() == y.tobytes(), (dtype, k, j)
+for i, x in enumerate(run(LazyAdam, "float64", learning_rate=0.01, weight_decay=0.01, amsgrad=True, numerics="legacy")[:2]):
+    out[f"legacy64/{i}"] = x
+def fit(optimizer):
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([keras.Input((6,), dtype="int32"), keras.layers.Embedding(300, 8),
+                              keras.layers.GlobalAveragePooling1D(), keras.layers.Dense(1)])
+    model.compile(optimizer=optimizer, loss="mse")
+    return np.array(model.fit(d["X"], d["y"], batch_size=64, epochs=4, verbose=0).history["loss"])
+out["loss"], out["adam_loss"] = fit(LazyAdam(learning_rate=0.01)), fit(keras.optimizers.Adam(learning_rate=0.01))
 np.savez(sys.argv[2], **out)
 """
 
 
 def test_torch_backend(tmp_path):
-    """Keras on PyTorch (a subprocess with KERAS_BACKEND=torch): dense gradients, adam_lit's LazyAdam bit for bit
-    (AMSGrad and weight decay on), and `model.fit` of the embedding model lowers the loss."""
+    """Keras on PyTorch (a subprocess with KERAS_BACKEND=torch): dense gradients give `keras.optimizers.Adam`'s bits
+    (Keras's own PyTorch arithmetic, torch_adam.Adam) for six option sets, in float32 and float64, every variable and
+    optimizer variable; with numerics "legacy", adam_lit's LazyAdam on NumPy in float64 (no constant rounded through
+    float32); `model.fit` of the embedding model: Adam's losses, lowered."""
     import importlib.util
     import subprocess
     import sys
@@ -411,7 +425,17 @@ def test_torch_backend(tmp_path):
                          env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     out = np.load(tmp_path / "out.npz")
-    aopt, av = numpy_lazy(learning_rate=0.01, weight_decay=0.01, amsgrad=True), [x.copy() for x in inits]
-    for gs in calls[:4]: np_apply(aopt, [g.copy() for g in gs], av)
-    assert all(np.array_equal(out[f"var/{i}"], av[i]) for i in range(2))
-    assert out["loss"][-1] < out["loss"][0], out["loss"]
+    aopt = numpy_lazy(learning_rate=0.01, weight_decay=0.01, amsgrad=True, numerics="legacy")
+    av = [x.astype(np.float64) for x in inits]
+    for gs in calls[:4]: np_apply(aopt, [g.astype(np.float64) for g in gs], av)
+    assert all(out[f"legacy64/{i}"].tobytes() == av[i].tobytes() for i in range(2))
+    assert out["loss"].tobytes() == out["adam_loss"].tobytes() and out["loss"][-1] < out["loss"][0], out["loss"]
+
+
+def test_default_names_are_unique_as_keras_optimizers():
+    "name=None, as Keras's optimizers: `lazy_adam`, `lazy_adam_1`, ...; two optimizers' variables have distinct paths."
+    a, b = LazyAdam(), LazyAdam()
+    assert a.name != b.name and a.name.startswith("lazy_adam") and b.name.startswith("lazy_adam")
+    a.build([keras.Variable(np.zeros(2, np.float32))]); b.build([keras.Variable(np.zeros(2, np.float32))])
+    assert not {v.path for v in a.variables} & {v.path for v in b.variables}
+    assert LazyAdam(name="LazyAdam").name == "LazyAdam"
