@@ -269,16 +269,28 @@ def _grads(self, eng, hp: tuple, k: int):
     return out, at
 
 def _sparse_view(g, j: int, k: int):
-    "A torch sparse COO gradient (nn.Embedding(sparse=True)) as `IndexedSlices` of NumPy views: no copy, no coalescing."
-    if g.layout is not torch.sparse_coo or g.sparse_dim() != 1:
-        what = f"layout {g.layout}" if g.layout is not torch.sparse_coo else f"{g.sparse_dim()} sparse dimensions"
-        raise ValueError(f"the gradient of parameter {j} of param group {k} is sparse with {what}: adam_lit takes row-sparse "
-                         "COO gradients (sparse_dim() == 1, as nn.Embedding(sparse=True) gives) or dense ones (g.to_dense())")
+    """A torch sparse COO gradient as `IndexedSlices`: row-sparse (nn.Embedding(sparse=True)) as NumPy views, no copy and
+    no coalescing; sparse in more dimensions (`dense.to_sparse()`), its entries gathered into the rows they touch."""
+    if g.layout is not torch.sparse_coo:
+        raise ValueError(f"the gradient of parameter {j} of param group {k} is sparse with layout {g.layout}: adam_lit takes "
+                         "sparse COO gradients (as nn.Embedding(sparse=True) gives) or dense ones (g.to_dense())")
+    if g.sparse_dim() > 1: return _rows_of_entries(g)
     vals, idx = g._values().detach(), g._indices()[0]
     if vals.shape[0] == 0:        # (`.numpy()` makes a storage not resizable: the next backward could not grow an empty gradient)
         dt = torch.empty(0, dtype=vals.dtype).numpy().dtype
         return IndexedSlices(np.zeros(tuple(vals.shape), dt), np.zeros(0, np.int64), tuple(g.shape))
     return IndexedSlices(vals.numpy(), idx.numpy(), tuple(g.shape))
+
+def _rows_of_entries(g):
+    """A COO gradient sparse in its first `s > 1` dimensions as `IndexedSlices` of the rows its entries touch: each
+    touched row dense (zero where the gradient has no entry), repeated entries summed (`coalesce`), rows increasing.
+    LazyAdam then moves every element of a touched row, as it does for a row of an embedding's gradient."""
+    s, gc = g.sparse_dim(), g.detach().coalesce()
+    idx, vals = gc.indices(), gc.values()
+    rows, inv = torch.unique(idx[0], return_inverse=True)
+    out = torch.zeros((rows.numel(),) + tuple(g.shape[1:]), dtype=g.dtype)
+    out[(inv,) + tuple(idx[1:s])] = vals
+    return IndexedSlices(out.numpy(), rows.numpy(), tuple(g.shape))
 
 # %% ../nbs/17_torch.ipynb #t17f29a85
 def _step(self, closure=None):
