@@ -509,29 +509,42 @@ class RowUpdate:
 def as_row_sparse(g,           # a gradient: an array, or a torch sparse COO tensor
                   i: int = 0    # its index, for error messages
                  ):
-    """`IndexedSlices` viewing a torch sparse COO gradient with one sparse dimension; `g` itself if it is not sparse.
+    """`IndexedSlices` viewing a torch sparse COO gradient with one sparse dimension (no copy), or gathering the rows
+    that the entries of one sparse in more dimensions touch (`_entries_as_rows`); `g` itself if it is not sparse.
 
     Parameters
     ----------
     g : array
         A gradient of any library; a `torch.sparse_coo_tensor` sparse in its first dimension only (what
-        `nn.Embedding(sparse=True)` gives) is wrapped without a copy.
+        `nn.Embedding(sparse=True)` gives) is wrapped without a copy; one sparse in more dimensions (`dense.to_sparse()`)
+        becomes the rows its entries touch.
     i : int, default 0
         The gradient's index, named in error messages.
 
     Raises
     ------
     ArgumentTypeError
-        `g` is a torch sparse tensor of another layout (CSR, CSC, block sparse, COO in more than one dimension).
+        `g` is a torch sparse tensor of another layout (CSR, CSC, block sparse).
     """
     layout = getattr(g, "layout", None)
     if layout is None or not is_torch_array(g): return g
     import torch
     if layout == torch.strided: return g
-    if layout != torch.sparse_coo or g.sparse_dim() != 1:
-        what = f"layout {layout}" + (f" with {g.sparse_dim()} sparse dimensions" if layout == torch.sparse_coo else "")
-        raise ArgumentTypeError(f"gradient {i} is a torch sparse tensor of {what} and shape {tuple(g.shape)}: adam_lit takes "
-                                "row-sparse COO gradients (sparse in the first dimension only, as nn.Embedding(sparse=True) "
-                                "gives) or dense ones; pass `g.to_dense()`")
+    if layout != torch.sparse_coo:
+        raise ArgumentTypeError(f"gradient {i} is a torch sparse tensor of layout {layout} and shape {tuple(g.shape)}: adam_lit "
+                                "takes sparse COO gradients (as nn.Embedding(sparse=True) gives) or dense ones; pass `g.to_dense()`")
+    if g.sparse_dim() > 1: return _entries_as_rows(g)
     return IndexedSlices(g._values(), g._indices()[0], tuple(g.shape))
+
+def _entries_as_rows(g):
+    """A torch COO tensor sparse in its first `s > 1` dimensions as `IndexedSlices` of the rows its entries touch (torch
+    tensors on its device): repeated entries summed (`coalesce`), each touched row dense (zero where it has no entry),
+    rows increasing. LazyAdam then moves every element of a touched row, as for a row of an embedding's gradient."""
+    import torch
+    s, gc = g.sparse_dim(), g.detach().coalesce()
+    idx, vals = gc.indices(), gc.values()
+    rows, inv = torch.unique(idx[0], return_inverse=True)
+    out = torch.zeros((rows.numel(),) + tuple(g.shape[1:]), dtype=g.dtype, device=g.device)
+    out[(inv,) + tuple(idx[1:s])] = vals
+    return IndexedSlices(out, rows, tuple(g.shape))
 

@@ -18,7 +18,7 @@ except ImportError as e:
     raise ImportError("adam_lit.torch needs PyTorch: pip install 'adam-lit[torch]'") from e
 
 from .adam import Adam as _LitAdam
-from .backend import IndexedSlices
+from .backend import IndexedSlices, _entries_as_rows
 from .lazyadam import LazyAdam as _LitLazyAdam
 
 # %% auto #0
@@ -282,15 +282,9 @@ def _sparse_view(g, j: int, k: int):
     return IndexedSlices(vals.numpy(), idx.numpy(), tuple(g.shape))
 
 def _rows_of_entries(g):
-    """A COO gradient sparse in its first `s > 1` dimensions as `IndexedSlices` of the rows its entries touch: each
-    touched row dense (zero where the gradient has no entry), repeated entries summed (`coalesce`), rows increasing.
-    LazyAdam then moves every element of a touched row, as it does for a row of an embedding's gradient."""
-    s, gc = g.sparse_dim(), g.detach().coalesce()
-    idx, vals = gc.indices(), gc.values()
-    rows, inv = torch.unique(idx[0], return_inverse=True)
-    out = torch.zeros((rows.numel(),) + tuple(g.shape[1:]), dtype=g.dtype)
-    out[(inv,) + tuple(idx[1:s])] = vals
-    return IndexedSlices(out.numpy(), rows.numpy(), tuple(g.shape))
+    "A COO gradient sparse in more than its first dimension: the rows its entries touch (`backend._entries_as_rows`), as NumPy."
+    s = _entries_as_rows(g)
+    return IndexedSlices(s.values.numpy(), s.indices.numpy(), s.dense_shape)
 
 # %% ../nbs/17_torch.ipynb #t17f29a85
 def _step(self, closure=None):
