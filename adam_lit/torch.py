@@ -28,17 +28,22 @@ __all__ = ['NUMERICS', 'Adam', 'AdamW', 'LazyAdam']
 NUMERICS = ("keras", "torch")
 _EPS = {"keras": 1e-7, "torch": 1e-8}        # Keras's epsilon hat; torch.optim.Adam's epsilon
 
+_TORCH_SAYS = {"lr": "Invalid learning rate", "eps": "Invalid epsilon value", "weight_decay": "Invalid weight_decay value",
+               "betas[0]": "Invalid beta parameter at index 0", "betas[1]": "Invalid beta parameter at index 1"}
+
 def _number(name: str, value, low: float = 0.0, high: float | None = None):
-    "A float (or a 0-d tensor, for `lr`) checked to lie in [low, high); a ValueError naming the argument otherwise."
+    """A float (or a 0-d tensor, for `lr`) checked to lie in [low, high); a ValueError naming the argument otherwise (with
+    torch.optim.Adam's own words first, for code that matches them)."""
     if isinstance(value, torch.Tensor):
-        if value.numel() != 1: raise ValueError(f"Argument `{name}`: a tensor must have one element, got shape {tuple(value.shape)}")
+        if value.numel() != 1:
+            raise ValueError(f"Tensor {name} must be 1-element: argument `{name}` has shape {tuple(value.shape)}")
         v = float(value)
     elif isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise TypeError(f"Argument `{name}` must be a float, got {value!r}")
     else: v = float(value)
     if not (math.isfinite(v) and v >= low and (high is None or v < high)):
         rng = f"in [{low}, {high})" if high is not None else f">= {low}"
-        raise ValueError(f"Argument `{name}` must be a finite number {rng}, got {value!r}")
+        raise ValueError(f"{_TORCH_SAYS.get(name, 'Invalid value')}: {value!r}: argument `{name}` must be a finite number {rng}")
     return v
 
 def _check_group(g: dict, where: str = "") -> tuple:
@@ -329,6 +334,9 @@ def _check_params(group: dict, k: int):
     "A parameter whose elements share memory (`expand`, `as_strided`) refused, as torch.optim refuses it (a step writes each element once)."
     for j, p in enumerate(group["params"]):
         if isinstance(p, torch.Tensor) and p.device.type == "meta":
+            if group.get("fused"):        # (the switch is accepted as a drop-in: its error too, as torch.optim.Adam's)
+                raise RuntimeError("`fused=True` requires all the params to be floating point Tensors of supported devices; "
+                                   f"parameter {j} of param group {k} is on the meta device, which holds no data")
             raise ValueError(f"parameter {j} of param group {k} is on the meta device, which holds no data: materialize the "
                              "model first (e.g. model.to_empty(device='cpu') and initialize it), then step")
         if isinstance(p, torch.Tensor) and torch._debug_has_internal_overlap(p) == 1:
@@ -402,7 +410,8 @@ class Adam(_Front):
                  fused: bool | None = None):
         _torch_switches(foreach, fused, capturable, differentiable)
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
-                                      maximize=maximize, decoupled_weight_decay=decoupled_weight_decay), numerics,
+                                      maximize=maximize, decoupled_weight_decay=decoupled_weight_decay, foreach=foreach,
+                                      capturable=capturable, fused=fused), numerics,     # (the switches kept, as torch's groups)
                          {"moment_dtype": moment_dtype} if moment_dtype else {})
     __init__.__doc__ = _PARAMS + """
         weight_decay : float, default 0

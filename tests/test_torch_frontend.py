@@ -21,6 +21,7 @@ What is claimed, and checked here:
 from __future__ import annotations
 
 import copy
+import re
 import io
 
 import numpy as np
@@ -823,3 +824,17 @@ def test_gradients_sparse_in_every_dimension_step_the_rows_they_touch(cls):
         assert torch.equal(a.detach(), b.detach()), step
     untouched = [0, 2, 3, 5]                     # (no entry: their moments stay 0, so they stay put, Adam too)
     assert torch.equal(a.detach()[untouched], start[untouched]) and not torch.equal(a.detach()[[1, 4]], start[[1, 4]])
+
+
+@pytest.mark.parametrize("kw, words", [
+    (dict(lr=-1.0), "Invalid learning rate: -1.0"), (dict(eps=-1e-8), "Invalid epsilon value: -1e-08"),
+    (dict(betas=(1.0, 0.999)), "Invalid beta parameter at index 0: 1.0"),
+    (dict(betas=(0.9, -0.5)), "Invalid beta parameter at index 1: -0.5"),
+    (dict(weight_decay=-1), "Invalid weight_decay value: -1"), (dict(lr=torch.tensor([0.1, 0.2])), "Tensor lr must be 1-element")])
+def test_bad_arguments_say_what_torch_optim_says(kw, words):
+    "torch.optim.Adam's own words (code and tests that match them keep working), then adam_lit's: the argument and its range."
+    with pytest.raises(ValueError, match=re.escape(words)) as e:
+        Adam(params(2), **kw)
+    assert "argument `" in str(e.value)
+    with pytest.raises(ValueError, match=re.escape(words)):
+        torch.optim.Adam(params(2), **kw)
