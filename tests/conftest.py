@@ -1,6 +1,7 @@
 """Shared by the tests: `need(name)`, pytest's `importorskip` for the optional libraries (the oracles: Keras, JAX,
 Optax, PyTorch, ml_dtypes, mpi4py), except that with `ADAM_LIT_REQUIRE_ORACLES=1` (CI sets it) a missing one fails
 the test instead of skipping it. The switch itself is `adam_lit._optional.required` (nbs/15_hardening.ipynb)."""
+import contextlib
 import importlib
 
 import pytest
@@ -24,3 +25,17 @@ def keras_jax():
     if keras.backend.backend() != "jax":
         pytest.skip(f"the jitted Keras oracle needs Keras's JAX backend (KERAS_BACKEND={keras.backend.backend()!r})")
     return keras
+
+
+@contextlib.contextmanager
+def jax_modes(x64: bool, floatx: str):
+    "JAX's 64-bit switch and Keras's floatx (on its JAX backend) set for a test; the previous settings restored after."
+    keras, jax = keras_jax(), need("jax")
+    prev_x64, prev_floatx = jax.config.read("jax_enable_x64"), keras.config.floatx()
+    jax.config.update("jax_enable_x64", x64)
+    keras.config.set_floatx(floatx)
+    try:
+        yield
+    finally:
+        keras.config.set_floatx(prev_floatx)
+        jax.config.update("jax_enable_x64", prev_x64)

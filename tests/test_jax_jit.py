@@ -14,7 +14,7 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 
 import numpy as np
 import pytest
-from conftest import keras_jax, need
+from conftest import jax_modes, keras_jax, need
 
 jax = need("jax")
 jnp = jax.numpy
@@ -32,37 +32,22 @@ SHAPES = [(7, 5), (5,), (11,)]
 @pytest.fixture
 def float32_mode():
     "JAX 32-bit and Keras floatx float32 (the defaults); previous settings restored afterwards."
-    keras = keras_jax()
-    prev_x64, prev_floatx = jax.config.read("jax_enable_x64"), keras.config.floatx()
-    jax.config.update("jax_enable_x64", False)
-    keras.config.set_floatx("float32")
-    yield np.float32
-    keras.config.set_floatx(prev_floatx)
-    jax.config.update("jax_enable_x64", prev_x64)
+    with jax_modes(False, "float32"):
+        yield np.float32
 
 
 @pytest.fixture
 def float64_mode():
     "JAX 64-bit and Keras floatx float64 (the convention of tests/test_keras_oracle.py); restored afterwards."
-    keras = keras_jax()
-    prev_x64, prev_floatx = jax.config.read("jax_enable_x64"), keras.config.floatx()
-    jax.config.update("jax_enable_x64", True)
-    keras.config.set_floatx("float64")
-    yield np.float64
-    keras.config.set_floatx(prev_floatx)
-    jax.config.update("jax_enable_x64", prev_x64)
+    with jax_modes(True, "float64"):
+        yield np.float64
 
 
 @pytest.fixture
 def x64_float32_mode():
     "JAX 64-bit with Keras floatx float32 and float32 variables (a JAX user who turned x64 on); restored afterwards."
-    keras = keras_jax()
-    prev_x64, prev_floatx = jax.config.read("jax_enable_x64"), keras.config.floatx()
-    jax.config.update("jax_enable_x64", True)
-    keras.config.set_floatx("float32")
-    yield np.float32
-    keras.config.set_floatx(prev_floatx)
-    jax.config.update("jax_enable_x64", prev_x64)
+    with jax_modes(True, "float32"):
+        yield np.float32
 
 
 def same_bits(a, b) -> bool:

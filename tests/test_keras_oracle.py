@@ -23,7 +23,7 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import need
+from conftest import jax_modes, need
 
 keras = need("keras")
 if keras.backend.backend() != "jax":
@@ -46,23 +46,15 @@ SHAPES = [(), (0,), (1,), (3,), (2, 1), (5, 4), (17,), (3, 0, 2), (64,), (7, 19)
 @pytest.fixture
 def float32_mode():
     "Keras floatx float32, JAX 32-bit (Keras's defaults); previous settings restored afterwards."
-    prev_x64, prev_floatx = jax.config.read("jax_enable_x64"), keras.config.floatx()
-    jax.config.update("jax_enable_x64", False)
-    keras.config.set_floatx("float32")
-    yield np.float32
-    keras.config.set_floatx(prev_floatx)
-    jax.config.update("jax_enable_x64", prev_x64)
+    with jax_modes(False, "float32"):
+        yield np.float32
 
 
 @pytest.fixture
 def float64_mode():
     "Keras floatx float64 with JAX 64-bit enabled (SPEC Decision 2); previous settings restored afterwards."
-    prev_x64, prev_floatx = jax.config.read("jax_enable_x64"), keras.config.floatx()
-    jax.config.update("jax_enable_x64", True)
-    keras.config.set_floatx("float64")
-    yield np.float64
-    keras.config.set_floatx(prev_floatx)
-    jax.config.update("jax_enable_x64", prev_x64)
+    with jax_modes(True, "float64"):
+        yield np.float64
 
 
 # ---------------------------------------------------------------------------------------------- random cases

@@ -17,7 +17,7 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 
 import numpy as np
 import pytest
-from conftest import keras_jax, need
+from conftest import jax_modes, keras_jax, need
 
 jax = need("jax")
 optax = need("optax")
@@ -37,24 +37,14 @@ SHAPES = [(7, 5), (5,), (11,)]
 @pytest.fixture(params=["float32", "float64"])
 def mode(request):
     "JAX 64-bit and Keras floatx for the dtype; restored afterwards."
-    keras = keras_jax()
-    prev_x64, prev_floatx = jax.config.read("jax_enable_x64"), keras.config.floatx()
-    jax.config.update("jax_enable_x64", request.param == "float64")
-    keras.config.set_floatx(request.param)
-    yield np.dtype(request.param).type
-    keras.config.set_floatx(prev_floatx)
-    jax.config.update("jax_enable_x64", prev_x64)
+    with jax_modes(request.param == "float64", request.param):
+        yield np.dtype(request.param).type
 
 
 @pytest.fixture
 def f32():
-    keras = keras_jax()
-    prev_x64, prev_floatx = jax.config.read("jax_enable_x64"), keras.config.floatx()
-    jax.config.update("jax_enable_x64", False)
-    keras.config.set_floatx("float32")
-    yield np.float32
-    keras.config.set_floatx(prev_floatx)
-    jax.config.update("jax_enable_x64", prev_x64)
+    with jax_modes(False, "float32"):
+        yield np.float32
 
 
 def same_bits(a, b) -> bool:
@@ -145,13 +135,8 @@ def test_adam_matches_keras_jit(mode, case):
 @pytest.fixture
 def x64_f32():
     "JAX 64-bit on, Keras floatx float32, float32 parameters; restored afterwards."
-    keras = keras_jax()
-    prev_x64, prev_floatx = jax.config.read("jax_enable_x64"), keras.config.floatx()
-    jax.config.update("jax_enable_x64", True)
-    keras.config.set_floatx("float32")
-    yield np.float32
-    keras.config.set_floatx(prev_floatx)
-    jax.config.update("jax_enable_x64", prev_x64)
+    with jax_modes(True, "float32"):
+        yield np.float32
 
 
 @pytest.mark.parametrize("case", ["default", "exponential", "staircase", "piecewise", "inverse_time", "polynomial"])
