@@ -4,6 +4,7 @@ the test instead of skipping it. The switch itself is `adam_lit._optional.requir
 import contextlib
 import importlib
 
+import numpy as np
 import pytest
 
 from adam_lit._optional import REQUIRE_ORACLES, required
@@ -39,3 +40,17 @@ def jax_modes(x64: bool, floatx: str):
     finally:
         keras.config.set_floatx(prev_floatx)
         jax.config.update("jax_enable_x64", prev_x64)
+
+
+@pytest.fixture
+def float32_mode():
+    "Keras floatx float32 with JAX 32-bit (Keras's defaults); the previous settings restored afterwards."
+    with jax_modes(False, "float32"):
+        yield np.float32
+
+
+@pytest.fixture
+def float64_mode():
+    "Keras floatx float64 with JAX 64-bit enabled (SPEC Decision 2); the previous settings restored afterwards."
+    with jax_modes(True, "float64"):
+        yield np.float64

@@ -30,20 +30,6 @@ SHAPES = [(7, 5), (5,), (11,)]
 
 
 @pytest.fixture
-def float32_mode():
-    "JAX 32-bit and Keras floatx float32 (the defaults); previous settings restored afterwards."
-    with jax_modes(False, "float32"):
-        yield np.float32
-
-
-@pytest.fixture
-def float64_mode():
-    "JAX 64-bit and Keras floatx float64 (the convention of tests/test_keras_oracle.py); restored afterwards."
-    with jax_modes(True, "float64"):
-        yield np.float64
-
-
-@pytest.fixture
 def x64_float32_mode():
     "JAX 64-bit with Keras floatx float32 and float32 variables (a JAX user who turned x64 on); restored afterwards."
     with jax_modes(True, "float32"):

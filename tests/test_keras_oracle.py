@@ -43,20 +43,6 @@ SHAPES = [(), (0,), (1,), (3,), (2, 1), (5, 4), (17,), (3, 0, 2), (64,), (7, 19)
 
 
 # ---------------------------------------------------------------------------------------------- precision modes
-@pytest.fixture
-def float32_mode():
-    "Keras floatx float32, JAX 32-bit (Keras's defaults); previous settings restored afterwards."
-    with jax_modes(False, "float32"):
-        yield np.float32
-
-
-@pytest.fixture
-def float64_mode():
-    "Keras floatx float64 with JAX 64-bit enabled (SPEC Decision 2); previous settings restored afterwards."
-    with jax_modes(True, "float64"):
-        yield np.float64
-
-
 # ---------------------------------------------------------------------------------------------- random cases
 def make_case(seed: int) -> dict:
     "A random combination of options, shapes and call pattern, fully determined by `seed` (printed on failure)."
