@@ -260,6 +260,15 @@ def _check_rounding(k, dt, b1, b2, eps):
         raise ValueError(f"Argument `eps`={float(eps)} rounds to 0 in {np.dtype(S).name}, the dtype of update {k}: where "
                          f"v is 0 the step would be 0/0 = NaN. Use an eps of at least {float(np.finfo(S).smallest_subnormal):.3g}")
 
+def _in_state_dtype(g, v):
+    """A gradient of another floating dtype than its second moment (which has its parameter's: mixed precision, e.g.
+    float16 gradients of float32 parameters) cast to that dtype, as Keras's `update_step` casts a gradient to its
+    variable's dtype; real to real and complex to complex only (anything else is named by `_check_leaf`)."""
+    if g is None or v is None or not hasattr(g, "dtype") or not hasattr(v, "dtype") or g.dtype == v.dtype: return g
+    _, jnp, _ = _libs()
+    cplx = lambda d: jnp.issubdtype(d, jnp.complexfloating)
+    return g.astype(v.dtype) if jnp.issubdtype(g.dtype, jnp.inexact) and cplx(g.dtype) == cplx(v.dtype) else g
+
 def _update_fn(leaf_rule, learning_rate, b1, b2, eps, weight_decay, mask, amsgrad, mu_dtype=None):
     "`update(updates, state, params, rows)`: the pytrees checked, every leaf stepped, the count incremented."
     def update(updates, state, params, rows):
@@ -269,6 +278,7 @@ def _update_fn(leaf_rule, learning_rate, b1, b2, eps, weight_decay, mask, amsgra
         gl, treedef = jax.tree_util.tree_flatten(updates, is_leaf=lambda z: z is None)
         ml, vl = _leaves(state.mu, treedef, "state.mu"), _leaves(state.nu, treedef, "state.nu")
         hl = _leaves(state.nu_max, treedef, "state.nu_max") if amsgrad else [None] * len(gl)
+        gl = [_in_state_dtype(g, v) for g, v in zip(gl, vl)]
         if weight_decay is not None and params is None:
             raise ValueError("weight decay needs the parameters: call `update(updates, state, params)`")
         xl = [None] * len(gl) if params is None else _leaves(params, treedef, "params")
@@ -355,10 +365,11 @@ def _transformation(learning_rate, b1, b2, eps, weight_decay, mask, amsgrad, num
 
 # %% ../nbs/18_optax.ipynb #0a7e1c18
 def adam(learning_rate: float | Callable | LearningRateSchedule = 0.001, b1: float = 0.9, b2: float = 0.999,
-         eps: float | None = None, *, weight_decay: float | None = None, mask: Any = None, amsgrad: bool = False,
-         numerics: str = "keras", mu_dtype: Any = None, eps_root: float = 0.0,
-         nesterov: bool = False) -> "optax.GradientTransformation":
+         eps: float | None = None, eps_root: float = 0.0, mu_dtype: Any = None, *, nesterov: bool = False,
+         weight_decay: float | None = None, mask: Any = None, amsgrad: bool = False,
+         numerics: str = "keras") -> "optax.GradientTransformation":
     """Keras 3's Adam as an Optax transformation: `update` returns the step to add with `optax.apply_updates`.
+    The arguments in `optax.adam`'s order (`eps_root` and `mu_dtype` may be given by position, as Optax's).
 
     Parameters
     ----------
@@ -371,6 +382,13 @@ def adam(learning_rate: float | Callable | LearningRateSchedule = 0.001, b1: flo
     eps : float or None
         None: the numerics' default. "keras": epsilon hat (Keras's `epsilon`), added to sqrt(v) before the bias
         correction, 1e-7; "optax": optax's `eps`, added after it, 1e-8.
+    eps_root : float
+        Optax's `eps_root`, added to v under the square root (Keras has none; the default 0 keeps Keras's bits).
+    mu_dtype : dtype or None
+        Optax's `mu_dtype`: the dtype the first moment is kept in (None: the parameters'). It is computed in the
+        gradient's dtype and rounded to `mu_dtype` when stored, as Optax does; None keeps Keras's bits.
+    nesterov : bool
+        Only with numerics "optax" (Optax's Nesterov Adam); Keras's Adam has none.
     weight_decay : float or None
         Keras's decoupled decay, `x - (x * weight_decay) * lr` before the step (default None: none).
     mask : pytree of bools, or a callable of the params returning one
@@ -380,13 +398,6 @@ def adam(learning_rate: float | Callable | LearningRateSchedule = 0.001, b1: flo
     numerics : str
         "keras" (the default): Keras 3's bits (JAX backend, under jax.jit); "optax": those of `optax.adam`,
         `optax.amsgrad`, `optax.adamw`.
-    mu_dtype : dtype or None
-        Optax's `mu_dtype`: the dtype the first moment is kept in (None: the parameters'). It is computed in the
-        gradient's dtype and rounded to `mu_dtype` when stored, as Optax does; None keeps Keras's bits.
-    eps_root : float
-        Optax's `eps_root`, added to v under the square root (Keras has none; the default 0 keeps Keras's bits).
-    nesterov : bool
-        Only with numerics "optax" (Optax's Nesterov Adam); Keras's Adam has none.
 
     Complex parameters, which Keras does not define, follow Optax's convention: the second moment is that of
     `|g|^2`; for real parameters this is Keras's `g * g`, so the bits are unchanged.
@@ -395,18 +406,20 @@ def adam(learning_rate: float | Callable | LearningRateSchedule = 0.001, b1: flo
                            eps_root=eps_root, nesterov=nesterov)
 
 def adamw(learning_rate: float | Callable | LearningRateSchedule = 0.001, b1: float = 0.9, b2: float = 0.999,
-          eps: float | None = None, weight_decay: float | None = None, *, mask: Any = None, amsgrad: bool = False,
-          numerics: str = "keras", mu_dtype: Any = None, eps_root: float = 0.0,
-          nesterov: bool = False) -> "optax.GradientTransformation":
-    """Keras 3's AdamW: `adam` with decoupled weight decay; the arguments of `adam`. `weight_decay` None: the numerics'
-    default, 0.004 (Keras's `AdamW`) or with numerics "optax" 1e-4 (`optax.adamw`'s); 0 for none."""
+          eps: float | None = None, eps_root: float = 0.0, mu_dtype: Any = None, weight_decay: float | None = None,
+          mask: Any = None, *, nesterov: bool = False, amsgrad: bool = False,
+          numerics: str = "keras") -> "optax.GradientTransformation":
+    """Keras 3's AdamW: `adam` with decoupled weight decay; the arguments of `adam`, in `optax.adamw`'s order.
+    `weight_decay` None: the numerics' default, 0.004 (Keras's `AdamW`) or with numerics "optax" 1e-4 (`optax.adamw`'s);
+    0 for none. (Under `optax.inject_hyperparams`, `eps` and `weight_decay` left at None stay static, their defaults:
+    pass them to make them hyperparameters.)"""
     if weight_decay is None: weight_decay = _DEFAULT_WD.get(numerics, 0.004)      # (a bad `numerics` is named below)
     return _transformation(learning_rate, b1, b2, eps, weight_decay, mask, amsgrad, numerics, lazy=False, mu_dtype=mu_dtype,
                            eps_root=eps_root, nesterov=nesterov)
 
 def amsgrad(learning_rate: float | Callable | LearningRateSchedule = 0.001, b1: float = 0.9, b2: float = 0.999,
-            eps: float | None = None, *, weight_decay: float | None = None, mask: Any = None,
-            numerics: str = "keras", mu_dtype: Any = None, eps_root: float = 0.0) -> "optax.GradientTransformation":
+            eps: float | None = None, eps_root: float = 0.0, mu_dtype: Any = None, *, weight_decay: float | None = None,
+            mask: Any = None, numerics: str = "keras") -> "optax.GradientTransformation":
     "Keras 3's `Adam(amsgrad=True)` (with numerics 'optax', `optax.amsgrad`); the arguments of `adam`."
     return _transformation(learning_rate, b1, b2, eps, weight_decay, mask, True, numerics, lazy=False, mu_dtype=mu_dtype,
                            eps_root=eps_root)

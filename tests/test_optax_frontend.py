@@ -744,3 +744,25 @@ def test_updates_of_another_tree_blame_the_updates(f32):
     tx = alo.adam(0.1); pp = {"w": jnp.ones(2), "b": jnp.ones(2)}
     with pytest.raises(ValueError, match=r"The updates and `state.mu` have different structures.*must have the structure of those params"):
         tx.update({"w": jnp.ones(2)}, tx.init(pp), pp)
+
+
+def test_positional_arguments_are_optax_order():
+    "adam, adamw, amsgrad take positional arguments in optax.adam's, optax.adamw's, optax.amsgrad's order (a drop-in)."
+    import inspect
+    positional = lambda f: [n for n, q in inspect.signature(f).parameters.items() if q.kind is q.POSITIONAL_OR_KEYWORD]
+    for mine, theirs in ((alo.adam, optax.adam), (alo.adamw, optax.adamw), (alo.amsgrad, optax.amsgrad)):
+        assert positional(mine) == positional(theirs)[:len(positional(mine))] and len(positional(mine)) >= 6, mine.__name__
+    p = [jnp.full(3, 2.0, jnp.float32)]
+    a, b = alo.adamw(0.1, 0.9, 0.999, 1e-7, 0.0), alo.adamw(0.1)          # the 5th is eps_root, as in optax.adamw
+    assert same_bits(a.update([jnp.zeros(3)], a.init(p), p)[0][0], b.update([jnp.zeros(3)], b.init(p), p)[0][0])
+
+
+def test_gradients_of_another_float_dtype_are_cast_to_the_parameters(f32):
+    "Mixed precision: float16 (or bfloat16) gradients of float32 parameters are cast to float32 first, as Keras casts them."
+    p = {"w": jnp.linspace(-1, 1, 6, dtype=jnp.float32)}
+    for dt in (jnp.float16, jnp.bfloat16):
+        g = {"w": jnp.linspace(0.5, -0.25, 6).astype(dt)}
+        for tx in (alo.adam(0.01), alo.adamw(0.01), alo.amsgrad(0.01)):
+            u, s = jax.jit(tx.update)(g, tx.init(p), p)
+            v, t = jax.jit(tx.update)({"w": g["w"].astype(jnp.float32)}, tx.init(p), p)
+            assert u["w"].dtype == jnp.float32 and same_bits(u["w"], v["w"]) and same_bits(s.nu["w"], t.nu["w"])
