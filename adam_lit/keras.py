@@ -136,12 +136,14 @@ def _update_step(self: LazyAdam, gradient, variable, learning_rate):
     i = self._get_variable_index(variable)
     wd = float(np.dtype(dt).type(self.weight_decay)) if self.weight_decay is not None and self._use_weight_decay(variable) else None
     if _tf_slices(gradient): return _tf_rows(self, gradient, variable, i, lr, alpha, b1, b2, c1, c2, wd)
+    if self.numerics == "keras" and keras.backend.backend() == "torch":    # (the gradient as Keras's torch Adam takes it)
+        return _torch_adam(self, ops.convert_to_tensor(gradient), variable, i, learning_rate, alpha, wd is not None)
     g = ops.cast(gradient, dt)
-    if self.numerics == "keras" and keras.backend.backend() == "torch":
-        return _torch_adam(self, g, variable, i, learning_rate, alpha, wd is not None)
-    K = lambda c: ops.cast(c, dt)       # (a constant in the dtype: on PyTorch a bare Python float would become float32)
+    K = lambda c: ops.convert_to_tensor(c, dtype=dt)   # (a constant in the dtype, exactly: on PyTorch a bare Python
+                                                        # float becomes float32 first, and so does `ops.cast` of one on TF)
     m, v = self._momentums[i], self._velocities[i]
-    if wd is not None: self.assign(variable, ops.subtract(variable, ops.multiply(ops.multiply(variable, K(wd)), lr)))
+    if wd is not None:      # (Keras's own decay casts its weight decay with `ops.cast`, as here: through float32 on TF)
+        self.assign(variable, ops.subtract(variable, ops.multiply(ops.multiply(variable, ops.cast(wd, dt)), lr)))
     self.assign_add(m, ops.multiply(ops.subtract(g, m), K(c1)))                    # m + (g - m) * c1
     self.assign_add(v, ops.multiply(ops.subtract(ops.square(g), v), K(c2)))        # v + (g*g - v) * c2
     if self.amsgrad:
@@ -158,15 +160,17 @@ def _maximum(a, b):
 def _torch_adam(self, g, variable, i, learning_rate, alpha, decays: bool):
     """Keras 3's Adam as its PyTorch backend computes it, which is not Keras's generic `update_step`:
     `TorchOptimizer._apply_weight_decay` (`x * (1 - weight_decay * lr)`) and `torch_adam.Adam._parallel_update_step`
-    (`m * beta_1`, then torch's `add_` of `g` with `alpha=1 - beta_1`, ...), its operations in its order, on this one
-    variable (its `_foreach_` functions apply each operation tensor by tensor: the same bits)."""
+    (`m * beta_1`, then torch's `add_` of `g` with `alpha=1 - beta_1`, ...): its `_foreach_` operations in its order,
+    on a list of this one variable (a `_foreach_` operation and the tensor's own method round half precision
+    differently on the CPU; the gradient is taken as it comes, in its own dtype, as Keras's)."""
     import torch
+    F = torch
     with torch.no_grad():
-        x, m, v = variable.value, self._momentums[i].value, self._velocities[i].value
-        if decays: x.mul_(1 - self.weight_decay * learning_rate)
-        m.mul_(self.beta_1); m.add_(g, alpha=1 - self.beta_1)
-        v.mul_(self.beta_2); v.add_(g * g, alpha=1 - self.beta_2)
+        x, m, v = [variable.value], [self._momentums[i].value], [self._velocities[i].value]
+        if decays: F._foreach_mul_(x, 1 - self.weight_decay * learning_rate)
+        F._foreach_mul_(m, self.beta_1); F._foreach_add_(m, [g], alpha=1 - self.beta_1)
+        F._foreach_mul_(v, self.beta_2); F._foreach_add_(v, F._foreach_mul([g], [g]), alpha=1 - self.beta_2)
         if self.amsgrad:
-            vh = self._velocity_hats[i].value
-            torch.maximum(vh, v, out=vh); v = vh
-        x.add_(torch.div(m * alpha, torch.sqrt(v) + self.epsilon), alpha=-1)
+            vh = [self._velocity_hats[i].value]
+            F._foreach_maximum_(vh, v); v = vh
+        F._foreach_add_(x, F._foreach_div(F._foreach_mul(m, alpha), F._foreach_add(F._foreach_sqrt(v), self.epsilon)), alpha=-1)

@@ -334,6 +334,15 @@ for name, opt in [("lazy", LazyAdam(learning_rate=0.01, weight_decay=0.01)),
     xs = [keras.Variable(d["init0"]), keras.Variable(d["init1"])]
     for c in range(4): opt.apply([tf.constant(d[f"g0/{c}"]), tf.constant(d[f"g1/{c}"])], xs)
     for i, x in enumerate(xs): out[f"{name}/{i}"] = keras.ops.convert_to_numpy(x)
+def run(cls, dtype, **kw):      # float64 and float16 too: every variable and optimizer variable
+    xs = [keras.Variable(d["init0"].astype(dtype), dtype=dtype), keras.Variable(d["init1"].astype(dtype), dtype=dtype)]
+    opt = cls(**kw)
+    for c in range(4): opt.apply([tf.constant(d[f"g0/{c}"].astype(dtype)), tf.constant(d[f"g1/{c}"].astype(dtype))], xs)
+    return [keras.ops.convert_to_numpy(v) for v in xs + list(opt.variables)]
+for dtype in ("float64", "float16"):
+    for kw in (dict(learning_rate=0.01), dict(learning_rate=0.01, amsgrad=True, weight_decay=0.1)):
+        for j, (a, b) in enumerate(zip(run(LazyAdam, dtype, **kw), run(keras.optimizers.Adam, dtype, **kw))):
+            assert a.dtype == b.dtype and a.tobytes() == b.tobytes(), (dtype, kw, j)
 keras.utils.set_random_seed(1)
 model = keras.Sequential([keras.Input((6,), dtype="int32"), keras.layers.Embedding(300, 8),
                           keras.layers.GlobalAveragePooling1D(), keras.layers.Dense(1)])
@@ -351,7 +360,8 @@ np.savez(sys.argv[2], **out)
 
 
 def test_tensorflow_dense_gradients_and_fit(tmp_path):
-    """On TensorFlow: dense gradients get `keras.optimizers.Adam`'s step (with weight decay), bit for bit; `model.fit` on
+    """On TensorFlow: dense gradients get `keras.optimizers.Adam`'s step (with weight decay; float32, float64 and float16,
+    AMSGrad too), bit for bit; `model.fit` on
     an embedding model sends `tf.IndexedSlices` to the row update, the loss falls and rows the data never reads keep
     their initial values (Keras's Adam moves none of them either while their moments are zero; what differs is rows
     read earlier and not in the current batch)."""
@@ -382,12 +392,15 @@ d = dict(np.load(sys.argv[1])); out = {}
 OPTIONS = [dict(), dict(amsgrad=True), dict(weight_decay=0.01), dict(beta_1=0.5, beta_2=0.9, epsilon=1e-3),
            dict(amsgrad=True, weight_decay=0.1, learning_rate=0.05),
            dict(learning_rate=keras.optimizers.schedules.ExponentialDecay(0.01, 2, 0.7), clipnorm=0.5, use_ema=True)]
-def run(cls, dtype, **kw):
-    xs = [keras.Variable(d["init0"].astype(dtype), dtype=dtype), keras.Variable(d["init1"].astype(dtype), dtype=dtype)]
+def run(cls, dtype, grads=None, **kw):
+    xs = [keras.Variable(d["init0"], dtype=dtype), keras.Variable(d["init1"], dtype=dtype)]
+    t = lambda a: torch.as_tensor(a).to(getattr(torch, grads or dtype))
     opt = cls(**kw)
-    for c in range(4): opt.apply([torch.as_tensor(d[f"g0/{c}"].astype(dtype)), torch.as_tensor(d[f"g1/{c}"].astype(dtype))], xs)
-    return [keras.ops.convert_to_numpy(v) for v in xs + list(opt.variables)]
-for dtype in ("float32", "float64"):
+    for c in range(4): opt.apply([t(d[f"g0/{c}"]), t(d[f"g1/{c}"])], xs)
+    return [keras.ops.convert_to_numpy(keras.ops.cast(v, "float32") if dtype == "bfloat16" else v) for v in xs + list(opt.variables)]
+a, b = run(LazyAdam, "float32", "float16"), run(keras.optimizers.Adam, "float32", "float16")   # float16 gradients
+for j, (x, y) in enumerate(zip(a, b)): assert x.dtype == y.dtype and x.tobytes() == y.tobytes(), ("float16 grads", j)
+for dtype in ("float32", "float64", "float16", "bfloat16"):
     for k, kw in enumerate(OPTIONS):
         a, b = run(LazyAdam, dtype, **kw), run(keras.optimizers.Adam, dtype, **kw)
         for j, (x, y) in enumerate(zip(a, b)): assert x.dtype == y.dtype and x.tobytes() == y.tobytes(), (dtype, k, j)
@@ -406,7 +419,8 @@ np.savez(sys.argv[2], **out)
 
 def test_torch_backend(tmp_path):
     """Keras on PyTorch (a subprocess with KERAS_BACKEND=torch): dense gradients give `keras.optimizers.Adam`'s bits
-    (Keras's own PyTorch arithmetic, torch_adam.Adam) for six option sets, in float32 and float64, every variable and
+    (Keras's own PyTorch arithmetic, torch_adam.Adam, its `_foreach_` operations) for six option sets, in float32,
+    float64, float16 and bfloat16, and float16 gradients of float32 variables, every variable and
     optimizer variable; with numerics "legacy", adam_lit's LazyAdam on NumPy in float64 (no constant rounded through
     float32); `model.fit` of the embedding model: Adam's losses, lowered."""
     import importlib.util
