@@ -269,6 +269,14 @@ def _in_state_dtype(g, v):
     cplx = lambda d: jnp.issubdtype(d, jnp.complexfloating)
     return g.astype(v.dtype) if jnp.issubdtype(g.dtype, jnp.inexact) and cplx(g.dtype) == cplx(v.dtype) else g
 
+def _wd_value(wd, count):
+    """The weight decay of the step after `count` steps: a number or array as it is; a schedule called with `count`, as
+    Optax's `add_decayed_weights` calls it (an adam_lit schedule computed on the traced count, in Keras's operations)."""
+    if wd is None or hasattr(wd, "dtype") or not callable(wd): return wd
+    _, jnp, _ = _libs()
+    if isinstance(wd, LearningRateSchedule): return _traced_rate(wd, count, jnp, _schedule_dtype(jnp, jnp.float32))
+    return wd(count)
+
 def _update_fn(leaf_rule, learning_rate, b1, b2, eps, weight_decay, mask, amsgrad, mu_dtype=None):
     "`update(updates, state, params, rows)`: the pytrees checked, every leaf stepped, the count incremented."
     def update(updates, state, params, rows):
@@ -282,9 +290,10 @@ def _update_fn(leaf_rule, learning_rate, b1, b2, eps, weight_decay, mask, amsgra
         if weight_decay is not None and params is None:
             raise ValueError("weight decay needs the parameters: call `update(updates, state, params)`")
         xl = [None] * len(gl) if params is None else _leaves(params, treedef, "params")
-        decays = [weight_decay] * len(gl)
+        wd = _wd_value(weight_decay, state.count)
+        decays = [wd] * len(gl)
         if mask is not None:
-            decays = [weight_decay if bool(k) else None for k in _prefix_leaves(mask(params) if callable(mask) else mask, updates, treedef, "mask")]
+            decays = [wd if bool(k) else None for k in _prefix_leaves(mask(params) if callable(mask) else mask, updates, treedef, "mask")]
         rl = [None] * len(gl) if rows is None else _prefix_leaves(rows, updates, treedef, "rows")
         paths = [jax.tree_util.keystr(q) for q, _ in jax.tree_util.tree_flatten_with_path(updates, is_leaf=lambda z: z is None)[0]]
         for k, (g, m, v, x, r) in enumerate(zip(gl, ml, vl, xl, rl)):
@@ -344,7 +353,8 @@ def _transformation(learning_rate, b1, b2, eps, weight_decay, mask, amsgrad, num
     learning_rate = _learning_rate(learning_rate)
     b1, b2 = _number("b1", b1, 0, 1, open_high=True), _number("b2", b2, 0, 1, open_high=True)
     eps = _number("eps", _DEFAULT_EPS[numerics] if eps is None else eps, low=0)
-    weight_decay = _number("weight_decay", weight_decay, low=0, allow_none=True)
+    if not (callable(weight_decay) and not hasattr(weight_decay, "dtype")):     # (a schedule: called at each step)
+        weight_decay = _number("weight_decay", weight_decay, low=0, allow_none=True)
     if mask is not None and weight_decay is None:
         raise ValueError("Argument `mask` selects the parameters that decay, but `weight_decay` is None")
     if numerics == "optax": return _optax_own(learning_rate, b1, b2, eps, weight_decay, mask, amsgrad, mu_dtype, eps_root, nesterov)
@@ -389,8 +399,9 @@ def adam(learning_rate: float | Callable | LearningRateSchedule = 0.001, b1: flo
         gradient's dtype and rounded to `mu_dtype` when stored, as Optax does; None keeps Keras's bits.
     nesterov : bool
         Only with numerics "optax" (Optax's Nesterov Adam); Keras's Adam has none.
-    weight_decay : float or None
-        Keras's decoupled decay, `x - (x * weight_decay) * lr` before the step (default None: none).
+    weight_decay : float, callable or None
+        Keras's decoupled decay, `x - (x * weight_decay) * lr` before the step (default None: none); a schedule of the
+        step count is called with the count of steps before this one, as Optax's `add_decayed_weights` calls it.
     mask : pytree of bools, or a callable of the params returning one
         Which parameters decay (Optax's `mask`; Keras's `exclude_from_weight_decay` negated).
     amsgrad : bool

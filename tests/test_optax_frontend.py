@@ -766,3 +766,25 @@ def test_gradients_of_another_float_dtype_are_cast_to_the_parameters(f32):
             u, s = jax.jit(tx.update)(g, tx.init(p), p)
             v, t = jax.jit(tx.update)({"w": g["w"].astype(jnp.float32)}, tx.init(p), p)
             assert u["w"].dtype == jnp.float32 and same_bits(u["w"], v["w"]) and same_bits(s.nu["w"], t.nu["w"])
+
+
+@pytest.mark.parametrize("make, lazy", [(lambda wd: alo.adamw(0.05, weight_decay=wd), False),
+                                        (lambda wd: alo.adam(0.05, weight_decay=wd), False),
+                                        (lambda wd: alo.lazy_adam(0.05, weight_decay=wd), True)])
+def test_weight_decay_schedule_is_called_with_the_count(f32, make, lazy):
+    """A weight-decay schedule (Optax's convention, as `optax.adamw` accepts one): step k decays by schedule(k), the
+    bits of a constant decay of that value at that step (the state does not depend on the decay's form)."""
+    sched = lambda count: 0.05 * (count + 1.0)
+    p = [jnp.linspace(-2, 2, 8, dtype=jnp.float32).reshape(4, 2)]
+    tx = make(sched)
+    s = r = tx.init(p)
+    q = p
+    for k in range(4):
+        g = [jnp.cos(p[0] * (k + 1))]
+        kw = {"rows": [jnp.array([0, 2])]} if lazy else {}
+        u, s = jax.jit(tx.update)(g, s, p, **kw)
+        ref = make(float(np.float32(sched(k))))
+        v, r = jax.jit(ref.update)(g, r, q, **kw)
+        assert same_bits(u[0], v[0]), k
+        p, q = optax.apply_updates(p, u), optax.apply_updates(q, v)
+    assert alo.adamw(0.05, weight_decay=sched, numerics="optax") is not None     # optax.adamw takes the schedule itself
