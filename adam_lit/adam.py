@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .backend import IndexedSlices, host_float
+from .backend import IndexedSlices, host_float, is_torch_array
 from .kernels import BLOCK_BYTES, adam_inplace_fast, fused_loop
 from .optimizer import ArgumentTypeError, Optimizer, check_hyper, _patch_into
 from .rules import _hyper, _torch_step_, adam_step, amsgrad_step, bias_corrected_step_size, moment_constants, sparse_adam_step
@@ -194,7 +194,7 @@ def _fast_update(self: Adam, x, g) -> bool:
 
 def _torch_dense_ok(x, g) -> bool:
     "A PyTorch variable of a real floating dtype and a dense gradient of its dtype, shape and device (numerics 'torch', in place)."
-    if type(x).__module__.split(".")[0] != "torch" or type(g).__module__.split(".")[0] != "torch": return False
+    if not (is_torch_array(x) and is_torch_array(g)): return False
     return (x.is_floating_point() and g.dtype == x.dtype and g.shape == x.shape and g.device == x.device
             and str(g.layout) == "torch.strided" and str(x.layout) == "torch.strided")
 

@@ -164,13 +164,13 @@ def _torch_adam(self, g, variable, i, learning_rate, alpha, decays: bool):
     on a list of this one variable (a `_foreach_` operation and the tensor's own method round half precision
     differently on the CPU; the gradient is taken as it comes, in its own dtype, as Keras's)."""
     import torch
-    F = torch
     with torch.no_grad():
         x, m, v = [variable.value], [self._momentums[i].value], [self._velocities[i].value]
-        if decays: F._foreach_mul_(x, 1 - self.weight_decay * learning_rate)
-        F._foreach_mul_(m, self.beta_1); F._foreach_add_(m, [g], alpha=1 - self.beta_1)
-        F._foreach_mul_(v, self.beta_2); F._foreach_add_(v, F._foreach_mul([g], [g]), alpha=1 - self.beta_2)
+        if decays: torch._foreach_mul_(x, 1 - self.weight_decay * learning_rate)
+        torch._foreach_mul_(m, self.beta_1); torch._foreach_add_(m, [g], alpha=1 - self.beta_1)
+        torch._foreach_mul_(v, self.beta_2); torch._foreach_add_(v, torch._foreach_mul([g], [g]), alpha=1 - self.beta_2)
         if self.amsgrad:
             vh = [self._velocity_hats[i].value]
-            F._foreach_maximum_(vh, v); v = vh
-        F._foreach_add_(x, F._foreach_div(F._foreach_mul(m, alpha), F._foreach_add(F._foreach_sqrt(v), self.epsilon)), alpha=-1)
+            torch._foreach_maximum_(vh, v); v = vh
+        step = torch._foreach_div(torch._foreach_mul(m, alpha), torch._foreach_add(torch._foreach_sqrt(v), self.epsilon))
+        torch._foreach_add_(x, step, alpha=-1)

@@ -91,14 +91,21 @@ def _one_minus(beta, dt):
     if not hasattr(beta, "dtype"): return moment_constants(beta, 0.0, np.dtype(dt).type)[0]
     return (1 - beta).astype(dt)
 
+def _scheduled(value, count, floatx):
+    """`value` for the step after `count` steps: an adam_lit schedule computed on the (traced) count in Keras's
+    operations and dtype (`_schedule_dtype`), an Optax schedule (a callable) called with the count, anything else as it is."""
+    _, jnp, _ = _libs()
+    if isinstance(value, LearningRateSchedule): return _traced_rate(value, count, jnp, _schedule_dtype(jnp, floatx))
+    if callable(value) and not hasattr(value, "dtype"): return value(count)
+    return value
+
 def _lr_value(lr, count, dt):
     """The learning rate of the step after `count` steps, a 0-d array of dtype `dt`: a float held in floatx as Keras holds
     it, an adam_lit schedule in floatx in Keras's operations, an Optax schedule's value or an injected array, cast."""
     _, jnp, _ = _libs()
     dt = _real(dt)
     floatx = jnp.float64 if dt == jnp.float64 else jnp.float32
-    if isinstance(lr, LearningRateSchedule): lr = _traced_rate(lr, count, jnp, _schedule_dtype(jnp, floatx))
-    elif callable(lr) and not hasattr(lr, "dtype"): lr = lr(count)
+    lr = _scheduled(lr, count, floatx)
     lr = lr if hasattr(lr, "dtype") else jnp.asarray(lr, dtype=floatx)
     return lr.astype(dt)
 
@@ -269,18 +276,10 @@ def _in_state_dtype(g, v):
     cplx = lambda d: jnp.issubdtype(d, jnp.complexfloating)
     return g.astype(v.dtype) if jnp.issubdtype(g.dtype, jnp.inexact) and cplx(g.dtype) == cplx(v.dtype) else g
 
-def _wd_value(wd, count):
-    """The weight decay of the step after `count` steps: a number or array as it is; a schedule called with `count`, as
-    Optax's `add_decayed_weights` calls it (an adam_lit schedule computed on the traced count, in Keras's operations)."""
-    if wd is None or hasattr(wd, "dtype") or not callable(wd): return wd
-    _, jnp, _ = _libs()
-    if isinstance(wd, LearningRateSchedule): return _traced_rate(wd, count, jnp, _schedule_dtype(jnp, jnp.float32))
-    return wd(count)
-
 def _update_fn(leaf_rule, learning_rate, b1, b2, eps, weight_decay, mask, amsgrad, mu_dtype=None):
     "`update(updates, state, params, rows)`: the pytrees checked, every leaf stepped, the count incremented."
     def update(updates, state, params, rows):
-        jax, _, optax = _libs()
+        jax, jnp, optax = _libs()
         if not isinstance(state, AdamState):
             raise ArgumentTypeError(f"Argument `state` must be the AdamState this transformation's init returned, got {type(state).__name__}")
         gl, treedef = jax.tree_util.tree_flatten(updates, is_leaf=lambda z: z is None)
@@ -290,7 +289,7 @@ def _update_fn(leaf_rule, learning_rate, b1, b2, eps, weight_decay, mask, amsgra
         if weight_decay is not None and params is None:
             raise ValueError("weight decay needs the parameters: call `update(updates, state, params)`")
         xl = [None] * len(gl) if params is None else _leaves(params, treedef, "params")
-        wd = _wd_value(weight_decay, state.count)
+        wd = _scheduled(weight_decay, state.count, jnp.float32)     # (a schedule: called with the count, as Optax's)
         decays = [wd] * len(gl)
         if mask is not None:
             decays = [wd if bool(k) else None for k in _prefix_leaves(mask(params) if callable(mask) else mask, updates, treedef, "mask")]

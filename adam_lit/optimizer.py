@@ -19,7 +19,7 @@ import numpy as np
 
 from array_api_compat import device as _device
 from .backend import (ArgumentTypeError, IndexedSlices, RowUpdate, as_row_sparse, assign, check_gradient,
-                              check_variables, default_int, describe, host_float, namespace)
+                              check_variables, default_int, describe, host_float, is_torch_array, namespace)
 from .kernels import _views, array_module, flat_like, tiled_base
 from ._fastpath import _flat_apply, _loop_apply
 from .rules import _FAITHFUL, _check_numerics, _check_traceable_numerics, _traced
@@ -1324,7 +1324,7 @@ def _spans(self):
     checked, so for them the ranges are kept, and made again when a tensor's address changed (`p.data = ...`)."""
     arrays = list(self._variables) + [s.array for s in self._slots]
     key = None
-    if arrays and type(arrays[0]).__module__.split(".")[0] == "torch":
+    if arrays and is_torch_array(arrays[0]):
         key = tuple(a.data_ptr() for a in arrays)
         hit = self.__dict__.get("_span_cache")
         if hit is not None and hit[0] == key: return hit[1], hit[2]

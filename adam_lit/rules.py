@@ -15,7 +15,7 @@ from array_api_compat import array_namespace
 
 from array_api_compat import device as array_device
 
-from .backend import IndexedSlices, host_float, take_rows, with_rows
+from .backend import IndexedSlices, host_float, is_torch_array, take_rows, with_rows
 
 # %% auto #0
 __all__ = ['NUMERICS', 'bias_corrected_step_size', 'moment_constants', 'adam_step', 'paper_adam_step', 'amsgrad_step',
@@ -260,7 +260,7 @@ def _fma(xp, a, b, c):
 
 def _torch_rule(xp, x, g, m, v, vmax, learning_rate, beta_1, beta_2, epsilon, t):
     "`torch.optim.Adam`'s `_single_tensor_adam` on the CPU: returns `(x, m, v, vmax)`."
-    if type(x).__module__.split(".")[0] == "torch":
+    if is_torch_array(x):
         return _torch_rule_native(x, g, m, v, vmax, learning_rate, beta_1, beta_2, epsilon, t)
     S = host_float(xp, x.dtype)
     if S is np.float16 or S.__name__ == "bfloat16": return _torch_rule_half(xp, x, g, m, v, vmax, learning_rate, beta_1, beta_2, epsilon, t)
