@@ -787,4 +787,12 @@ def test_weight_decay_schedule_is_called_with_the_count(f32, make, lazy):
         v, r = jax.jit(ref.update)(g, r, q, **kw)
         assert same_bits(u[0], v[0]), k
         p, q = optax.apply_updates(p, u), optax.apply_updates(q, v)
-    assert alo.adamw(0.05, weight_decay=sched, numerics="optax") is not None     # optax.adamw takes the schedule itself
+    # numerics="optax": the bits of optax.adamw given the same schedule (it calls it with the count, as we do)
+    mine, theirs = alo.adamw(0.05, weight_decay=sched, numerics="optax"), optax.adamw(0.05, weight_decay=sched)
+    p = q = [jnp.linspace(-2, 2, 8, dtype=jnp.float32).reshape(4, 2)]
+    s, r = mine.init(p), theirs.init(q)
+    for k in range(4):
+        g = [jnp.cos(p[0] * (k + 1))]
+        (u, s), (v, r) = jax.jit(mine.update)(g, s, p), jax.jit(theirs.update)(g, r, q)
+        assert same_bits(u[0], v[0]), k
+        p, q = optax.apply_updates(p, u), optax.apply_updates(q, v)
