@@ -69,6 +69,7 @@ def _names_given(opt) -> list:
 
 def _state(optimizer, include_variables: bool):
     "The metadata (JSON data) and the arrays of `optimizer`'s whole state."
+    optimizer._counter_array()      # an OverflowError naming the counter, as `variables` gives: `load` could not take it
     config, missing = _stored_config(optimizer)
     arrays, variables, slots, given = {}, [], [], _names_given(optimizer)
     for i, (v, name) in enumerate(zip(optimizer._variables, optimizer._names)):
@@ -164,6 +165,11 @@ def save(optimizer: Optimizer,          # a built optimizer (NumPy, CuPy, torch,
     -------
     str
         The path written (with its `.npz` suffix).
+
+    Raises
+    ------
+    OverflowError
+        The step count does not fit the optimizer's counter (as `variables` says): no checkpoint could hold it.
     """
     if getattr(optimizer, "communicator", None) is not None:     # a collective: rank 0 writes (adam_lit.distributed)
         return _distributed("save")(optimizer, path, include_variables)
@@ -501,6 +507,8 @@ def _plan_load(optimizer, meta, arrays, path, match: str, restore_variables):
             _fail(path, f"slot {name!r} of variable {i} has shape {tuple(s.array.shape)} and dtype {dtype} in the "
                         f"optimizer, {tuple(e['shape'])} and {e['dtype']} in the checkpoint")
         if not _is_writeable(s.array): _fail(path, f"slot {name!r} of variable {i} is read-only")
+        if name in ("v", "vhat") and bool(np.any(arrays[e["key"]] < 0)):     # (NaN is not refused: a run can make one)
+            _fail(path, f"slot {name!r} of variable {i} holds negative values: a second moment is a mean of squares")
         writes.append((s.array, arrays[e["key"]]))
     if restore_variables is None: _refuse_other_weights(optimizer, stored, arrays, order, path)
     it, high = meta["iterations"], _counter_max(optimizer._xp)
@@ -596,6 +604,6 @@ def load_optimizer(path: str | os.PathLike,  # a file written by `save`
     if cls is None: _fail(path, f"unknown optimizer class {_short(meta['class'])}; known: {sorted(_classes())}")
     try: opt = cls.from_config(meta["config"])
     except Exception as e:                        # the config is the file's: any failure to make the optimizer is the file's
-        _fail(path, f"its config cannot make a {meta['class']} optimizer ({type(e).__name__}: {_short(str(e), 200)})")
+        _fail(path, f"its config cannot make an optimizer of class {meta['class']} ({type(e).__name__}: {_short(str(e), 200)})")
     opt.build(list(variables), names)
     return load(opt, path, match=match, restore_variables=restore_variables, _read=data)

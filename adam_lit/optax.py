@@ -301,13 +301,14 @@ def _update_fn(leaf_rule, learning_rate, b1, b2, eps, weight_decay, mask, amsgra
             _check_leaf(name, g, m, v, x, r, mu_dtype)
             _check_rounding(name, g.dtype, b1, b2, eps)
         count, lrs, out = state.count, {}, []
+        step = optax.safe_increment(count)      # this step's number: at the counter's largest value it stays there, as Optax's
         for g, m, v, vh, x, wd, r in zip(gl, ml, vl, hl, xl, decays, rl):
             if g is None: out.append((None, m, v, vh)); continue
             if g.dtype not in lrs: lrs[g.dtype] = _lr_value(learning_rate, count, g.dtype)
-            args = (g, m, v, vh, x, lrs[g.dtype], count + 1, b1, b2, eps, wd)
+            args = (g, m, v, vh, x, lrs[g.dtype], step, b1, b2, eps, wd)
             out.append(leaf_rule(*args) if r is None else _lazy_leaf(*args, r))
         new = lambda j: jax.tree_util.tree_unflatten(treedef, [o[j] for o in out])
-        return new(0), AdamState(optax.safe_increment(count), new(1), new(2), new(3) if amsgrad else None)
+        return new(0), AdamState(step, new(1), new(2), new(3) if amsgrad else None)
     return update
 
 # %% ../nbs/18_optax.ipynb #0a7e1c16

@@ -1522,7 +1522,10 @@ def _stateless_traced(self, xp, optimizer_variables, n_head, pairs, hyper, xs):
     if _is_bool(c0) or (hasattr(c0, "dtype") and not _is_int_array(c0)) or not (hasattr(c0, "dtype") or _is_real(c0)):
         raise ArgumentTypeError(f"optimizer_variables[0] (the iteration counter) must be an integer array, got "
                                 f"{describe(c0) if hasattr(c0, 'dtype') else repr(c0)}")
-    it = c0 if hasattr(c0, "dtype") else xp.asarray(c0, dtype=default_int(xp))
+    c0 = c0 if hasattr(c0, "dtype") else xp.asarray(c0, dtype=default_int(xp))
+    # no error can be raised inside a trace: at its dtype's largest value the counter stays there (Optax's
+    # `safe_increment`), the step computed as step number max, instead of wrapping around to a negative count
+    it = xp.minimum(c0, xp.iinfo(c0.dtype).max - 1)
     if n_head == 2: hyper = dict(hyper, learning_rate=optimizer_variables[1])    # the rate held in the state, traced
     slots = {(s.index, s.name): a for s, a in zip(self._slots, optimizer_variables[n_head:])}
     new_xs, new_slots, ok = self._compute_traced(xp, list(xs), slots, [i for i, _, _ in pairs], [g for _, g, _ in pairs], it, hyper)
@@ -1530,7 +1533,7 @@ def _stateless_traced(self, xp, optimizer_variables, n_head, pairs, hyper, xs):
     new_state = head + [new_slots[(s.index, s.name)] for s in self._slots]
     if ok is None: return new_xs, new_state
     keep = lambda new, old: [xp.where(ok, a, b) for a, b in zip(new, old)]       # gradient_nan_policy="skip"
-    return keep(new_xs, xs), [xp.where(ok, it + 1, it)] + keep(new_state[1:], optimizer_variables[1:])
+    return keep(new_xs, xs), [xp.where(ok, it + 1, c0)] + keep(new_state[1:], optimizer_variables[1:])
 
 @_patch
 def _check_traceable(self, pairs):

@@ -259,10 +259,10 @@ def test_metadata_not_json(tmp_path, raw, fragment):
     refused(checkpoint_file(tmp_path, "json", None, arrays, meta_raw=npy(np.frombuffer(raw, np.uint8))), fragment)
 
 @pytest.mark.parametrize("config, fragment", [
-    ({"learning_rate": {"class_name": ["ExponentialDecay"], "config": {}}}, "its config cannot make a Adam optimizer (TypeError"),
-    ({"learning_rate": {"class_name": "ExponentialDecay", "config": "x"}}, "its config cannot make a Adam optimizer"),
-    ({"beta_1": "0.9"}, "its config cannot make a Adam optimizer"),
-    ({"no_such_option": 1}, "its config cannot make a Adam optimizer"),
+    ({"learning_rate": {"class_name": ["ExponentialDecay"], "config": {}}}, "its config cannot make an optimizer of class Adam (TypeError"),
+    ({"learning_rate": {"class_name": "ExponentialDecay", "config": "x"}}, "its config cannot make an optimizer of class Adam"),
+    ({"beta_1": "0.9"}, "its config cannot make an optimizer of class Adam"),
+    ({"no_such_option": 1}, "its config cannot make an optimizer of class Adam"),
 ])
 def test_config_that_cannot_make_the_optimizer(tmp_path, config, fragment):
     refused(edited(tmp_path, "config", lambda m: m.update(config=config)), fragment, via=("load_optimizer",))

@@ -796,3 +796,18 @@ def test_weight_decay_schedule_is_called_with_the_count(f32, make, lazy):
         (u, s), (v, r) = jax.jit(mine.update)(g, s, p), jax.jit(theirs.update)(g, r, q)
         assert same_bits(u[0], v[0]), k
         p, q = optax.apply_updates(p, u), optax.apply_updates(q, v)
+
+
+@pytest.mark.parametrize("make", [lambda: alo.adam(0.01), lambda: alo.amsgrad(0.01), lambda: alo.adamw(0.01),
+                                  lambda: alo.lazy_adam(0.01)])
+def test_count_at_its_largest_value_stays_there(f32, make):
+    """The int32 count (JAX without x64) at its largest value: the step is that of the count before it and the count
+    stays, as Optax's `safe_increment` keeps it (it wrapped to -2**31 before, and beta**t made every update NaN)."""
+    if jax.config.jax_enable_x64: pytest.skip("the count is int64 in JAX's 64-bit mode")
+    tx, p = make(), {"w": jnp.linspace(-1, 1, 4, dtype=jnp.float32)}
+    s = tx.init(p)
+    s = s._replace(mu=jax.tree.map(lambda a: a + 0.05, s.mu), nu=jax.tree.map(lambda a: a + 0.01, s.nu))
+    g = {"w": jnp.asarray([0.1, -0.2, 0.3, 0.0], jnp.float32)}
+    (u1, s1), (u0, s0) = (jax.jit(tx.update)(g, s._replace(count=jnp.asarray(c, jnp.int32)), p) for c in (2**31 - 1, 2**31 - 2))
+    assert np.isfinite(np.asarray(u1["w"])).all()
+    assert int(s1.count) == int(s0.count) == 2**31 - 1 and same_bits(u1["w"], u0["w"])
