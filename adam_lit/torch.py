@@ -18,7 +18,7 @@ except ImportError as e:
     raise ImportError("adam_lit.torch needs PyTorch: pip install 'adam-lit[torch]'") from e
 
 from .adam import Adam as _LitAdam
-from .backend import IndexedSlices, _entries_as_rows
+from .backend import IndexedSlices, _entries_as_rows, host_float
 from .lazyadam import LazyAdam as _LitLazyAdam
 
 # %% auto #0
@@ -130,6 +130,7 @@ def _eager_step(raw):
 class _Front(torch.optim.Optimizer):
     "The shared part of `Adam`, `AdamW` and `LazyAdam`: param groups, engines, state in torch's layout."
     _engine_class = _LitAdam
+    _always_decoupled = False       # LazyAdam: its weight decay is decoupled whatever a group says
 
     def __init__(self, params, defaults: dict, numerics: str, engine_kwargs: dict | None = None):
         if numerics not in NUMERICS: raise ValueError(f"Argument `numerics` must be one of {NUMERICS}, got {numerics!r}")
@@ -143,8 +144,12 @@ class _Front(torch.optim.Optimizer):
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict) -> None:
-        "torch's `add_param_group`, the group's options checked first (a ValueError naming the option; nothing added)."
+        """torch's `add_param_group`, the group's options checked first (a ValueError naming the option; nothing added);
+        `eps=None` is the numerics' default, as in the constructor."""
         if isinstance(param_group, dict):
+            if "numerics" in param_group:
+                raise ValueError("`numerics` is an option of the optimizer, not of a param group: make one optimizer per numerics")
+            if "eps" in param_group and param_group["eps"] is None: param_group["eps"] = _EPS[self._numerics]
             _check_group({**self.defaults, **{k: v for k, v in param_group.items() if k != "params"}},
                          str(len(self.param_groups)))
         super().add_param_group(param_group)
@@ -181,9 +186,25 @@ class _Front(torch.optim.Optimizer):
         return sd
 
     def load_state_dict(self, state_dict: dict) -> None:
-        "torch's `load_state_dict`; the engines are rebuilt from the loaded state at the next step."
-        super().load_state_dict(state_dict)
+        """torch's `load_state_dict`; the engines are rebuilt from the loaded state at the next step. The moments and
+        row steps keep the dtype they were saved in (torch casts every floating-point state to its parameter's dtype:
+        float32 moments of a bfloat16 parameter, `moment_dtype="float32"`, would be rounded, and `row_step` made float)."""
+        seen = []
+        hook = self.register_load_state_dict_pre_hook(lambda opt, sd: seen.append(sd))   # (after the user's pre-hooks)
+        try: super().load_state_dict(state_dict)
+        finally: hook.remove()
         self._engines, self._checked = {}, {}
+        if self._always_decoupled:                  # (LazyAdam given an Adam's groups: its decay stays decoupled)
+            for g in self.param_groups: g["decoupled_weight_decay"] = True
+        sd = seen[-1] if seen else state_dict
+        saved = (q for g in sd["param_groups"] for q in g["params"])
+        for k, p in zip(saved, (p for g in self.param_groups for p in g["params"])):
+            st, got = sd["state"].get(k), self.state.get(p)
+            if not isinstance(st, dict) or not isinstance(got, dict): continue
+            for key in _SLOTS.values():
+                t = st.get(key)
+                if isinstance(t, torch.Tensor) and isinstance(got.get(key), torch.Tensor) and got[key].dtype != t.dtype:
+                    got[key] = t.to(device=p.device, copy=True)
 
 # %% ../nbs/17_torch.ipynb #t13a25569
 def _tensor(a): return torch.from_numpy(a) if isinstance(a, np.ndarray) else a
@@ -193,7 +214,7 @@ def _engine(self, group: dict, hp: tuple, k: int, made: list):
     synced. A new one's parameters are checked first, and the group's state before it is noted in `made` (so that a
     refused step can put it back)."""
     eng = self._engines.get(id(group))
-    if eng is not None and eng.live(group) and eng.hp[5] == hp[5]:
+    if eng is not None and eng.live(group) and eng.hp[5] == hp[5] and _intact(self, eng):
         if hp != eng.hp or type(hp[0]) is not type(eng.hp[0]): _configure(eng, hp)
         return eng
     _check_params(group, k)
@@ -214,6 +235,17 @@ def _configure(eng, hp: tuple):
     wd = (hp[4] or None) if hp[6] else None
     if wd != o.weight_decay: o.weight_decay = wd
     eng.hp = hp
+
+def _intact(self, eng) -> bool:
+    """Whether the group's state is still the one its engine keeps: no parameter's entry removed or replaced
+    (`opt.state.clear()`, `del opt.state[p]`, `opt.state[p]["exp_avg"] = ...`), its `step` not written (the version
+    counter of the tensor tells an in-place `zero_()`). Otherwise the engine is made again from the state as it is."""
+    get = self.state.get
+    for p, st, views in eng.made:
+        if get(p) is not st: return False
+        for key, t in views:
+            if st.get(key) is not t: return False
+    return eng.step_t._version == eng.step_version
 
 def _restore(self, eng, k: int):
     "The group's state (loaded, or of an engine before) copied into the new engine's slots; `state` then views them."
@@ -240,12 +272,14 @@ def _restore(self, eng, k: int):
         else: a.copy_(t)
     o.iterations = int(step)
     eng.step_t = torch.tensor(step, dtype=torch.float32)
+    eng.step_version, eng.made = eng.step_t._version, []
     for j, p in enumerate(eng.params):
         st = {"step": eng.step_t}
         for name, key in _SLOTS.items():
             slot = o._slot_of.get((j, name))
             if slot is not None: st[key] = _state_view(slot.array, p)
         self.state[p] = st
+        eng.made.append((p, st, tuple(st.items())))     # (what `_intact` compares with)
 
 # %% ../nbs/17_torch.ipynb #t1582212f
 def _grads(self, eng, hp: tuple, k: int):
@@ -309,6 +343,7 @@ def _step(self, closure=None):
             hp = _options(self, group, k)
             if all(p.grad is None for p in group["params"]): continue
             eng = _engine(self, group, hp, k, made)
+            _check_precision(eng)           # (options a scheduler changed: refused before any group is stepped)
             work.append((eng, k, *_grads(self, eng, hp, k)))
     except (TypeError, ValueError) as e:
         for group, before in made:                  # a refused step leaves the state as it was (no new entries)
@@ -327,12 +362,22 @@ def _step(self, closure=None):
             except ValueError as e:                   # (adam_lit's checks, before anything is written: torch's names)
                 raise ValueError(f"param group {k}: {_torch_names(str(e))}") from None
             if eng.numpy: torch.autograd.graph.increment_version([eng.params[j] for j in at])   # as torch's in-place step does
-            eng.step_t.fill_(float(o.iterations))
+            eng.step_t.fill_(float(o.iterations)); eng.step_version = eng.step_t._version
     return loss
+
+def _check_precision(eng):
+    "The options of the group in the dtypes its parameters are updated in (a beta that rounds to 1 in bfloat16, ...)."
+    o = eng.opt
+    o._check_precision([(i, host_float(o._xp, o._wide.get(i, x.dtype))) for i, x in enumerate(o._variables)], o._hyper_values())
 
 def _check_params(group: dict, k: int):
     "A parameter whose elements share memory (`expand`, `as_strided`) refused, as torch.optim refuses it (a step writes each element once)."
+    seen = {}
     for j, p in enumerate(group["params"]):
+        if id(p) in seen:
+            raise ValueError(f"parameter {j} of param group {k} is parameter {seen[id(p)]} again: list each parameter once "
+                             "(torch.optim warns of duplicate parameters and steps them twice)")
+        seen[id(p)] = j
         if isinstance(p, torch.Tensor) and p.device.type == "meta":
             if group.get("fused"):        # (the switch is accepted as a drop-in: its error too, as torch.optim.Adam's)
                 raise RuntimeError("`fused=True` requires all the params to be floating point Tensors of supported devices; "
@@ -364,6 +409,8 @@ def _options(self, group: dict, k: int) -> tuple:
     key = None if vals is None else (vals, tuple(map(type, vals)))
     hit = self._checked.get(id(group))
     if key is not None and hit is not None and hit[0] == key: return hit[1]
+    if self._always_decoupled and group.get("decoupled_weight_decay") is False:
+        group["decoupled_weight_decay"] = True      # (LazyAdam's decay is decoupled: a loaded Adam group says otherwise)
     hp = _check_group(group, str(k))
     if key is not None and all(t in _PLAIN for t in key[1]): self._checked[id(group)] = (key, hp)
     return hp
@@ -447,6 +494,7 @@ class AdamW(Adam):
 class LazyAdam(_Front):
     "TF Addons' LazyAdam as a `torch.optim.Optimizer`: a sparse gradient updates only the rows it touches; a dense one, Adam."
     _engine_class = _LitLazyAdam
+    _always_decoupled = True
     def __init__(self, params, lr: float | torch.Tensor = 1e-3, betas: tuple = (0.9, 0.999), eps: float | None = None,
                  weight_decay: float = 0.0, amsgrad: bool = False, *, row_bias_correction: bool = False,
                  maximize: bool = False, numerics: str = "keras", moment_dtype: str | None = None):

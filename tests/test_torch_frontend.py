@@ -838,3 +838,101 @@ def test_bad_arguments_say_what_torch_optim_says(kw, words):
     assert "argument `" in str(e.value)
     with pytest.raises(ValueError, match=re.escape(words)):
         torch.optim.Adam(params(2), **kw)
+
+
+RESETS = {   # the ways PyTorch users reset an optimizer's state, and what torch.optim.Adam then does
+    "state replaced": lambda o, ps: setattr(o, "state", __import__("collections").defaultdict(dict)),
+    "state cleared": lambda o, ps: o.state.clear(),
+    "step set to 0": lambda o, ps: [o.state[p].__setitem__("step", torch.tensor(0.0)) for p in ps],
+    "step zeroed in place": lambda o, ps: [o.state[p]["step"].zero_() for p in ps],
+    "moments assigned": lambda o, ps: [o.state[p].update(exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+                                       for p in ps],
+    "moments zeroed in place": lambda o, ps: [(o.state[p]["exp_avg"].zero_(), o.state[p]["exp_avg_sq"].zero_()) for p in ps],
+}
+
+
+@pytest.mark.parametrize("how", list(RESETS))
+def test_state_reset_as_torch_users_do_it_takes_effect(how):
+    """`opt.state = defaultdict(dict)`, `opt.state.clear()`, a new `step`, new moments: the next step starts from the
+    state as the user left it, as torch.optim.Adam's does (the engine kept its own moments and count before), and
+    `state_dict()` then holds the state really used."""
+    ps = params(5); qs = clones(ps)
+    ref, mine = torch.optim.Adam(ps, lr=0.01, foreach=False), Adam(qs, lr=0.01, numerics="torch")
+    for t in range(8):
+        if t == 4: RESETS[how](ref, ps); RESETS[how](mine, qs)
+        gs = grads(ps, t); set_grads(ps, gs); set_grads(qs, gs); ref.step(); mine.step()
+        for j, (p, q) in enumerate(zip(ps, qs)):
+            same_bits(q, p, f"{how}: step {t} param {j}")
+            for key in ("exp_avg", "exp_avg_sq", "step"):
+                same_bits(mine.state_dict()["state"][j][key], ref.state_dict()["state"][j][key], f"{how}: step {t} {key}")
+
+
+def test_state_of_one_parameter_deleted_restarts_its_moments():
+    "`del opt.state[p]`: p's moments start again from zero; its step count stays the group's (one count per group)."
+    ps = params(6); o = Adam(ps, lr=0.01)
+    for t in range(3): set_grads(ps, grads(ps, t)); o.step()
+    del o.state[ps[0]]
+    set_grads(ps, grads(ps, 3)); o.step()
+    g = grads(ps, 3)[0].numpy()
+    np.testing.assert_array_equal(o.state[ps[0]]["exp_avg"].numpy(), np.float32(0.1) * g)     # m = 0 + (g - 0) * (1 - 0.9)
+    assert float(o.state[ps[0]]["step"]) == float(o.state[ps[1]]["step"]) == 4.0
+
+
+def test_option_refused_later_leaves_every_group_unstepped():
+    "A beta changed after the first step (a scheduler) and refused for group 1's bfloat16: group 0 is not stepped either."
+    P = torch.nn.Parameter
+    a, c = P(torch.randn(3)), P(torch.randn(3).bfloat16())
+    o = Adam([{"params": [a]}, {"params": [c], "betas": (0.9, 0.99)}])
+    for p in (a, c): p.grad = torch.ones_like(p)
+    o.step()
+    o.param_groups[1]["betas"] = (0.9, 0.999)
+    snap, step = a.detach().clone(), float(o.state[a]["step"])
+    with pytest.raises(ValueError, match=r"param group 1: Argument `betas\[1\]`=0.999 rounds to 1 in bfloat16"): o.step()
+    assert torch.equal(a.detach(), snap) and float(o.state[a]["step"]) == step
+
+
+@pytest.mark.parametrize("case", ["row_bias_correction", "moment_dtype"])
+def test_resume_keeps_saved_state_dtypes(case):
+    """torch's `load_state_dict` casts floating state to the parameter's dtype: `row_step` (int64) and float32 moments of
+    bfloat16 parameters keep the dtype they were saved in, and the resumed run is the uninterrupted one bit for bit."""
+    dt = torch.bfloat16 if case == "moment_dtype" else torch.float32
+    make = ((lambda ps: LazyAdam(ps, lr=0.01, row_bias_correction=True)) if case == "row_bias_correction"
+            else (lambda ps: Adam(ps, lr=0.01, moment_dtype="float32")))
+    emb = lambda: torch.nn.Parameter(torch.linspace(-1, 1, 40, dtype=torch.float32).reshape(10, 4).to(dt))
+    def grad(t, p):
+        rows = torch.tensor([t % 10, (3 * t + 1) % 10])
+        if case == "row_bias_correction":
+            return torch.sparse_coo_tensor(rows[None], torch.full((2, 4), 0.1 * (t + 1)), tuple(p.shape))
+        return torch.cos(torch.arange(40.0).reshape(10, 4) * (t + 1)).to(dt)
+    p, q = emb(), emb()
+    run, o = make([p]), make([q])
+    for t in range(6):
+        p.grad = grad(t, p); run.step()
+        if t == 2:
+            buf = io.BytesIO(); torch.save(o.state_dict(), buf); buf.seek(0)
+            o = make([q]); o.load_state_dict(torch.load(buf, weights_only=True))
+        q.grad = grad(t, q); o.step()
+    key = "row_step" if case == "row_bias_correction" else "exp_avg"
+    assert o.state[q][key].dtype == run.state[p][key].dtype
+    assert torch.equal(p.detach(), q.detach())
+
+
+def test_lazyadam_decay_stays_decoupled_with_an_adams_groups():
+    "LazyAdam given an Adam's state_dict (whose groups say decoupled_weight_decay=False): its decay stays decoupled."
+    emb = torch.nn.Embedding(10, 4, sparse=True)
+    src = Adam(emb.parameters(), weight_decay=0.01); dst = LazyAdam(emb.parameters(), weight_decay=0.01)
+    dst.load_state_dict(src.state_dict())
+    assert dst.param_groups[0]["decoupled_weight_decay"] is True
+    emb(torch.tensor([1, 2])).sum().backward(); dst.step()          # (L2 would refuse the sparse gradient)
+
+
+def test_group_mistakes_are_named():
+    "A parameter listed twice in a group; `numerics` in a group; `eps=None` in add_param_group is the default."
+    P = torch.nn.Parameter
+    a, b = P(torch.randn(3)), P(torch.randn(2))
+    o = Adam([a, b, a]); a.grad, b.grad = torch.ones(3), torch.ones(2)
+    with pytest.raises(ValueError, match=r"parameter 2 of param group 0 is parameter 0 again"): o.step()
+    assert len(o.state) == 0
+    with pytest.raises(ValueError, match="`numerics` is an option of the optimizer"): Adam([{"params": [a], "numerics": "torch"}])
+    o = Adam([a], numerics="torch"); o.add_param_group({"params": [b], "eps": None})
+    assert o.param_groups[1]["eps"] == 1e-8
