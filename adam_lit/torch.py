@@ -391,7 +391,9 @@ def _check_params(group: dict, k: int):
 
 def _torch_names(msg: str) -> str:
     "An adam_lit error message in torch's terms: its parameters and options by torch's names."
-    msg = re.sub(r"variable (\d+) \('variable_\d+'\)", r"parameter \1", msg)
+    msg = re.sub(r"\bvariable (\d+)(?: \('variable_\d+'\))?", r"parameter \1", msg)
+    msg = re.sub(r"\b(only floating-point |pass )variables\b", r"\1parameters", msg)
+    msg = msg.replace("disjoint views of one buffer, as `kernels.flatten` gives, are fine", "disjoint views of one storage are fine")
     for keras, torch_name in (("`beta_1`", "`betas[0]`"), ("`beta_2`", "`betas[1]`"), ("`epsilon`", "`eps`"),
                               ("`learning_rate`", "`lr`"), ("beta_1 <=", "betas[0] <="),
                               ("beta_2 <=", "betas[1] <=")):

@@ -936,3 +936,16 @@ def test_group_mistakes_are_named():
     with pytest.raises(ValueError, match="`numerics` is an option of the optimizer"): Adam([{"params": [a], "numerics": "torch"}])
     o = Adam([a], numerics="torch"); o.add_param_group({"params": [b], "eps": None})
     assert o.param_groups[1]["eps"] == 1e-8
+
+
+def test_core_errors_speak_of_parameters():
+    "adam_lit's own checks, in torch's words: overlapping parameters, an integer parameter (no 'variable', no kernels.flatten)."
+    base = torch.zeros(10)
+    a, b = torch.nn.Parameter(base[:6]), torch.nn.Parameter(base[4:])
+    a.grad, b.grad = torch.ones(6), torch.ones(6)
+    with pytest.raises(ValueError, match=r"parameter 0 of shape \(6,\) and parameter 1 of shape \(6,\) share memory") as e:
+        Adam([a, b]).step()
+    assert "variable" not in str(e.value) and "kernels.flatten" not in str(e.value)
+    w = torch.zeros(3, dtype=torch.int64); w.grad = torch.ones(3, dtype=torch.int64)
+    with pytest.raises(TypeError, match="parameter 0 has shape .*only floating-point parameters can be optimized"):
+        Adam([w]).step()
