@@ -119,3 +119,12 @@ def test_formula_pandoc_could_not_render():
     found = check.math_problems("p.html", bad)
     assert len(found) == 1 and "could not render" in found[0] and "vphantom" in found[0], found
     assert check.math_problems("p.html", good) == []
+
+
+def test_math_accents_are_mathml_cores():
+    "Pandoc's combining hat and tilde become `^` and `~` (drawn apart, stretched by a math font); other accents stay."
+    hat = '<mover><mi>v</mi><mo accent="true">\u0302</mo></mover>'
+    tilde = '<mover><mi>v</mi><mo accent="true">\u0303</mo></mover>'
+    bar = '<mover><mi>v</mi><mo accent="true">\u203e</mo></mover>'
+    got = docs.math_accents(hat + tilde + bar)
+    assert got == hat.replace("\u0302", "^") + tilde.replace("\u0303", "~") + bar

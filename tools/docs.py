@@ -489,6 +489,33 @@ def nbsp_numbers(page: str) -> str:
         r"(?<=\d) (?=\d{3}(?!\d))", "\u00a0", m.group(2)) + m.group(3), page, flags=re.S)
 
 
+ACCENTS = {"\u0302": "^", "\u0303": "~"}   # pandoc's combining hat and tilde -> the characters MathML Core asks for
+
+
+def math_accents(page: str) -> str:
+    """Pandoc's MathML writes `\\hat` and `\\tilde` as combining characters (U+0302, U+0303), which Chromium draws as two
+    nearly identical specks; MathML Core's accents are `^` and `~`, which a math font stretches over the letter (so
+    that the bias-corrected v-hat and AMSGrad's v-tilde can be told apart)."""
+    return re.sub(r'(<mo accent="true">)([\u0302\u0303])(</mo>)', lambda m: m.group(1) + ACCENTS[m.group(2)] + m.group(3), page)
+
+
+MATH_FONTS = ("latinmodern-math.otf",)     # an OpenType MATH font (Debian: fonts-lmodern), copied into the site
+
+
+def math_font(out: Path) -> str:
+    "The math font copied into <out>/fonts and its CSS; '' (the browser's own math font) where none is installed."
+    for name in MATH_FONTS:
+        found = sorted(p for root in ("/usr/share/texmf/fonts", "/usr/share/fonts", "/usr/local/share/fonts")
+                       if Path(root).is_dir() for p in Path(root).rglob(name))
+        if found:
+            (out / "fonts").mkdir(exist_ok=True)
+            shutil.copy(found[0], out / "fonts" / name)
+            return ('@font-face { font-family: "Latin Modern Math"; src: url("fonts/%s") format("opentype"); }\n'
+                    'math { font-family: "Latin Modern Math", math; font-size: 115%; }   /* (its x-height is smaller than the text font\'s) */\n' % name)
+    print("docs: no math font found (Debian: apt-get install fonts-lmodern); formulas use the browser's own", file=sys.stderr)
+    return ""
+
+
 def sidebar_html(sections, page: str) -> str:
     "The sidebar's sections and links, the current page marked."
     out = []
@@ -539,7 +566,7 @@ def build(out: Path, proc: Path | None = None, search: bool = True):
     (out / "figures").mkdir(parents=True)
     shutil.copytree(ROOT / "nbs" / "images", out / "images")
     shutil.copy(ROOT / "nbs" / "styles.css", out / "styles.css")
-    (out / "site.css").write_text(SITE_CSS)
+    (out / "site.css").write_text(SITE_CSS + math_font(out))
     sections = sidebar_pages(proc)
     order = [(page, title) for _, pages in sections for _, page, title, _, _ in pages]
     nav = [(section, [(page, title) for _, page, title, _, _ in pages]) for section, pages in sections]
@@ -561,7 +588,7 @@ def build(out: Path, proc: Path | None = None, search: bool = True):
             if r.returncode != 0:
                 sys.exit(f"pandoc failed on {nbname}:\n{r.stderr}")
             if r.stderr.strip(): print(f"{nbname}: {r.stderr.strip()}", file=sys.stderr)
-            (out / page).write_text(nbsp_numbers((out / page).read_text()))
+            (out / page).write_text(math_accents(nbsp_numbers((out / page).read_text())))
             print(f"{nbname:28} -> {out / page}")
     if search: pagefind(out)
     return sections

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Build the docs site offline into _docs/ (nbdev's processed notebooks -> pandoc, no Quarto; Pagefind's search
-# index), then open every page in headless Chromium and check it (tools/check_docs.py). Installs Debian's pandoc and
-# chromium when missing and apt-get is usable; uses .venv (made with the dev extra when missing).
+# index), then open every page in headless Chromium and check it (tools/check_docs.py). Installs Debian's pandoc,
+# chromium and fonts-lmodern (the math font the site carries) when missing and apt-get is usable; uses .venv (made with the dev extra when missing).
 # ADAM_LIT_DOCS_STRICT_IMPORTS=1 also fails on cells that mix imports and other code (see tools/docs.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
 command -v pandoc >/dev/null || need+=(pandoc)
 command -v chromium >/dev/null || command -v chromium-browser >/dev/null || need+=(chromium)
+[ -n "$(find /usr/share/texmf/fonts /usr/share/fonts -name latinmodern-math.otf 2>/dev/null | head -1)" ] || need+=(fonts-lmodern)
 if [ ${#need[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
     echo "== installing ${need[*]} (Debian packages)"
