@@ -35,7 +35,19 @@ __all__ = ['AdamState', 'adam', 'adamw', 'amsgrad', 'lazy_adam', 'touched_rows']
 
 # %% ../nbs/18_optax.ipynb #0a7e1c07
 class AdamState(NamedTuple):
-    "The state of `adam`, `adamw`, `amsgrad` and `lazy_adam`: Keras 3's optimizer variables as an Optax pytree."
+    """The state of `adam`, `adamw`, `amsgrad` and `lazy_adam`: Keras 3's optimizer variables as an Optax pytree.
+
+    Attributes
+    ----------
+    count : int32 0-d array
+        The steps taken so far (Keras's `iterations`); `optax.tree_utils.tree_get(state, "count")` finds it.
+    mu : pytree
+        The first moments m, a pytree like the parameters (Keras's `momentum` slots).
+    nu : pytree
+        The second moments v (Keras's `velocity` slots).
+    nu_max : pytree or None
+        AMSGrad's running maximum of v (Keras's `velocity_hat`); None without AMSGrad.
+    """
     count: Any     # int32 0-d array: the steps taken so far (Keras's `iterations`)
     mu: Any        # first moments, a pytree like the parameters (Keras's `momentum` slots, m)
     nu: Any        # second moments (Keras's `velocity` slots, v)
@@ -377,7 +389,7 @@ def _transformation(learning_rate, b1, b2, eps, weight_decay, mask, amsgrad, num
 def adam(learning_rate: float | Callable | LearningRateSchedule = 0.001, b1: float = 0.9, b2: float = 0.999,
          eps: float | None = None, eps_root: float = 0.0, mu_dtype: Any = None, *, nesterov: bool = False,
          weight_decay: float | None = None, mask: Any = None, amsgrad: bool = False,
-         numerics: str = "keras") -> "optax.GradientTransformation":
+         numerics: str = "keras"):
     """Keras 3's Adam as an Optax transformation: `update` returns the step to add with `optax.apply_updates`.
     The arguments in `optax.adam`'s order (`eps_root` and `mu_dtype` may be given by position, as Optax's).
 
@@ -410,6 +422,11 @@ def adam(learning_rate: float | Callable | LearningRateSchedule = 0.001, b1: flo
         "keras" (the default): Keras 3's bits (JAX backend, under jax.jit); "optax": those of `optax.adam`,
         `optax.amsgrad`, `optax.adamw`.
 
+    Returns
+    -------
+    optax.GradientTransformation
+        `init(params)` gives an `AdamState`; `update(updates, state, params=None)` gives `(updates, new_state)`.
+
     Complex parameters, which Keras does not define, follow Optax's convention: the second moment is that of
     `|g|^2`; for real parameters this is Keras's `g * g`, so the bits are unchanged.
     """
@@ -419,26 +436,26 @@ def adam(learning_rate: float | Callable | LearningRateSchedule = 0.001, b1: flo
 def adamw(learning_rate: float | Callable | LearningRateSchedule = 0.001, b1: float = 0.9, b2: float = 0.999,
           eps: float | None = None, eps_root: float = 0.0, mu_dtype: Any = None, weight_decay: float | None = None,
           mask: Any = None, *, nesterov: bool = False, amsgrad: bool = False,
-          numerics: str = "keras") -> "optax.GradientTransformation":
+          numerics: str = "keras"):
     """Keras 3's AdamW: `adam` with decoupled weight decay; the arguments of `adam`, in `optax.adamw`'s order.
     `weight_decay` None: the numerics' default, 0.004 (Keras's `AdamW`) or with numerics "optax" 1e-4 (`optax.adamw`'s);
     0 for none. (Under `optax.inject_hyperparams`, `eps` and `weight_decay` left at None stay static, their defaults:
-    pass them to make them hyperparameters.)"""
+    pass them to make them hyperparameters.) Returns an `optax.GradientTransformation`, as `adam`."""
     if weight_decay is None: weight_decay = _DEFAULT_WD.get(numerics, 0.004)      # (a bad `numerics` is named below)
     return _transformation(learning_rate, b1, b2, eps, weight_decay, mask, amsgrad, numerics, lazy=False, mu_dtype=mu_dtype,
                            eps_root=eps_root, nesterov=nesterov)
 
 def amsgrad(learning_rate: float | Callable | LearningRateSchedule = 0.001, b1: float = 0.9, b2: float = 0.999,
             eps: float | None = None, eps_root: float = 0.0, mu_dtype: Any = None, *, weight_decay: float | None = None,
-            mask: Any = None, numerics: str = "keras") -> "optax.GradientTransformation":
-    "Keras 3's `Adam(amsgrad=True)` (with numerics 'optax', `optax.amsgrad`); the arguments of `adam`."
+            mask: Any = None, numerics: str = "keras"):
+    "Keras 3's `Adam(amsgrad=True)` (with numerics 'optax', `optax.amsgrad`); the arguments of `adam`, and an `optax.GradientTransformation` returned, as `adam`."
     return _transformation(learning_rate, b1, b2, eps, weight_decay, mask, True, numerics, lazy=False, mu_dtype=mu_dtype,
                            eps_root=eps_root)
 
 # %% ../nbs/18_optax.ipynb #0a7e1c19
 def lazy_adam(learning_rate: float | Callable | LearningRateSchedule = 0.001, b1: float = 0.9, b2: float = 0.999,
               eps: float = 1e-7, *, weight_decay: float | None = None, mask: Any = None,
-              amsgrad: bool = False) -> "optax.GradientTransformationExtraArgs":
+              amsgrad: bool = False):
     """TF Addons' LazyAdam (adam_lit's `LazyAdam`): `update(updates, state, params, rows=...)` moves the given rows only.
 
     Parameters
@@ -462,10 +479,15 @@ def lazy_adam(learning_rate: float | Callable | LearningRateSchedule = 0.001, b1
     1-d integer array of the touched rows (any integer dtype; fixed size; pad with `len(table)`; repeats allowed), or a
     boolean mask of its rows (`touched_rows(grad)`). Under `optax.masked`/`multi_transform`, None where a leaf is
     another transformation's; under `optax.MultiSteps`, the rows of all the mini-batches accumulated so far.
+
+    Returns
+    -------
+    optax.GradientTransformationExtraArgs
+        `init(params)` gives an `AdamState`; `update(updates, state, params=None, rows=None)` gives `(updates, new_state)`.
     """
     return _transformation(learning_rate, b1, b2, eps, weight_decay, mask, amsgrad, "keras", lazy=True)
 
-def touched_rows(grad) -> "jax.Array":
+def touched_rows(grad):
     "A boolean mask of the rows of `grad` holding a non-zero value: `lazy_adam`'s `rows` for a dense gradient."
     _, jnp, _ = _libs()
     return jnp.any(grad != 0, axis=tuple(range(1, grad.ndim)))
