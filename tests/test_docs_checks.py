@@ -128,3 +128,16 @@ def test_math_accents_are_mathml_cores():
     bar = '<mover><mi>v</mi><mo accent="true">\u203e</mo></mover>'
     got = docs.math_accents(hat + tilde + bar)
     assert got == hat.replace("\u0302", "^") + tilde.replace("\u0303", "~") + bar
+
+
+def test_signature_return_comment_lines_are_comments():
+    "A Returns description of several lines: its later lines commented in the signature block, the rest untouched."
+    md = ("### f\n\n```python\ndef f(\n    a:int, # the a\n): # the first line\nthe second line\n    and a third\n```\n\n"
+          "Text after.\n\n```python\nnot touched\n```\n")
+    got = docs.signature_comments(md)
+    assert "# the second line\n#     and a third\n```" in got and "    a:int, # the a\n" in got
+    assert got.endswith("```python\nnot touched\n```\n")
+    one = "```python\ndef g(): # one line\nmore\n```"
+    assert docs.signature_comments(one) == "```python\ndef g(): # one line\n# more\n```"
+    plain = "```python\ndef h(x):\n    return x\n```"
+    assert docs.signature_comments(plain) == plain

@@ -298,9 +298,24 @@ def unescape_code_spans(md: str) -> str:
                    for k, p in enumerate(parts))
 
 
+_SIG_END = re.compile(r"^(?:\)|(?:async\s+)?def .*\)|class .*)\s*(?:->.*)?:\s*#")
+
+
+def signature_comments(md: str) -> str:
+    """show_doc's signature block with the lines of a long return comment commented: nbdev writes the Returns
+    section after the closing `): #` and its second and later lines bare, where they read as code."""
+    m = re.search(r"(?ms)^(```+)[^\n]*\n(.*?)^\1[ \t]*$", md)
+    if not m: return md
+    lines = m.group(2).split("\n")
+    end = next((k for k, l in enumerate(lines) if _SIG_END.match(l)), None)
+    if end is None: return md
+    lines[end + 1:] = [l if not l.strip() or l.lstrip().startswith("#") else "# " + l for l in lines[end + 1:]]
+    return md[:m.start(2)] + "\n".join(lines) + md[m.end(2):]
+
+
 def show_doc_md(md: str) -> str:
     "The Markdown of a show_doc output as the site shows it: numpydoc sections as lists, code spans unescaped."
-    return numpy_sections(unescape_code_spans(md))
+    return numpy_sections(unescape_code_spans(signature_comments(md)))
 
 
 def notebook_md(nb: dict, page: str, files: Path, doc_host: str, title: str = "") -> str:
