@@ -141,3 +141,13 @@ def test_signature_return_comment_lines_are_comments():
     assert docs.signature_comments(one) == "```python\ndef g(): # one line\n# more\n```"
     plain = "```python\ndef h(x):\n    return x\n```"
     assert docs.signature_comments(plain) == plain
+
+
+def test_repository_paths_in_prose_are_links():
+    "A repository file named in a code span becomes a link to its source; a missing path, a linked one, text elsewhere stay."
+    md = ("checked by `tests/test_docs_checks.py`; see [`tests/conftest.py`](x) and `tests/no_such_file.py`, "
+          "`adam_lit/rules.py`.")
+    got = docs.repo_links(md, "https://github.com/o/r", "main", ROOT)
+    assert "[`tests/test_docs_checks.py`](https://github.com/o/r/blob/main/tests/test_docs_checks.py)" in got
+    assert "[`tests/conftest.py`](x)" in got and "`tests/no_such_file.py`" in got and "[`tests/no_such" not in got
+    assert "`adam_lit/rules.py`" in got and docs.repo_links(md, "") == md

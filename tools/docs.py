@@ -318,6 +318,20 @@ def show_doc_md(md: str) -> str:
     return numpy_sections(unescape_code_spans(signature_comments(md)))
 
 
+_REPO = ["", "main"]      # the repository's URL and branch (nbdev's git_url and branch), set by `build`
+_REPO_PATH = re.compile(r"(?<![\[/])`((?:tests|tools|nbs)/[A-Za-z0-9_./-]+)`(?!\]|\()")
+
+
+def repo_links(md: str, repo: str, branch: str = "main", root: Path = ROOT) -> str:
+    """The repository's files named in prose (`` `tests/test_keras_oracle.py` ``) as links to their source on the
+    repository's site, so that a reader can open what a page cites; a path that is not in the checkout stays text."""
+    if not repo: return md
+    def link(m):
+        path = m.group(1)
+        return f"[`{path}`]({repo.rstrip('/')}/blob/{branch}/{path})" if (root / path).exists() else m.group(0)
+    return _REPO_PATH.sub(link, md)
+
+
 def notebook_md(nb: dict, page: str, files: Path, doc_host: str, title: str = "") -> str:
     "The page of a processed notebook as pandoc Markdown (without its front matter)."
     parts, counter, last = [], [0], [title]
@@ -326,6 +340,7 @@ def notebook_md(nb: dict, page: str, files: Path, doc_host: str, title: str = ""
         if c["cell_type"] == "raw": continue
         if c["cell_type"] == "markdown":
             if src.strip().startswith("<!-- WARNING"): continue
+            src = repo_links(src, *_REPO)
             parts.append(src)
             last += headings(src)
             continue
@@ -577,6 +592,7 @@ def build(out: Path, proc: Path | None = None, search: bool = True):
     proc = proc or process_notebooks()
     from nbdev.config import get_config
     doc_host = (get_config().get("doc_host", "") or "") + (get_config().get("doc_baseurl", "") or "")
+    _REPO[:] = [get_config().get("git_url", "") or "", get_config().get("branch", "main") or "main"]
     if out.exists(): shutil.rmtree(out)
     (out / "figures").mkdir(parents=True)
     shutil.copytree(ROOT / "nbs" / "images", out / "images")
