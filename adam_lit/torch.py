@@ -162,6 +162,11 @@ class _Front(torch.optim.Optimizer):
         super()._patch_step_function()          # (the profiler's names; wraps `step` unless it is wrapped already)
         if not getattr(raw, "_eager", False): cls.step = _eager_step(raw)
 
+    def __repr__(self) -> str:
+        "torch's repr (the param groups' options), with the numerics, which are the optimizer's and no group's."
+        head, sep, rest = super().__repr__().partition(" (")
+        return f"{head}{sep}\nnumerics: {self._numerics}{rest}" if sep else head
+
     def __getstate__(self):
         "torch's state (defaults, state, param groups) and the front end's options; the engines are rebuilt from the state."
         return {**super().__getstate__(), "_numerics": self._numerics, "_engine_kwargs": self._engine_kwargs}

@@ -949,3 +949,9 @@ def test_core_errors_speak_of_parameters():
     w = torch.zeros(3, dtype=torch.int64); w.grad = torch.ones(3, dtype=torch.int64)
     with pytest.raises(TypeError, match="parameter 0 has shape .*only floating-point parameters can be optimized"):
         Adam([w]).step()
+
+
+def test_repr_names_the_numerics():
+    "repr: torch's (each group's options) and the numerics, which belong to the optimizer."
+    r = repr(Adam([torch.nn.Parameter(torch.ones(2))], numerics="torch"))
+    assert r.startswith("Adam (\nnumerics: torch\nParameter Group 0") and "Parameter Group 0" in r and "lr: 0.001" in r
