@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import numbers
 import sys
+import warnings
 from typing import Any, Callable, NamedTuple
 
 import numpy as np
@@ -379,6 +380,10 @@ def _transformation(learning_rate, b1, b2, eps, weight_decay, mask, amsgrad, num
 
     if lazy:
         def update_rows(updates, state, params=None, *, rows=None, **extra_args):
+            if rows is None:       # (at trace time under jax.jit: once per compilation)
+                others = f" (it got {', '.join(map(repr, sorted(extra_args)))})" if extra_args else ""
+                warnings.warn("lazy_adam's update was given no `rows`: every leaf is stepped densely, as Adam. Pass "
+                              f"rows=... (the touched rows of each table) for the lazy update{others}", stacklevel=2)
             return update(updates, state, params, rows)
         return optax.GradientTransformationExtraArgs(init, update_rows)
     def update_dense(updates, state, params=None, **extra_args):     # (extra arguments of a chain: not needed here)

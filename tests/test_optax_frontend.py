@@ -811,3 +811,14 @@ def test_count_at_its_largest_value_stays_there(f32, make):
     (u1, s1), (u0, s0) = (jax.jit(tx.update)(g, s._replace(count=jnp.asarray(c, jnp.int32)), p) for c in (2**31 - 1, 2**31 - 2))
     assert np.isfinite(np.asarray(u1["w"])).all()
     assert int(s1.count) == int(s0.count) == 2**31 - 1 and same_bits(u1["w"], u0["w"])
+
+
+def test_lazy_adam_without_rows_warns(f32):
+    "lazy_adam's update with no `rows` (a typo such as `row=` lands in the chain's extra arguments): a warning naming what it got."
+    tx, p = alo.lazy_adam(0.1), [jnp.ones((3, 2))]
+    with pytest.warns(UserWarning, match=r"no `rows`: every leaf is stepped densely.*\(it got 'row'\)"):
+        tx.update([jnp.ones((3, 2))], tx.init(p), p, row=[jnp.array([0])])
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tx.update([jnp.ones((3, 2))], tx.init(p), p, rows=[jnp.array([0])])
