@@ -82,6 +82,7 @@ class _Engine:
         self.numpy = owner._numerics == "keras" and all(map(_numpy_ok, views))
         self.xs = [v.numpy() if self.numpy else v for v in views]
         self.ptrs = [p.data_ptr() for p in params]
+        self.checked = None                 # the options last checked in the parameters' dtypes (`_check_precision`)
         lr, b1, b2, eps, wd, ams, dec = hp
         self.opt = owner._engine_class(learning_rate=lr, beta_1=b1, beta_2=b2, epsilon=eps, amsgrad=ams,
                                        weight_decay=(wd or None) if dec else None, numerics=owner._numerics,
@@ -348,7 +349,8 @@ def _step(self, closure=None):
             hp = _options(self, group, k)
             if all(p.grad is None for p in group["params"]): continue
             eng = _engine(self, group, hp, k, made)
-            _check_precision(eng)           # (options a scheduler changed: refused before any group is stepped)
+            if eng.checked is not eng.hp:   # (options a scheduler changed: refused before any group is stepped)
+                _check_precision(eng); eng.checked = eng.hp
             work.append((eng, k, *_grads(self, eng, hp, k)))
     except (TypeError, ValueError) as e:
         for group, before in made:                  # a refused step leaves the state as it was (no new entries)

@@ -151,3 +151,13 @@ def test_repository_paths_in_prose_are_links():
     assert "[`tests/test_docs_checks.py`](https://github.com/o/r/blob/main/tests/test_docs_checks.py)" in got
     assert "[`tests/conftest.py`](x)" in got and "`tests/no_such_file.py`" in got and "[`tests/no_such" not in got
     assert "`adam_lit/rules.py`" in got and docs.repo_links(md, "") == md
+
+
+def test_math_font_css(tmp_path, monkeypatch):
+    "The math font's CSS names the copied file (or is empty, with a note, where no math font is installed)."
+    css = docs.math_font(tmp_path)
+    if css:
+        assert 'url("fonts/latinmodern-math.otf")' in css and "font-size: 115%" in css
+        assert (tmp_path / "fonts" / "latinmodern-math.otf").stat().st_size > 100_000
+    monkeypatch.setattr(docs, "MATH_FONTS", ("no-such-font.otf",))
+    assert docs.math_font(tmp_path) == ""

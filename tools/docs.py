@@ -540,8 +540,8 @@ def math_font(out: Path) -> str:
         if found:
             (out / "fonts").mkdir(exist_ok=True)
             shutil.copy(found[0], out / "fonts" / name)
-            return ('@font-face { font-family: "Latin Modern Math"; src: url("fonts/%s") format("opentype"); }\n'
-                    'math { font-family: "Latin Modern Math", math; font-size: 115%; }   /* (its x-height is smaller than the text font\'s) */\n' % name)
+            return ('@font-face { font-family: "Latin Modern Math"; src: url("fonts/' + name + '") format("opentype"); }\n'
+                    'math { font-family: "Latin Modern Math", math; font-size: 115%; }   /* (its x-height is smaller than the text font\'s) */\n')
     print("docs: no math font found (Debian: apt-get install fonts-lmodern); formulas use the browser's own", file=sys.stderr)
     return ""
 
