@@ -58,12 +58,14 @@ from pathlib import Path
 
 @functools.lru_cache(maxsize=None)
 def _definitions(pkg: str) -> dict:
-    "{qualified name: (module file, first line)} of the classes and functions defined in the package's modules."
+    """{qualified name: [(module file, first line, docstring), ...]} of the classes and functions defined in the
+    package's modules, in the modules' alphabetical order (one name may be defined in several: `torch.Adam`, `adam.Adam`)."""
     found = {}
     def walk(nodes, prefix, f):
         for n in nodes:
             if isinstance(n, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-                found.setdefault(prefix + n.name, (f, min([n.lineno] + [d.lineno for d in n.decorator_list])))
+                line = min([n.lineno] + [d.lineno for d in n.decorator_list])
+                found.setdefault(prefix + n.name, []).append((f, line, ast.get_docstring(n) or ""))
                 if isinstance(n, ast.ClassDef): walk(n.body, prefix + n.name + ".", f)
     for f in sorted(Path(importlib.import_module(pkg).__file__).parent.glob("*.py")):
         try: walk(ast.parse(f.read_text()).body, "", f.resolve())
@@ -71,11 +73,16 @@ def _definitions(pkg: str) -> dict:
     return found
 
 def _location(obj):
-    "(module file, first line) of `obj`; for a copy run from a notebook's export cell, the package's definition."
+    """(module file, first line) of `obj`; for a copy run from a notebook's export cell, the package's definition: of
+    the definitions of its name, the one with its docstring (the first when none has it)."""
     if getattr(obj, "__module__", None) not in (None, "__main__"):
         try: return Path(inspect.getsourcefile(obj)).resolve(), inspect.getsourcelines(obj)[1]
         except (TypeError, OSError): pass
-    return _definitions("adam_lit").get(getattr(obj, "__qualname__", None), (None, None))
+    found = _definitions("adam_lit").get(getattr(obj, "__qualname__", None))
+    if not found: return None, None
+    doc = inspect.cleandoc(obj.__doc__) if isinstance(getattr(obj, "__doc__", None), str) else None
+    f, line, _ = next((d for d in found if doc is not None and d[2] == doc), found[0])
+    return f, line
 
 def source_links(sym, git_url: str, branch: str = "main", root: Path | None = None) -> str:
     "HTML links to the notebook a symbol is written in and to the exported module's line (empty when unknown)."
