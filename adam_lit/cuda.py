@@ -1,4 +1,4 @@
-"""`adam_inplace_cupy`, `adam_multi_cupy` and `lazy_adam_rows_inplace_cupy`: Keras 3's Adam, AMSGrad and LazyAdam row updates as single CuPy kernels (one launch for many separate tensors, too), built on first use, with every operation one IEEE instruction rounded once (no FMA contraction, no flushing of subnormals), so the GPU gives NumPy's bits; and an NVRTC compile check that runs without a GPU.
+"""`adam_inplace_cupy`, `adam_multi_cupy` and `lazy_adam_rows_inplace_cupy`: Keras 3's Adam, AMSGrad and LazyAdam row updates as single CuPy kernels (and `adam_multi_cupy`: one launch for many separate tensors), built on first use, with every operation one IEEE instruction rounded once (no FMA contraction, no flushing of subnormals), so the GPU gives NumPy's bits; and an NVRTC compile check that runs without a GPU.
 
 Docs: https://adam-lit.github.io/adam_lit/cuda.html.md"""
 

@@ -161,3 +161,11 @@ def test_math_font_css(tmp_path, monkeypatch):
         assert (tmp_path / "fonts" / "latinmodern-math.otf").stat().st_size > 100_000
     monkeypatch.setattr(docs, "MATH_FONTS", ("no-such-font.otf",))
     assert docs.math_font(tmp_path) == ""
+
+
+def test_each_page_links_its_notebook():
+    "The line under the title: the notebook the page is made from, where its code and hidden tests are."
+    html = docs.notebook_html("_proc/04_adam.ipynb", "https://github.com/o/r", "main")
+    assert 'href="https://github.com/o/r/blob/main/nbs/04_adam.ipynb"' in html and "hidden here" in html
+    assert docs.notebook_html("04_adam.ipynb", "") == ""
+    assert "$notebook$" in docs.TEMPLATE

@@ -389,6 +389,7 @@ $sidebar$
 <header>
 <h1 class="title">$title$</h1>
 $if(description)$<p class="description">$description$</p>$endif$
+$if(notebook)$$notebook$$endif$
 </header>
 $if(toc)$<nav id="toc" data-pagefind-ignore><details open><summary>On this page</summary>
 $table-of-contents$
@@ -465,6 +466,7 @@ body { margin: 0; font-family: system-ui, -apple-system, "Segoe UI", Roboto, san
 #toc a { text-decoration: none; }
 h1.title { margin: 0 0 0.3rem; }
 p.description { font-size: 1.1rem; color: #555; margin-top: 0; }
+p.page-source { font-size: 0.85rem; color: #6a737d; margin-top: -0.3rem; }
 pre { background: #f6f8fa; padding: 0.7rem 0.9rem; overflow-x: auto; border-radius: 6px; font-size: 0.85rem; line-height: 1.4; max-width: 100%; }
 code { font-family: "SFMono-Regular", Consolas, "Liberation Mono", Menlo, monospace; }
 p code, li code, td code { background: #f1f3f5; padding: 0.05rem 0.25rem; border-radius: 3px; font-size: 0.9em; overflow-wrap: anywhere; }
@@ -489,7 +491,7 @@ th, td { border: 1px solid var(--line); padding: 0.3rem 0.6rem; vertical-align: 
 th { background: #f1f3f5; }
 td:first-child, td[style*="right"] { white-space: nowrap; }
 img { max-width: 100%; height: auto; }
-math[display="block"] { display: block; overflow-x: auto; margin: 0.8rem 0; max-width: 100%; }
+math[display="block"] { display: block; overflow-x: auto; margin: 0.8rem 0; max-width: 100%; font-size: 105%; }
 a { color: var(--accent); }
 hr { border: none; border-top: 1px solid var(--line); margin: 1.5rem 0; }
 .prevnext { display: flex; justify-content: space-between; gap: 1rem; margin-top: 3rem; padding-top: 1rem; border-top: 1px solid var(--line); }
@@ -557,6 +559,15 @@ def sidebar_html(sections, page: str) -> str:
     return "\n".join(out)
 
 
+def notebook_html(nbname: str, repo: str, branch: str = "main") -> str:
+    "The line under a page's title that links the notebook it is made from: where its code and its tests (hidden on the page) are."
+    if not repo: return ""
+    name = Path(nbname).name
+    url = f"{repo.rstrip('/')}/blob/{branch}/nbs/{name}"
+    return (f'<p class="page-source" data-pagefind-ignore>This page is the notebook <a href="{url}"><code>nbs/{name}</code></a>: '
+            "its code, and the tests the page mentions (hidden here), run with <code>nbdev-test</code>.</p>")
+
+
 def prevnext_html(order, i: int) -> str:
     "Links to the previous and the next page in the sidebar's reading order."
     links = []
@@ -614,7 +625,8 @@ def build(out: Path, proc: Path | None = None, search: bool = True):
             cmd = ["pandoc", str(src), "-f", "markdown+tex_math_dollars+raw_html-implicit_figures", "-t", "html5",
                    "--standalone", "--mathml", "--template", str(tmp / "template.html"), "--toc", "--toc-depth=3",
                    "--highlight-style=pygments", "-V", f"sidebar={sidebar_html(nav, page)}",
-                   "-V", f"prevnext={prevnext_html(order, i)}", "--metadata", "lang=en", "-o", str(out / page)]
+                   "-V", f"prevnext={prevnext_html(order, i)}", "-V", f"notebook={notebook_html(nbname, *_REPO)}",
+                   "--metadata", "lang=en", "-o", str(out / page)]
             r = subprocess.run(cmd, capture_output=True, text=True)
             if r.returncode != 0:
                 sys.exit(f"pandoc failed on {nbname}:\n{r.stderr}")
