@@ -111,9 +111,27 @@ try:
     from nbdev.showdoc import BasicMarkdownRenderer
 except ImportError: BasicMarkdownRenderer = object        # nbdev is a dev dependency; the package runs without it
 
+def _signature(sym, sig: str, is_property: bool = False) -> str:
+    """nbdev's signature made to read as Python: `class` for a class (nbdev writes `def`), a NamedTuple's fields, the
+    bases of a class whose constructor says only `(*args, **kwargs)` (an exception, a dict), `@property` for a property."""
+    if is_property or isinstance(sym, property): return re.sub(r"^def (\w+)\(", r"@property\ndef \1(self", sig)
+    if not inspect.isclass(sym): return sig
+    name = sym.__name__
+    if hasattr(sym, "_fields") and issubclass(sym, tuple):              # a NamedTuple: its fields, as declared
+        notes = getattr(sym, "__annotations__", {})
+        def ann(a):     # a type, a string (`from __future__ import annotations`) or a ForwardRef
+            return getattr(a, "__forward_arg__", None) or (a if isinstance(a, str) else getattr(a, "__name__", None)) or "Any"
+        fields = [f"    {f}: {ann(notes.get(f))}" for f in sym._fields]
+        return f"class {name}(NamedTuple):\n" + "\n".join(fields)
+    if re.fullmatch(r"def \w+\(\s*\*args, \*\*kwargs\s*\):", sig.strip()):
+        bases = [b.__name__ for b in sym.__bases__ if b is not object]
+        return f"class {name}({', '.join(bases)})" if bases else f"class {name}"
+    return re.sub(r"^def ", "class ", sig)
+
 class SiteRenderer(BasicMarkdownRenderer):
     "`show_doc`'s renderer for this site: the signature as written, source links, no stray emphasis."
     def __init__(self, sym, name=None, title_level=3, maxline=110):
+        self.is_property = isinstance(sym, property)         # (nbdev goes on with its getter)
         super().__init__(sym, name=name, title_level=title_level, maxline=maxline)
         if isinstance(self.dm, DocmentText) and self.sig is not None:
             for nm, p in self.sig.parameters.items():       # no type nbdev guessed from a default (`x:NoneType=None`)
@@ -124,7 +142,6 @@ class SiteRenderer(BasicMarkdownRenderer):
         cfg = get_config()
         links = source_links(self.sym, cfg.get("git_url", ""), cfg.get("branch", "main"), cfg.config_path)
         doc = f"---\n\n{'#' * self.title_level} {self.nm}\n\n" + (links + "\n\n" if links else "")
-        sig = str(self.dm)
-        if inspect.isclass(self.sym): sig = re.sub(r"^def ", "class ", sig)     # nbdev writes `def` for a class
+        sig = _signature(self.sym, str(self.dm), self.is_property)
         doc += f"```python\n{sig}\n```"
         return doc + (f"\n\n{_plain_first_paragraph(self.docs)}" if self.docs else "")
