@@ -169,3 +169,12 @@ def test_each_page_links_its_notebook():
     assert 'href="https://github.com/o/r/blob/main/nbs/04_adam.ipynb"' in html and "hidden here" in html
     assert docs.notebook_html("04_adam.ipynb", "") == ""
     assert "$notebook$" in docs.TEMPLATE
+
+
+def test_figure_alt_text_from_the_cell(tmp_path):
+    "`#| fig-alt:` (Quarto's option) is the figure's alt text, its case kept; other options are still read lowercased."
+    opts, code = docs.cell_options("#| echo: False\n#| fig-alt: Loss against Step, [two] lines\nplot()")
+    assert opts == {"echo": "false", "fig-alt": "Loss against Step, [two] lines"} and code == "plot()"
+    png = {"output_type": "display_data", "data": {"image/png": "iVBORw0KGgo="}}
+    md = docs.outputs_md([png], False, "p", tmp_path, [0], opts["fig-alt"])
+    assert md.startswith("[![Loss against Step, two lines](figures/p_fig1.png)]")

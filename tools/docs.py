@@ -140,13 +140,13 @@ def cell_options(src: str):
     opts, lines = {}, []
     for line in src.splitlines():
         m = re.match(r"^#\|\s*([\w-]+)\s*:\s*(.*)$", line)
-        if m and not lines: opts[m.group(1)] = m.group(2).strip().lower()
+        if m and not lines: opts[m.group(1)] = m.group(2).strip() if m.group(1) == "fig-alt" else m.group(2).strip().lower()
         else: lines.append(line)
     return opts, "\n".join(lines).strip("\n")
 
 
-def outputs_md(outputs, asis: bool, page: str, files: Path, counter: list) -> str:
-    "Markdown for a code cell's saved outputs."
+def outputs_md(outputs, asis: bool, page: str, files: Path, counter: list, alt: str = "") -> str:
+    "Markdown for a code cell's saved outputs; `alt`: its figures' text for readers who cannot see them (`#| fig-alt:`)."
     out = []
     for o in outputs:
         kind = o.get("output_type")
@@ -159,7 +159,8 @@ def outputs_md(outputs, asis: bool, page: str, files: Path, counter: list) -> st
                 counter[0] += 1
                 name = f"{page}_fig{counter[0]}.png"
                 (files / name).write_bytes(base64.b64decode("".join(data["image/png"])))
-                out.append(f"[![](figures/{name})](figures/{name})\n")       # a click shows it at full size
+                text = re.sub(r"[\[\]]", "", alt)
+                out.append(f"[![{text}](figures/{name})](figures/{name})\n")       # a click shows it at full size
             elif "text/markdown" in data:
                 out.append("".join(data["text/markdown"]) + "\n")
             elif "text/html" in data:
@@ -348,7 +349,7 @@ def notebook_md(nb: dict, page: str, files: Path, doc_host: str, title: str = ""
         if opts.get("include") == "false": continue
         if code and opts.get("echo") != "false": parts.append(fence(code, "python"))
         if opts.get("output") != "false":
-            md = outputs_md(c.get("outputs", []), opts.get("output") == "asis", page, files, counter)
+            md = outputs_md(c.get("outputs", []), opts.get("output") == "asis", page, files, counter, opts.get("fig-alt", ""))
             if re.match(r"show_doc\(", code):
                 # nbdev gives each show_doc a heading (### Name); the page's own heading often says the same
                 # just before it ("## AdamW"): the block keeps its anchor, the reader sees the name once
