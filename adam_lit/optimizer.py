@@ -1663,7 +1663,8 @@ def __repr__(self):
     defaults = {"weight_decay": None, "clipnorm": None, "global_clipnorm": None, "clipvalue": None, "use_ema": False,
                 "ema_momentum": 0.99, "ema_overwrite_frequency": None, "loss_scale_factor": None, "gradient_accumulation_steps": None}
     args = ", ".join(f"{k}={v!r}" for k, v in cfg.items() if k != "name" and defaults.get(k, object()) != v)
-    state = f"built on {len(self._variables)} variables, iterations={self.iterations}" if self.built else "not built"
+    n = len(self._variables)
+    state = f"built on {n} variable{'s' if n != 1 else ''}, iterations={self.iterations}" if self.built else "not built"
     return f"{type(self).__name__}({args}, name={self.name!r}) <{state}>"
 
 # %% ../nbs/03_optimizer.ipynb #c3a1f0d3
