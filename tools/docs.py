@@ -319,7 +319,6 @@ def show_doc_md(md: str) -> str:
     return numpy_sections(unescape_code_spans(signature_comments(md)))
 
 
-_REPO = ["", "main"]      # the repository's URL and branch (nbdev's git_url and branch), set by `build`
 _REPO_PATH = re.compile(r"(?<![\[/])`((?:tests|tools|nbs)/[A-Za-z0-9_./-]+)`(?!\]|\()")
 
 
@@ -333,15 +332,15 @@ def repo_links(md: str, repo: str, branch: str = "main", root: Path = ROOT) -> s
     return _REPO_PATH.sub(link, md)
 
 
-def notebook_md(nb: dict, page: str, files: Path, doc_host: str, title: str = "") -> str:
-    "The page of a processed notebook as pandoc Markdown (without its front matter)."
+def notebook_md(nb: dict, page: str, files: Path, doc_host: str, title: str = "", repo: tuple = ("", "main")) -> str:
+    "The page of a processed notebook as pandoc Markdown (without its front matter); `repo`: (URL, branch) its file links go to."
     parts, counter, last = [], [0], [title]
     for c in nb["cells"]:
         src = "".join(c.get("source", []))
         if c["cell_type"] == "raw": continue
         if c["cell_type"] == "markdown":
             if src.strip().startswith("<!-- WARNING"): continue
-            src = repo_links(src, *_REPO)
+            src = repo_links(src, *repo)
             parts.append(src)
             last += headings(src)
             continue
@@ -604,7 +603,7 @@ def build(out: Path, proc: Path | None = None, search: bool = True):
     proc = proc or process_notebooks()
     from nbdev.config import get_config
     doc_host = (get_config().get("doc_host", "") or "") + (get_config().get("doc_baseurl", "") or "")
-    _REPO[:] = [get_config().get("git_url", "") or "", get_config().get("branch", "main") or "main"]
+    repo = (get_config().get("git_url", "") or "", get_config().get("branch", "main") or "main")
     if out.exists(): shutil.rmtree(out)
     (out / "figures").mkdir(parents=True)
     shutil.copytree(ROOT / "nbs" / "images", out / "images")
@@ -618,7 +617,7 @@ def build(out: Path, proc: Path | None = None, search: bool = True):
         (tmp / "template.html").write_text(TEMPLATE)
         for i, (nbname, page, title, fm, nb) in enumerate(p for _, pages in sections for p in pages):
             stem = Path(page).stem
-            md = notebook_md(nb, stem, out / "figures", doc_host, str(title))
+            md = notebook_md(nb, stem, out / "figures", doc_host, str(title), repo)
             meta = {"title": str(title), "pagetitle": str(title)}
             if fm.get("description"): meta["description"] = str(fm["description"])
             src = tmp / f"{stem}.md"
@@ -626,7 +625,7 @@ def build(out: Path, proc: Path | None = None, search: bool = True):
             cmd = ["pandoc", str(src), "-f", "markdown+tex_math_dollars+raw_html-implicit_figures", "-t", "html5",
                    "--standalone", "--mathml", "--template", str(tmp / "template.html"), "--toc", "--toc-depth=3",
                    "--highlight-style=pygments", "-V", f"sidebar={sidebar_html(nav, page)}",
-                   "-V", f"prevnext={prevnext_html(order, i)}", "-V", f"notebook={notebook_html(nbname, *_REPO)}",
+                   "-V", f"prevnext={prevnext_html(order, i)}", "-V", f"notebook={notebook_html(nbname, *repo)}",
                    "--metadata", "lang=en", "-o", str(out / page)]
             r = subprocess.run(cmd, capture_output=True, text=True)
             if r.returncode != 0:
