@@ -46,8 +46,10 @@ def _number(name: str, value, low: float = 0.0, high: float | None = None):
         raise ValueError(f"{_TORCH_SAYS.get(name, 'Invalid value')}: {value!r}: argument `{name}` must be a finite number {rng}")
     return v
 
-def _check_group(g: dict, where: str = "") -> tuple:
-    "A param group's options, checked before anything changes: `(lr, beta_1, beta_2, eps, weight_decay, amsgrad, decoupled)`."
+def _check_group(g: dict, where: str = "", numerics: str = "keras") -> tuple:
+    """A param group's options, checked before anything changes: `(lr, beta_1, beta_2, eps, weight_decay, amsgrad, decoupled)`.
+    Tensor betas (both, as torch.optim.Adam takes them) are read as floats, except with numerics "torch": torch then
+    computes with them in the tensors' dtype, which adam_lit does not reproduce, so they are refused there."""
     at = f" (param group {where})" if where else ""
     try:
         lr = _number("lr", g["lr"])
@@ -55,6 +57,14 @@ def _check_group(g: dict, where: str = "") -> tuple:
         betas = g["betas"]
         if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
             raise ValueError(f"Argument `betas` must be a pair (beta_1, beta_2), got {betas!r}")
+        tensors = [isinstance(b, torch.Tensor) for b in betas]
+        if tensors[0] != tensors[1]:            # (torch.optim.Adam's own words first)
+            raise ValueError(f"betas must be either both floats or both Tensors: argument `betas` is ({type(betas[0]).__name__}, "
+                             f"{type(betas[1]).__name__})")
+        if tensors[0] and numerics == "torch":
+            raise ValueError("Tensor betas are not supported with numerics='torch': torch.optim.Adam computes with them in "
+                             "the tensors' dtype, which adam_lit does not reproduce bit for bit; pass floats, "
+                             "betas=(float(beta_1), float(beta_2))")
         b1, b2 = _number("betas[0]", betas[0], 0.0, 1.0), _number("betas[1]", betas[1], 0.0, 1.0)
         eps, wd = _number("eps", g["eps"]), _number("weight_decay", g["weight_decay"])
         for k in ("amsgrad", "maximize", "decoupled_weight_decay"):
@@ -96,6 +106,10 @@ class _Engine:
         return (group is self.group and len(ps) == len(self.params) and all(map(_same, ps, self.params, self.ptrs)))
 
 def _same(p, q, ptr) -> bool: return p is q and p.data_ptr() == ptr
+
+def _step_dtype(group: dict):
+    "The dtype of the `step` tensors, as torch.optim.Adam's: float64 under `torch.set_default_dtype(torch.float64)`, else float32 (always with `fused`)."
+    return torch.float64 if torch.get_default_dtype() == torch.float64 and not group.get("fused") else torch.float32
 
 def _real_view(t, what: str):
     """A complex tensor as `torch.view_as_real` sees it (its real and imaginary parts as a last axis of 2, the same
@@ -141,7 +155,7 @@ class _Front(torch.optim.Optimizer):
         self._numerics, self._engine_kwargs, self._engines, self._checked = numerics, dict(engine_kwargs or {}), {}, {}
         if defaults["eps"] is None: defaults["eps"] = _EPS[numerics]
         defaults["differentiable"] = False      # (torch's key, which its __setstate__ adds: the step is never differentiable)
-        _check_group(defaults)                  # the arguments, before any group is made
+        _check_group(defaults, "", numerics)    # the arguments, before any group is made
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict) -> None:
@@ -152,7 +166,7 @@ class _Front(torch.optim.Optimizer):
                 raise ValueError("`numerics` is an option of the optimizer, not of a param group: make one optimizer per numerics")
             if "eps" in param_group and param_group["eps"] is None: param_group["eps"] = _EPS[self._numerics]
             _check_group({**self.defaults, **{k: v for k, v in param_group.items() if k != "params"}},
-                         str(len(self.param_groups)))
+                         str(len(self.param_groups)), self._numerics)
         super().add_param_group(param_group)
 
     def _patch_step_function(self) -> None:
@@ -180,7 +194,7 @@ class _Front(torch.optim.Optimizer):
             for p in group["params"]:             # a `step` stored as a number (older PyTorch): a tensor, as torch's Adam
                 st = self.state.get(p)
                 if isinstance(st, dict) and "step" in st and not torch.is_tensor(st["step"]):
-                    st["step"] = torch.tensor(float(st["step"]), dtype=torch.float32)
+                    st["step"] = torch.tensor(float(st["step"]), dtype=_step_dtype(group))
         self._engines, self._checked = {}, {}
 
     def state_dict(self) -> dict:
@@ -277,7 +291,7 @@ def _restore(self, eng, k: int):
         if isinstance(a, np.ndarray): np.copyto(a, t.detach().cpu().numpy(), casting="same_kind")
         else: a.copy_(t)
     o.iterations = int(step)
-    eng.step_t = torch.tensor(step, dtype=torch.float32)
+    eng.step_t = torch.tensor(step, dtype=_step_dtype(eng.group))
     eng.step_version, eng.made = eng.step_t._version, []
     for j, p in enumerate(eng.params):
         st = {"step": eng.step_t}
@@ -420,7 +434,7 @@ def _options(self, group: dict, k: int) -> tuple:
     if key is not None and hit is not None and hit[0] == key: return hit[1]
     if self._always_decoupled and group.get("decoupled_weight_decay") is False:
         group["decoupled_weight_decay"] = True      # (LazyAdam's decay is decoupled: a loaded Adam group says otherwise)
-    hp = _check_group(group, str(k))
+    hp = _check_group(group, str(k), self._numerics)
     if key is not None and all(t in _PLAIN for t in key[1]): self._checked[id(group)] = (key, hp)
     return hp
 
@@ -435,7 +449,8 @@ _PARAMS = """Parameters
         lr : float or 0-d tensor, default 1e-3
             The learning rate (Keras: `learning_rate`), read at every step (schedulers write it).
         betas : (float, float), default (0.9, 0.999)
-            `beta_1` and `beta_2` (Keras's names), each in [0, 1).
+            `beta_1` and `beta_2` (Keras's names), each in [0, 1). Two 0-d tensors are read as floats at each step
+            (with numerics "torch", floats only: torch computes with tensor betas in their dtype).
         eps : float or None, default None
             None: the default of the numerics. "keras": Keras's epsilon hat, added to sqrt(v) before the bias
             correction, default 1e-7; "torch": PyTorch's epsilon, added after it, default 1e-8."""

@@ -729,6 +729,51 @@ def test_torch_numerics_with_a_tensor_lr_are_torch_optim_bits(case, dtype):
         for j, (p, q) in enumerate(zip(ps, qs)): same_bits(q, p, f"{case} float lr, step {t} param {j}")
 
 
+@pytest.mark.parametrize("fused", [None, True])
+def test_step_tensor_dtype_follows_torch_default_dtype(fused):
+    "torch.optim.Adam's `step` is float64 under torch.set_default_dtype(torch.float64) (float32 with fused): the same here."
+    old = torch.get_default_dtype()
+    try:
+        torch.set_default_dtype(torch.float64)
+        ps = params(2); qs = clones(ps)
+        a, b = Adam(ps, fused=fused), torch.optim.Adam(qs, fused=fused)
+        set_grads(ps, grads(ps, 0)); set_grads(qs, grads(ps, 0)); a.step(); b.step()
+        for p, q in zip(ps, qs): assert a.state[p]["step"].dtype == b.state[q]["step"].dtype
+        assert b.state[qs[0]]["step"].dtype == (torch.float32 if fused else torch.float64)
+        c = Adam(clones(ps), fused=fused); c.load_state_dict(a.state_dict())
+        set_grads(c.param_groups[0]["params"], grads(ps, 1)); c.step()
+        assert c.state[c.param_groups[0]["params"][0]]["step"].dtype == b.state[qs[0]]["step"].dtype
+    finally:
+        torch.set_default_dtype(old)
+
+
+def test_tensor_betas_as_torch_takes_them():
+    """torch.optim.Adam takes betas as two floats or two tensors: mixed pairs refused in its words; two tensors read as
+    floats under Keras's numerics (the same bits as the floats), refused under numerics='torch', whose bits torch
+    computes in the tensors' dtype (before: accepted, and 4e-9 away from torch.optim.Adam's)."""
+    mixed = (0.9, torch.tensor(0.99))
+    with pytest.raises(ValueError, match="betas must be either both floats or both Tensors: argument `betas` is \\(float, Tensor\\)"):
+        Adam(params(2), betas=mixed)
+    with pytest.raises(ValueError, match="Tensor betas are not supported with numerics='torch'"):
+        Adam(params(2), betas=(torch.tensor(0.9), torch.tensor(0.99)), numerics="torch")
+    o = Adam(params(2), numerics="torch")
+    with pytest.raises(ValueError, match="both floats or both Tensors.*\\(param group 1\\)"):
+        o.add_param_group({"params": params(3), "betas": mixed})
+    assert len(o.param_groups) == 1
+    ps = params(4); before = clones(ps)
+    o = Adam(ps, numerics="torch"); set_grads(ps, grads(ps, 0))
+    o.param_groups[0]["betas"] = (torch.tensor(0.9), torch.tensor(0.99))     # (as a user or scheduler may set them)
+    with pytest.raises(ValueError, match="Tensor betas are not supported.*\\(param group 0\\)"):
+        o.step()
+    for p, q in zip(ps, before): same_bits(p, q, "a refused step writes nothing")
+    ps = params(5); qs = clones(ps)
+    a = Adam(ps, lr=0.01, betas=(torch.tensor(0.8), torch.tensor(0.95)))
+    b = Adam(qs, lr=0.01, betas=(float(torch.tensor(0.8)), float(torch.tensor(0.95))))
+    for t in range(4):
+        gs = grads(ps, t); set_grads(ps, gs); set_grads(qs, gs); a.step(); b.step()
+    for p, q in zip(ps, qs): same_bits(p, q, "tensor betas are their values")
+
+
 @pytest.mark.parametrize("cls", [LazyAdam, Adam])
 def test_an_empty_sparse_gradient_then_backward(cls):
     "zero_grad(set_to_none=False) leaves an empty sparse gradient: the step must not fix its storage's size."
