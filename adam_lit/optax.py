@@ -274,11 +274,19 @@ def _check_rounding(k, dt, b1, b2, eps):
             raise ValueError(f"Argument `{name}`={float(b)} rounds to 1 in {np.dtype(S).name}, the dtype of update {k}: the "
                              f"bias correction 1 - {name}**t is then 0, so every step would be "
                              + ("0 (the parameter never moves)" if name == "b2" else "a division by 0")
-                             + f". Keep such parameters in float32, use {name} <= {below!r}, or (adam, adamw, amsgrad) pass "
-                             "numerics='optax' for Optax's own arithmetic")
+                             + (". Keep such parameters in float32, use" if np.dtype(S).itemsize < 4 else ". Use")
+                             + f" {name} <= {below!r}, or (adam, adamw, amsgrad) pass numerics='optax' for Optax's own arithmetic")
     if float(eps) != 0 and S(float(eps)) == 0:
         raise ValueError(f"Argument `eps`={float(eps)} rounds to 0 in {np.dtype(S).name}, the dtype of update {k}: where "
                          f"v is 0 the step would be 0/0 = NaN. Use an eps of at least {float(np.finfo(S).smallest_subnormal):.3g}")
+
+def _as_jax(z):
+    """A leaf given as a Python number or a NumPy array made a JAX array, as `jax.jit` makes its arguments (and Optax's
+    `jnp` operations make them eagerly): a float64 one is float32 unless JAX's 64-bit mode is on."""
+    if isinstance(z, (float, int, complex, np.ndarray, np.generic)) and not isinstance(z, (bool, np.bool_)):
+        _, jnp, _ = _libs()
+        return jnp.asarray(z)
+    return z
 
 def _in_state_dtype(g, v):
     """A gradient of another floating dtype than its second moment (which has its parameter's: mixed precision, e.g.
@@ -296,12 +304,13 @@ def _update_fn(leaf_rule, learning_rate, b1, b2, eps, weight_decay, mask, amsgra
         if not isinstance(state, AdamState):
             raise ArgumentTypeError(f"Argument `state` must be the AdamState this transformation's init returned, got {type(state).__name__}")
         gl, treedef = jax.tree_util.tree_flatten(updates, is_leaf=lambda z: z is None)
+        gl = [_as_jax(g) for g in gl]
         ml, vl = _leaves(state.mu, treedef, "state.mu"), _leaves(state.nu, treedef, "state.nu")
         hl = _leaves(state.nu_max, treedef, "state.nu_max") if amsgrad else [None] * len(gl)
         gl = [_in_state_dtype(g, v) for g, v in zip(gl, vl)]
         if weight_decay is not None and params is None:
             raise ValueError("weight decay needs the parameters: call `update(updates, state, params)`")
-        xl = [None] * len(gl) if params is None else _leaves(params, treedef, "params")
+        xl = [None] * len(gl) if params is None else [_as_jax(x) for x in _leaves(params, treedef, "params")]
         wd = _scheduled(weight_decay, state.count, jnp.float32)     # (a schedule: called with the count, as Optax's)
         decays = [wd] * len(gl)
         if mask is not None:
@@ -325,8 +334,10 @@ def _update_fn(leaf_rule, learning_rate, b1, b2, eps, weight_decay, mask, amsgra
     return update
 
 # %% ../nbs/18_optax.ipynb #0a7e1c16
-def _optax_own(learning_rate, b1, b2, eps, weight_decay, mask, amsgrad, mu_dtype=None, eps_root=0.0, nesterov=False):
-    "`numerics='optax'`: Optax's own transformation (an adam_lit schedule given to it as a function of the count)."
+def _optax_own(learning_rate, b1, b2, eps, weight_decay, mask, amsgrad, mu_dtype=None, eps_root=0.0, nesterov=False,
+               optax_kw=None):
+    """`numerics='optax'`: Optax's own transformation (an adam_lit schedule given to it as a function of the count);
+    `optax_kw`: more of its arguments (`optax.amsgrad`'s `bias_correction_mu=False`, ...)."""
     _, jnp, optax = _libs()
     if isinstance(learning_rate, LearningRateSchedule):
         s = learning_rate
@@ -337,7 +348,7 @@ def _optax_own(learning_rate, b1, b2, eps, weight_decay, mask, amsgrad, mu_dtype
                            mu_dtype=mu_dtype, nesterov=nesterov)
     if amsgrad:
         if nesterov: raise ValueError("numerics='optax' has no Nesterov AMSGrad (optax.amsgrad has no `nesterov`)")
-        return optax.amsgrad(learning_rate, b1=b1, b2=b2, eps=eps, eps_root=eps_root, mu_dtype=mu_dtype)
+        return optax.amsgrad(learning_rate, b1=b1, b2=b2, eps=eps, eps_root=eps_root, mu_dtype=mu_dtype, **(optax_kw or {}))
     return optax.adam(learning_rate, b1=b1, b2=b2, eps=eps, eps_root=eps_root, mu_dtype=mu_dtype, nesterov=nesterov)
 
 def _mu_dtype(value):
@@ -351,7 +362,7 @@ def _mu_dtype(value):
     return dt
 
 def _transformation(learning_rate, b1, b2, eps, weight_decay, mask, amsgrad, numerics, lazy, mu_dtype=None,
-                    eps_root=0.0, nesterov=False):
+                    eps_root=0.0, nesterov=False, optax_kw=None):
     "The GradientTransformation of every front end here: its arguments checked, then pure `init` and `update`."
     jax, jnp, optax = _libs()
     mu_dtype = _mu_dtype(mu_dtype)
@@ -370,7 +381,8 @@ def _transformation(learning_rate, b1, b2, eps, weight_decay, mask, amsgrad, num
         weight_decay = _number("weight_decay", weight_decay, low=0, allow_none=True)
     if mask is not None and weight_decay is None:
         raise ValueError("Argument `mask` selects the parameters that decay, but `weight_decay` is None")
-    if numerics == "optax": return _optax_own(learning_rate, b1, b2, eps, weight_decay, mask, amsgrad, mu_dtype, eps_root, nesterov)
+    if numerics == "optax":
+        return _optax_own(learning_rate, b1, b2, eps, weight_decay, mask, amsgrad, mu_dtype, eps_root, nesterov, optax_kw)
     if lazy: b1, b2, eps = (_static(n, z, "lazy_adam") for n, z in (("b1", b1), ("b2", b2), ("eps", eps)))
     update = _update_fn(functools.partial(_keras_leaf, eps_root=eps_root), learning_rate, b1, b2, eps, weight_decay, mask, amsgrad, mu_dtype)
 
@@ -451,11 +463,20 @@ def adamw(learning_rate: float | Callable | LearningRateSchedule = 0.001, b1: fl
                            eps_root=eps_root, nesterov=nesterov)
 
 def amsgrad(learning_rate: float | Callable | LearningRateSchedule = 0.001, b1: float = 0.9, b2: float = 0.999,
-            eps: float | None = None, eps_root: float = 0.0, mu_dtype: Any = None, *, weight_decay: float | None = None,
-            mask: Any = None, numerics: str = "keras"):
-    "Keras 3's `Adam(amsgrad=True)` (with numerics 'optax', `optax.amsgrad`); the arguments of `adam`, and an `optax.GradientTransformation` returned, as `adam`."
+            eps: float | None = None, eps_root: float = 0.0, mu_dtype: Any = None, bias_correction_mu: bool = True,
+            bias_correction_nu: bool = True, *, weight_decay: float | None = None, mask: Any = None, numerics: str = "keras"):
+    """Keras 3's `Adam(amsgrad=True)` (with numerics 'optax', `optax.amsgrad`); the arguments of `adam`, in
+    `optax.amsgrad`'s order, and an `optax.GradientTransformation` returned, as `adam`. `bias_correction_mu` and
+    `bias_correction_nu` (Optax's) may be False only with numerics "optax": Keras corrects both moments."""
+    off = {}
+    for name, b in (("bias_correction_mu", bias_correction_mu), ("bias_correction_nu", bias_correction_nu)):
+        if not isinstance(b, (bool, np.bool_)): raise ArgumentTypeError(f"Argument `{name}` must be a bool, got {b!r}")
+        if not b: off[name] = False
+    if off and numerics != "optax":
+        raise ValueError(f"Argument `{next(iter(off))}=False`: Keras's AMSGrad corrects the bias of both moments; "
+                         "numerics='optax' gives optax.amsgrad's uncorrected ones")
     return _transformation(learning_rate, b1, b2, eps, weight_decay, mask, True, numerics, lazy=False, mu_dtype=mu_dtype,
-                           eps_root=eps_root)
+                           eps_root=eps_root, optax_kw=off)
 
 # %% ../nbs/18_optax.ipynb #0a7e1c19
 def lazy_adam(learning_rate: float | Callable | LearningRateSchedule = 0.001, b1: float = 0.9, b2: float = 0.999,

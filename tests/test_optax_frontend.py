@@ -25,7 +25,7 @@ jnp = jax.numpy
 
 import adam_lit.optax as alo  # noqa: E402
 from adam_lit import schedules as S  # noqa: E402
-from adam_lit.backend import IndexedSlices  # noqa: E402
+from adam_lit.backend import ArgumentTypeError, IndexedSlices  # noqa: E402
 from adam_lit.lazyadam import LazyAdam  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
@@ -822,3 +822,46 @@ def test_lazy_adam_without_rows_warns(f32):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         tx.update([jnp.ones((3, 2))], tx.init(p), p, rows=[jnp.array([0])])
+
+
+@pytest.mark.parametrize("make", [lambda: alo.adam(0.1), lambda: alo.adamw(0.1), lambda: alo.amsgrad(0.1)],
+                         ids=["adam", "adamw", "amsgrad"])
+@pytest.mark.parametrize("case", ["python floats", "python float params", "numpy float64"])
+def test_eager_update_takes_the_leaves_jit_takes(f32, make, case):
+    """Leaves given as Python floats or NumPy arrays (float64, with JAX's 64-bit mode off): an eager `update` gives
+    what the jitted one gives (JAX arrays, float32), as optax.adam's does. Before, eagerly: a type error, an
+    AttributeError ('float' has no 'shape'), or a dtype mismatch (float32 updates, float64 params)."""
+    p, g = {"python floats": ({"a": 1.0, "b": -2.0}, {"a": 0.5, "b": 0.25}),
+            "python float params": ({"a": 1.0, "b": -2.0}, {"a": jnp.asarray(0.5), "b": jnp.asarray(0.25)}),
+            "numpy float64": ({"a": np.array([1.0, 2.0]), "b": np.array(3.0)}, {"a": np.array([0.1, -0.1]), "b": np.array(0.2)})}[case]
+    tx = make()
+    eager, state = tx.update(g, tx.init(p), p)
+    jitted, jstate = jax.jit(tx.update)(g, tx.init(p), p)
+    for a, b in zip(jax.tree.leaves((eager, state)), jax.tree.leaves((jitted, jstate))):
+        assert a.dtype == b.dtype and same_bits(a, b)
+    assert all(u.dtype == jnp.float32 for u in jax.tree.leaves(eager))
+    with pytest.raises(ArgumentTypeError, match="floating-point array, got"):
+        tx.update({"a": 1, "b": 2}, tx.init({"a": 1, "b": 2}), {"a": 1, "b": 2})    # int leaves: refused, by name
+
+
+def test_amsgrad_takes_optax_bias_correction_switches(f32):
+    "optax.amsgrad's `bias_correction_mu/nu` (by position too): False gives optax's bits with numerics='optax', refused with Keras's."
+    p = {"w": jnp.linspace(-1.0, 1.0, 7)}
+    for kw in (dict(bias_correction_mu=False), dict(bias_correction_nu=False), dict(bias_correction_mu=False, bias_correction_nu=False)):
+        mine, ref = alo.amsgrad(0.1, numerics="optax", **kw), optax.amsgrad(0.1, **kw)
+        s1, s2, x1, x2 = mine.init(p), ref.init(p), p, p
+        for t in range(4):
+            g = jax.tree.map(lambda z: jnp.sin(z * (t + 1)), x1)
+            u1, s1 = jax.jit(mine.update)(g, s1, x1); u2, s2 = jax.jit(ref.update)(g, s2, x2)
+            x1, x2 = optax.apply_updates(x1, u1), optax.apply_updates(x2, u2)
+            assert same_bits(x1["w"], x2["w"])
+        with pytest.raises(ValueError, match=f"Argument `{next(iter(kw))}=False`: Keras's AMSGrad corrects the bias"):
+            alo.amsgrad(0.1, **kw)
+    positional = alo.amsgrad(0.1, 0.9, 0.999, 1e-8, 0.0, None, False, True, numerics="optax")
+    u, _ = positional.update(p, positional.init(p), p)
+    v, _ = optax.amsgrad(0.1, 0.9, 0.999, 1e-8, 0.0, None, False, True).update(p, optax.amsgrad(0.1).init(p), p)
+    assert same_bits(u["w"], v["w"])
+    with pytest.raises(ArgumentTypeError, match="`bias_correction_nu` must be a bool"):
+        alo.amsgrad(0.1, bias_correction_nu="no")
+    assert same_bits(alo.amsgrad(0.1, bias_correction_mu=True).update(p, alo.amsgrad(0.1).init(p), p)[0]["w"],
+                     alo.amsgrad(0.1).update(p, alo.amsgrad(0.1).init(p), p)[0]["w"])
