@@ -46,16 +46,28 @@ def _rows_kernel(ams: bool, decay: bool):
     if (ams, decay) in _ROWS: return _ROWS[ams, decay]
     try:
         import numba
+        from adam_lit import _loopk
     except ImportError:
         _ROWS[ams, decay] = None; return None
+    ahead = 4                  # the rows fetched ahead: those of the group 4 on (2 to 16 measure alike)
 
     def rows(x, g, idx, order, ends, m, v, vh, alpha, b1, b2, c1, c2, eps, wd, lr, parts):
         """Rows `idx` of the 2-d tables: group q (one row) is `order[ends[q-1]:ends[q]]`, its occurrences in order;
         `alpha`: one, or one per group; the groups split into `parts` runs of consecutive groups, one per thread."""
         D, ng = x.shape[1], ends.size
+        xa, ma, va, ha = np.int64(x.ctypes.data), np.int64(m.ctypes.data), np.int64(v.ctypes.data), np.int64(vh.ctypes.data)
+        near = min(D * x.itemsize, 256)                   # the bytes of a row fetched ahead (the rest streams after them)
         for c in numba.prange(parts):
             acc = np.empty(D, x.dtype)
-            for q in range(ng * c // parts, ng * (c + 1) // parts):
+            lo, hi = ng * c // parts, ng * (c + 1) // parts
+            for q in range(lo, hi):
+                if q + ahead < hi:                        # fetch the row of group q + ahead while this one computes
+                    ra = np.int64(idx[order[ends[q + ahead - 1]]])
+                    for o in range(0, near + 63, 64):
+                        b = min(o, near - 1)              # (the last byte too: a row need not start a cache line)
+                        prefetch(xa + ra * x.strides[0] + b); prefetch(ma + ra * m.strides[0] + b)
+                        prefetch(va + ra * v.strides[0] + b)
+                        if ams: prefetch(ha + ra * vh.strides[0] + b)
                 k0 = ends[q - 1] if q > 0 else 0
                 r = idx[order[k0]]
                 acc[:] = 0
@@ -76,11 +88,16 @@ def _rows_kernel(ams: bool, decay: bool):
                         hr[d] = vi
                     xr[d] = p - (a * mi) / (np.sqrt(vi) + eps)
     # numba's disk cache files a function under its qualified name and its closure, not under `parallel`: the threaded
-    # variant is compiled from a copy of the function under a name of its own (else one variant's cache serves both)
-    threaded = types.FunctionType(rows.__code__, rows.__globals__, "rows_threads", rows.__defaults__, rows.__closure__)
-    threaded.__qualname__ = rows.__qualname__ + "_threads"
+    # variant is compiled from a copy of the function under a name of its own (else one variant's cache serves both).
+    # `prefetch` reaches both as a global, not through the closure: an intrinsic pickles differently in each process,
+    # and numba's cache, which keys a function by its closure's pickle, would then compile it again at every start.
+    glob = {**rows.__globals__, "prefetch": _loopk.prefetch}
+    one = types.FunctionType(rows.__code__, glob, "rows", rows.__defaults__, rows.__closure__)
+    threaded = types.FunctionType(rows.__code__, glob, "rows_threads", rows.__defaults__, rows.__closure__)
+    one.__qualname__, threaded.__qualname__ = rows.__qualname__, rows.__qualname__ + "_threads"
+    one.__doc__ = threaded.__doc__ = rows.__doc__
     kw = dict(cache=True, error_model="numpy", nogil=True)
-    _ROWS[ams, decay] = (numba.njit(**kw)(rows), numba.njit(parallel=True, **kw)(threaded))
+    _ROWS[ams, decay] = (numba.njit(**kw)(one), numba.njit(parallel=True, **kw)(threaded))
     return _ROWS[ams, decay]
 
 def _threads() -> int:

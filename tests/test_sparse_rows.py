@@ -2,6 +2,9 @@
 loop without it) and dense-equivalent Adam's in-place step give the bits of the general path and of the rules;
 a bad index changes nothing; the dense-equivalent step allocates far less than a table."""
 import itertools
+import os
+import subprocess
+import sys
 import tracemalloc
 
 import numpy as np
@@ -111,13 +114,15 @@ def test_lazy_dense_gradient_with_row_counters(monkeypatch):
 
 @pytest.mark.parametrize("ams,wd,per_row", [(False, None, False), (True, 0.1, True), (True, None, False), (False, 0.1, True)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("size,threads", [("small", 2), ("large", 1), ("large", 2), ("large", 3)])
+@pytest.mark.parametrize("size,threads", [("small", 2), ("large", 1), ("large", 2), ("large", 3), ("odd", 2), ("wide", 2)])
 def test_rows_inplace_numba_and_numpy_agree_with_the_rule(ams, wd, per_row, dtype, size, threads, monkeypatch):
-    # large: n * D >= PARALLEL_MIN, so the compiled loop splits the rows between `threads` runs (1: one thread)
+    # large, odd, wide: n * D >= PARALLEL_MIN, so the compiled loop splits the rows between `threads` runs (1: one
+    # thread); odd: rows of 37 elements, which start anywhere in a cache line; wide: rows longer than the 256 bytes the
+    # loop fetches ahead
     monkeypatch.setattr(lazy_mod, "_threads", lambda: threads)
     rng = np.random.default_rng(4)
-    R, D, n = (30, 5, 50) if size == "small" else (700, 64, 1500)
-    assert (n * D >= lazy_mod.PARALLEL_MIN) == (size == "large")
+    R, D, n = {"small": (30, 5, 50), "large": (700, 64, 1500), "odd": (900, 37, 1000), "wide": (200, 300, 120)}[size]
+    assert (n * D >= lazy_mod.PARALLEL_MIN) == (size != "small")
     x0 = rng.standard_normal((R, D)).astype(dtype); m0 = rng.standard_normal((R, D)).astype(dtype)
     v0 = rng.random((R, D)).astype(dtype); h0 = rng.random((R, D)).astype(dtype)
     idx = rng.integers(0, R, n); g = rng.standard_normal((n, D)).astype(dtype)
@@ -244,3 +249,22 @@ def test_sparse_adam_step_allocates_less_than_a_table(amsgrad):
     tracemalloc.stop()
     # at most one table-sized buffer (here: two cache-sized blocks and the summed rows, about 1 MB)
     assert peak <= table.nbytes, f"peak {peak} bytes for a {table.nbytes}-byte table"
+
+
+@pytest.mark.skipif(not HAVE_NUMBA, reason="numba is not installed: the row update runs as NumPy operations")
+def test_row_kernels_load_from_numba_disk_cache_in_a_new_process(tmp_path):
+    # the row loop calls an intrinsic (`_loopk.prefetch`) that it reaches as a global: were it in the closure, numba's
+    # cache (keyed by the closure's pickle) would miss in every new process and compile again, for seconds
+    code = ("import numpy as np\n"
+            "from adam_lit.lazyadam import _rows_kernel, _group_kernel, lazy_adam_rows_inplace\n"
+            "for ams in (False, True):\n"
+            "    x, m, v, h = (np.ones((64, 600), np.float32) for _ in range(4))\n"
+            "    for n in (3, 64):\n"          # 3 x 600 rows: one thread; 64 x 600 >= PARALLEL_MIN: the threaded variant
+            "        lazy_adam_rows_inplace(x, np.ones((n, 600), np.float32), m, v, h if ams else None, indices=np.arange(n),\n"
+            "                               alpha=0.1, beta_1=0.9, beta_2=0.999, c1=0.1, c2=0.001, epsilon=1e-7)\n"
+            "ks = [k for ams in (False, True) for k in _rows_kernel(ams, False)] + [_group_kernel()]\n"
+            "print(sum(sum(k.stats.cache_hits.values()) for k in ks), sum(sum(k.stats.cache_misses.values()) for k in ks))\n")
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    run = lambda: subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.split()
+    assert run() == ["0", "5"]              # a fresh cache: each of the 5 functions compiled once
+    assert run() == ["5", "0"]              # the next process: all 5 read from the disk cache
