@@ -56,7 +56,8 @@ class LazyAdam(keras.optimizers.Optimizer):
         numerics : {"keras", "legacy"}, default "keras"
             "keras": Keras 3's rounding (`1 - beta` in double, then to the dtype), bit for bit `keras.optimizers.Adam`
             on dense gradients. "legacy": tf.keras 2.x's and TF Addons' (the betas through float32, `1 - beta` in the
-            dtype; `epsilon=0` becomes 1e-7), bit for bit TF Addons' LazyAdam.
+            dtype; `epsilon=0` becomes 1e-7), bit for bit TF Addons' LazyAdam on the TensorFlow backend (on JAX under
+            jit and on PyTorch the backend's own arithmetic, XLA's fusions and `torch.sqrt`, can move a value by 1 ulp).
         name : str, optional
             As Keras's optimizers: None gives `lazy_adam`, made unique in the process (`lazy_adam_1`, ...), so that
             two optimizers' variables have distinct paths (TF Addons' default was "LazyAdam").
@@ -64,7 +65,8 @@ class LazyAdam(keras.optimizers.Optimizer):
             Keras's optimizer options: `weight_decay` (decays only the touched rows of a row-sparse gradient),
             `clipnorm`, `clipvalue`, `global_clipnorm`, `use_ema`, `loss_scale_factor` (not with row-sparse gradients on
             the TensorFlow backend: Keras 3's `apply` divides the `tf.IndexedSlices` and fails, for its own Adam too),
-            `gradient_accumulation_steps`.
+            `gradient_accumulation_steps`. With `global_clipnorm` or `gradient_accumulation_steps` Keras makes a row-sparse
+            gradient dense before the step, so every row moves, as with Adam.
         """
         if not isinstance(numerics, str) or numerics not in _NUMERICS:
             raise ValueError(f"Argument `numerics` must be one of {', '.join(map(repr, _NUMERICS))}; got {numerics!r}")
