@@ -113,8 +113,15 @@ except ImportError: BasicMarkdownRenderer = object        # nbdev is a dev depen
 
 def _signature(sym, sig: str, is_property: bool = False) -> str:
     """nbdev's signature made to read as Python: `class` for a class (nbdev writes `def`), a NamedTuple's fields, the
-    bases of a class whose constructor says only `(*args, **kwargs)` (an exception, a dict), `@property` for a property."""
+    bases of a class whose constructor says only `(*args, **kwargs)` (an exception, a dict), `@property` for a property,
+    `@classmethod` and `cls` for a class method (nbdev shows it bound, without `cls`)."""
     if is_property or isinstance(sym, property): return re.sub(r"^def (\w+)\(", r"@property\ndef \1(self", sig)
+    if inspect.ismethod(sym) and inspect.isclass(sym.__self__):
+        head = re.match(r"def \w+\((\s*)", sig)
+        if head is None: return sig
+        rest = sig[head.end():]
+        first = "cls" if rest.startswith(")") else ("cls," + head.group(1) if "\n" in head.group(1) else "cls, ")
+        return "@classmethod\n" + sig[:head.end()] + first + rest
     if not inspect.isclass(sym): return sig
     name = sym.__name__
     if hasattr(sym, "_fields") and issubclass(sym, tuple):              # a NamedTuple: its fields, as declared
