@@ -353,6 +353,8 @@ def read(path: str | os.PathLike) -> tuple[dict, dict]:
     ------
     CheckpointError
         The file is not a regular file, not an adam_lit checkpoint, truncated, corrupted or malformed.
+    OSError
+        The path cannot be opened: `FileNotFoundError` where nothing is there, `PermissionError`, ...
     """
     if isinstance(path, (str, os.PathLike)) and not os.fspath(path).endswith(".npz") and not os.path.lexists(path) \
             and os.path.lexists(os.fspath(path) + ".npz"):
@@ -547,6 +549,8 @@ def load(optimizer: Optimizer,      # a built optimizer, on variables of the che
     ------
     CheckpointError
         The file cannot be read or does not fit `optimizer`; nothing was changed.
+    OSError
+        The path cannot be opened (`FileNotFoundError`, `PermissionError`, ...); nothing was changed.
     """
     if getattr(optimizer, "communicator", None) is not None and _read is None:   # a collective (adam_lit.distributed)
         return _distributed("load")(optimizer, path, match, restore_variables)
@@ -594,6 +598,8 @@ def load_optimizer(path: str | os.PathLike,  # a file written by `save`
     ------
     CheckpointError
         The file cannot be read, its optimizer cannot be rebuilt, or it does not fit `variables`.
+    OSError
+        The path cannot be opened (`FileNotFoundError`, `PermissionError`, ...).
     """
     data = read(path)
     meta = data[0]
