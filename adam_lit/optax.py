@@ -283,7 +283,8 @@ def _check_rounding(k, dt, b1, b2, eps):
 def _as_jax(z):
     """A leaf given as a Python number or a NumPy array made a JAX array, as `jax.jit` makes its arguments (and Optax's
     `jnp` operations make them eagerly): a float64 one is float32 unless JAX's 64-bit mode is on."""
-    if isinstance(z, (float, int, complex, np.ndarray, np.generic)) and not isinstance(z, (bool, np.bool_)):
+    number = isinstance(z, (float, int, complex)) and not isinstance(z, bool)
+    if number or (isinstance(z, (np.ndarray, np.generic)) and z.dtype.kind in "iufc"):    # (anything else: named by `_check_leaf`)
         _, jnp, _ = _libs()
         return jnp.asarray(z)
     return z
