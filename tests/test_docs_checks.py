@@ -178,3 +178,23 @@ def test_figure_alt_text_from_the_cell(tmp_path):
     png = {"output_type": "display_data", "data": {"image/png": "iVBORw0KGgo="}}
     md = docs.outputs_md([png], False, "p", tmp_path, [0], opts["fig-alt"])
     assert md.startswith("[![Loss against Step, two lines](figures/p_fig1.png)]")
+
+
+def test_saved_source_links_point_at_their_definitions():
+    """A `show_doc` output saved in a notebook links its module at a line number: after an edit above it that line must
+    still be the definition's (`def`, `class` or a decorator), else the notebook needs `nbdev-test --save`."""
+    found, wrong = 0, []
+    for nb in sorted((ROOT / "nbs").glob("*.ipynb")):
+        for cell in json.loads(nb.read_text())["cells"]:
+            for o in cell.get("outputs", []):
+                for data in o.get("data", {}).values():
+                    text = "".join(data) if isinstance(data, list) else str(data)
+                    for m in re.finditer(r'#+ ([\w.]+)\s+<p class="source-links">.*?adam_lit/(\w+\.py)#L(\d+)', text, re.S):
+                        found += 1
+                        name, mod, line = m.group(1).split(".")[-1], m.group(2), int(m.group(3))
+                        lines = (ROOT / "adam_lit" / mod).read_text().splitlines()
+                        at = lines[line - 1] if line <= len(lines) else ""
+                        if not re.match(rf"\s*(@|def {name}\b|class {name}\b)", at):
+                            wrong.append(f"{nb.name}: {m.group(1)} -> {mod} line {line}: {at.strip()[:60]!r}")
+    assert found >= 10                      # (the optimizer, Optax and Keras pages show their API with source links)
+    assert not wrong, "stale source links (run nbdev-test --save on these notebooks):\n" + "\n".join(sorted(set(wrong)))
