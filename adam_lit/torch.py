@@ -18,7 +18,7 @@ except ImportError as e:
     raise ImportError("adam_lit.torch needs PyTorch: pip install 'adam-lit[torch]'") from e
 
 from .adam import Adam as _LitAdam
-from .backend import IndexedSlices, _entries_as_rows, host_float
+from .backend import IndexedSlices, _entries_as_rows, as_row_sparse, host_float
 from .lazyadam import LazyAdam as _LitLazyAdam
 
 # %% auto #0
@@ -265,14 +265,18 @@ def _intact(self, eng) -> bool:
         if get(p) is not st: return False
         for key, t in views:
             if st.get(key) is not t: return False
-    return eng.step_t._version == eng.step_version
+    for t, seen in zip(eng.step_ts, eng.versions):
+        if t._version != seen: return False
+    return True
 
 def _restore(self, eng, k: int):
-    "The group's state (loaded, or of an engine before) copied into the new engine's slots; `state` then views them."
-    o, writes, steps = eng.opt, [], set()
+    """The group's state (loaded, or of an engine before) copied into the new engine's slots; `state` then views them.
+    The step counts: one per group under the Keras numerics (Keras's iteration counter), one per parameter under
+    numerics "torch" (torch.optim.Adam's: a parameter that had no gradient at a step keeps its count)."""
+    o, writes, steps = eng.opt, [], {}
     for j, p in enumerate(eng.params):
         st = self.state.get(p) or {}
-        if "step" in st: steps.add(float(st["step"]))
+        if "step" in st: steps[j] = float(st["step"])
         for name, key in _SLOTS.items():
             slot = o._slot_of.get((j, name))
             if slot is None or key not in st: continue
@@ -282,19 +286,29 @@ def _restore(self, eng, k: int):
                 raise ValueError(f"state {key!r} of parameter {j} of param group {k} has shape "
                                  f"{tuple(getattr(t, 'shape', ()))}, the parameter {tuple(p.shape)}")
             writes.append((slot.array, t))
-    if len(steps) > 1:
-        raise ValueError(f"the parameters of param group {k} have different step counts {sorted(steps)}: adam_lit keeps one "
-                         "count per group (Keras's iteration counter); put them in groups of their own")
-    step = steps.pop() if steps else 0.0
-    if not (step >= 0 and step == int(step)): raise ValueError(f"invalid step count {step} in param group {k}")
+    per_param = self._numerics == "torch"
+    if len(set(steps.values())) > 1 and not per_param:
+        raise ValueError(f"the parameters of param group {k} have different step counts {sorted(set(steps.values()))}: "
+                         "under the Keras numerics adam_lit keeps one count per group (Keras's iteration counter); put "
+                         "them in groups of their own, or step with numerics='torch' (one count per parameter, as torch's)")
+    for j, step in steps.items():
+        if not (step >= 0 and step == int(step)):
+            raise ValueError(f"invalid step count {step} in param group {k} (parameter {j})")
     for a, t in writes:
         if isinstance(a, np.ndarray): np.copyto(a, t.detach().cpu().numpy(), casting="same_kind")
         else: a.copy_(t)
-    o.iterations = int(step)
-    eng.step_t = torch.tensor(step, dtype=_step_dtype(eng.group))
-    eng.step_version, eng.made = eng.step_t._version, []
+    dt = _step_dtype(eng.group)
+    if per_param:                   # each parameter's count and `step` tensor (none saved: 0, as torch starts one)
+        eng.counts = [int(steps.get(j, 0.0)) for j in range(len(eng.params))]
+        eng.step_ts = [torch.tensor(float(c), dtype=dt) for c in eng.counts]
+        o.iterations = eng.counts[0] if eng.counts else 0
+    else:                           # the group's count, one `step` tensor shared by its parameters' states
+        step = next(iter(steps.values()), 0.0)
+        eng.counts, eng.step_ts = None, [torch.tensor(step, dtype=dt)]
+        o.iterations = int(step)
+    eng.versions, eng.made = [t._version for t in eng.step_ts], []
     for j, p in enumerate(eng.params):
-        st = {"step": eng.step_t}
+        st = {"step": eng.step_ts[j if per_param else 0]}
         for name, key in _SLOTS.items():
             slot = o._slot_of.get((j, name))
             if slot is not None: st[key] = _state_view(slot.array, p)
@@ -315,7 +329,7 @@ def _grads(self, eng, hp: tuple, k: int):
                                  "gradients of real tables only")
             if l2: raise ValueError(f"parameter {j} of param group {k} has a sparse gradient: weight_decay with "
                                     "decoupled_weight_decay=False (L2) needs dense ones, as torch.optim.Adam; use LazyAdam or AdamW")
-            v = _sparse_view(g, j, k) if eng.numpy else g
+            v = _sparse_view(g, j, k) if eng.numpy else _sparse_rows(g, j, k)
         else:
             if g.shape != p.shape or g.dtype is not p.dtype or (not g.is_cpu if eng.numpy else g.device != p.device):
                 raise ValueError(f"the gradient of parameter {j} of param group {k} has shape {tuple(g.shape)}, dtype "
@@ -330,15 +344,25 @@ def _grads(self, eng, hp: tuple, k: int):
 def _sparse_view(g, j: int, k: int):
     """A torch sparse COO gradient as `IndexedSlices`: row-sparse (nn.Embedding(sparse=True)) as NumPy views, no copy and
     no coalescing; sparse in more dimensions (`dense.to_sparse()`), its entries gathered into the rows they touch."""
-    if g.layout is not torch.sparse_coo:
-        raise ValueError(f"the gradient of parameter {j} of param group {k} is sparse with layout {g.layout}: adam_lit takes "
-                         "sparse COO gradients (as nn.Embedding(sparse=True) gives) or dense ones (g.to_dense())")
+    _check_coo(g, j, k)
     if g.sparse_dim() > 1: return _rows_of_entries(g)
     vals, idx = g._values().detach(), g._indices()[0]
     if vals.shape[0] == 0:        # (`.numpy()` makes a storage not resizable: the next backward could not grow an empty gradient)
         dt = torch.empty(0, dtype=vals.dtype).numpy().dtype
         return IndexedSlices(np.zeros(tuple(vals.shape), dt), np.zeros(0, np.int64), tuple(g.shape))
     return IndexedSlices(vals.numpy(), idx.numpy(), tuple(g.shape))
+
+def _check_coo(g, j: int, k: int):
+    "A sparse gradient of another layout than COO refused, naming the parameter."
+    if g.layout is not torch.sparse_coo:
+        raise ValueError(f"the gradient of parameter {j} of param group {k} is sparse with layout {g.layout}: adam_lit takes "
+                         "sparse COO gradients (as nn.Embedding(sparse=True) gives) or dense ones (g.to_dense())")
+
+def _sparse_rows(g, j: int, k: int):
+    """A sparse COO gradient as `IndexedSlices` of torch tensors on its device (for the engines that step tensors):
+    made, and its row indices checked, while the step checks, before any group is written."""
+    _check_coo(g, j, k)
+    return as_row_sparse(g.detach(), j)
 
 def _rows_of_entries(g):
     "A COO gradient sparse in more than its first dimension: the rows its entries touch (`backend._entries_as_rows`), as NumPy."
@@ -378,13 +402,35 @@ def _step(self, closure=None):
         for eng, k, out, at in work:
             o = eng.opt
             try:
-                if len(at) == len(eng.xs): o.apply(out)
+                if eng.counts is not None: _apply_counted(eng, out, at)
+                elif len(at) == len(eng.xs): o.apply(out)
                 else: o.apply(out, [eng.xs[j] for j in at])
             except ValueError as e:                   # (adam_lit's checks, before anything is written: torch's names)
                 raise ValueError(f"param group {k}: {_torch_names(str(e))}") from None
             if eng.numpy: torch.autograd.graph.increment_version([eng.params[j] for j in at])   # as torch's in-place step does
-            eng.step_t.fill_(float(o.iterations)); eng.step_version = eng.step_t._version
+            if eng.counts is None:
+                t = eng.step_ts[0]; t.fill_(float(o.iterations)); eng.versions[0] = t._version
+            else:                   # each stepped parameter's `step` tensor (+1, as torch.optim.Adam's foreach step)
+                ts = [eng.step_ts[j] for j in at]
+                torch._foreach_add_(ts, 1.0)
+                for j, t in zip(at, ts): eng.versions[j] = t._version
     return loss
+
+def _apply_counted(eng, out, at):
+    """Numerics "torch": the gradients `out` of the parameters at positions `at` applied with each parameter's own
+    count, as torch.optim.Adam keeps one per parameter (one call per distinct count: usually one). With several
+    counts, every call's gradients are checked before the first call writes."""
+    o, counts, runs = eng.opt, eng.counts, {}
+    for g, j in zip(out, at):
+        gs, js = runs.setdefault(counts[j], ([], []))
+        gs.append(g); js.append(j)
+    if len(runs) > 1:
+        for gs, js in runs.values(): o._prepare(gs, [eng.xs[j] for j in js], writeable=True)
+    for c, (gs, js) in runs.items():
+        o._iterations = c                           # (the step state: no reconfiguration)
+        if len(js) == len(eng.xs): o.apply(gs)
+        else: o.apply(gs, [eng.xs[j] for j in js])
+        for j in js: counts[j] = c + 1
 
 def _check_precision(eng):
     "The options of the group in the dtypes its parameters are updated in (a beta that rounds to 1 in bfloat16, ...)."

@@ -568,7 +568,7 @@ def test_loaded_different_step_counts_are_refused():
     b = Adam(clones(ps)); b.load_state_dict(sd)
     qs = b.param_groups[0]["params"]
     set_grads(qs, grads(qs, 0))
-    with pytest.raises(ValueError, match="different step counts"):
+    with pytest.raises(ValueError, match=r"different step counts \[2.0, 7.0\].*numerics='torch'"):
         b.step()
 
 
@@ -630,6 +630,91 @@ def test_one_step_count_per_group():
         ref.apply([gs[j].numpy() for j in have], [xs[j] for j in have])
     for q, x in zip(qs, xs): same_bits(q, torch.from_numpy(x), "one count")
     assert float(opt.state[qs[1]]["step"]) == 6.0
+
+
+def pattern_grads(ps, t):
+    "Gradients as a model with a frozen-then-unfrozen layer and a branch used every third step gives them (None: no gradient)."
+    gs = grads(ps, t)
+    have = {0: True, 1: t % 3 == 0, 2: t >= 5}
+    return [g if have[j] else None for j, g in enumerate(gs)]
+
+
+def set_some(ps, gs):
+    for p, g in zip(ps, gs): p.grad = None if g is None else g.clone()
+
+
+@pytest.mark.parametrize("case", list(TORCH_CASES))
+def test_torch_numerics_count_per_parameter(case):
+    """numerics "torch": one count per parameter, as torch.optim.Adam keeps: a parameter without a gradient at a step
+    keeps its count, and its later steps use it. Parameters with different counts stepped at once (one call per count)
+    give torch.optim's bits, parameters and every state tensor, `step` included."""
+    ref_cls, cls, kw = TORCH_CASES[case]
+    ps = params(31); qs = clones(ps)
+    ref, mine = ref_cls(ps, foreach=False, **kw), cls(qs, numerics="torch", **kw)
+    for t in range(12):
+        gs = pattern_grads(ps, t); set_some(ps, gs); set_some(qs, gs)
+        ref.step(); mine.step()
+        for j, (p, q) in enumerate(zip(ps, qs)):
+            same_bits(q, p, f"step {t} param {j}")
+            for key, val in ref.state.get(p, {}).items(): same_bits(mine.state[q][key], val, f"step {t} param {j} {key}")
+    assert [float(mine.state[q]["step"]) for q in qs] == [12.0, 4.0, 7.0]      # three counts, stepped together at the end
+
+
+@pytest.mark.parametrize("direction", ["torch->lit", "lit->torch"])
+def test_torch_numerics_state_dict_with_different_counts_continues(direction):
+    "A state_dict whose parameters have different step counts continues in the other optimizer bit for bit (numerics 'torch')."
+    ps = params(32); qs = clones(ps)
+    kw = dict(lr=5e-3, amsgrad=True, weight_decay=0.01)
+    first, second = (torch.optim.Adam, Adam) if direction == "torch->lit" else (Adam, torch.optim.Adam)
+    extra = lambda c: dict(numerics="torch") if c is Adam else dict(foreach=False)
+    a = first(ps, **kw, **extra(first))
+    for t in range(7):
+        set_some(ps, pattern_grads(ps, t)); a.step()
+    sd = copy.deepcopy(a.state_dict())
+    assert len({float(st["step"]) for st in sd["state"].values()}) == 3
+    b = second(qs, **kw, **extra(second))
+    with torch.no_grad():
+        for p, q in zip(ps, qs): q.copy_(p)
+    b.load_state_dict(sd)
+    for t in range(7, 14):
+        gs = pattern_grads(ps, t); set_some(ps, gs); set_some(qs, gs)
+        a.step(); b.step()
+        for j, (p, q) in enumerate(zip(ps, qs)): same_bits(q, p, f"{direction}: step {t} param {j}")
+
+
+def test_torch_numerics_deleted_state_restarts_moments_and_count():
+    "numerics 'torch': `del opt.state[p]` restarts p's moments and its count, as torch.optim.Adam's does."
+    ps = params(33); qs = clones(ps)
+    ref, mine = torch.optim.Adam(ps, lr=0.01, foreach=False), Adam(qs, lr=0.01, numerics="torch")
+    for t in range(6):
+        if t == 3: del ref.state[ps[0]]; del mine.state[qs[0]]
+        gs = grads(ps, t); set_grads(ps, gs); set_grads(qs, gs); ref.step(); mine.step()
+        for j, (p, q) in enumerate(zip(ps, qs)): same_bits(q, p, f"step {t} param {j}")
+    assert float(mine.state[qs[0]]["step"]) == 3.0 and float(mine.state[qs[1]]["step"]) == 6.0
+
+
+@pytest.mark.parametrize("layout", ["one group, two counts", "two groups"])
+def test_a_bad_sparse_row_is_refused_before_any_write(layout):
+    """A sparse gradient with a row index out of range is refused before anything is written: with numerics 'torch'
+    and parameters of different counts (one call per count), and when it is another group's (engines that step tensors)."""
+    P = torch.nn.Parameter
+    a, b = P(torch.randn(6, 2)), P(torch.randn(6, 2))
+    groups = [a, b] if layout == "one group, two counts" else [{"params": [a]}, {"params": [b]}]
+    o = LazyAdam(groups, lr=0.1, numerics="torch")
+    sp = lambda rows: torch.sparse_coo_tensor(torch.tensor([rows]), torch.ones(len(rows), 2), (6, 2))
+    a.grad, b.grad = sp([1]), None
+    o.step()                                               # a's count is 1, b's 0
+    a.grad, b.grad = sp([2]), sp([7])                       # row 7 of a table of 6
+    before = [a.detach().clone(), b.detach().clone(), copy.deepcopy(o.state_dict())]
+    with pytest.raises(ValueError, match=r"param group \d: IndexedSlices indices must lie in \[0, 6\), got values from 7 to 7"):
+        o.step()
+    same_bits(a, before[0], "a"); same_bits(b, before[1], "b")
+    after = o.state_dict()
+    for k, st in before[2]["state"].items():
+        for key, val in st.items(): same_bits(after["state"][k][key], val, f"state {k} {key}")
+    a.grad, b.grad = sp([2]), sp([3])                       # the step goes on as if the refused one had not been tried
+    o.step()
+    assert [float(o.state[p]["step"]) for p in (a, b)] == [2.0, 1.0]
 
 
 # -------------------------------------------------------------------------------------------------- complex parameters
