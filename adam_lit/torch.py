@@ -160,10 +160,13 @@ class _Front(torch.optim.Optimizer):
 
     def add_param_group(self, param_group: dict) -> None:
         """torch's `add_param_group`, the group's options checked first (a ValueError naming the option; nothing added);
-        `eps=None` is the numerics' default, as in the constructor."""
+        `eps=None` is the numerics' default, as in the constructor. A group may say `numerics` only as the optimizer's
+        own (wrappers such as `ZeroRedundancyOptimizer` pass the constructor's arguments on in every group)."""
         if isinstance(param_group, dict):
-            if "numerics" in param_group:
-                raise ValueError("`numerics` is an option of the optimizer, not of a param group: make one optimizer per numerics")
+            if "numerics" in param_group and param_group["numerics"] != self._numerics:
+                raise ValueError(f"`numerics` is an option of the optimizer, not of a param group: param group "
+                                 f"{len(self.param_groups)} asks for numerics={param_group['numerics']!r} in an optimizer "
+                                 f"with numerics={self._numerics!r}; make one optimizer per numerics")
             if "eps" in param_group and param_group["eps"] is None: param_group["eps"] = _EPS[self._numerics]
             _check_group({**self.defaults, **{k: v for k, v in param_group.items() if k != "params"}},
                          str(len(self.param_groups)), self._numerics)

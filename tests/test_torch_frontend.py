@@ -17,6 +17,8 @@ What is claimed, and checked here:
 * complex parameters, stepped through `torch.view_as_real` as torch.optim steps them: torch.optim.Adam's bits with
   numerics "torch" (state included, complex), adam_lit's Adam on the real view by default; state_dicts both ways.
 * bad arguments: a ValueError or TypeError naming the argument, before anything changes.
+* `numerics="torch"` counts steps per parameter, as torch.optim.Adam: a parameter without a gradient keeps its count.
+* wrappers: `ZeroRedundancyOptimizer(optimizer_class=Adam)` (one process, gloo) steps with torch.optim.Adam's bits.
 """
 from __future__ import annotations
 
@@ -1085,3 +1087,42 @@ def test_repr_names_the_numerics():
     "repr: torch's (each group's options) and the numerics, which belong to the optimizer."
     r = repr(Adam([torch.nn.Parameter(torch.ones(2))], numerics="torch"))
     assert r.startswith("Adam (\nnumerics: torch\nParameter Group 0") and "Parameter Group 0" in r and "lr: 0.001" in r
+
+
+ZERO_SCRIPT = r'''
+import sys, torch, torch.distributed as dist
+from torch.distributed.optim import ZeroRedundancyOptimizer
+import adam_lit.torch as at
+dist.init_process_group("gloo", init_method="file://" + sys.argv[1], rank=0, world_size=1)
+torch.manual_seed(0)
+mine, ref = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
+ref.load_state_dict(mine.state_dict())
+zero = ZeroRedundancyOptimizer(mine.parameters(), optimizer_class=at.Adam, lr=0.01, amsgrad=True, numerics="torch")
+opt = torch.optim.Adam(ref.parameters(), lr=0.01, amsgrad=True, foreach=False)
+for t in range(5):
+    x = torch.randn(8, 4)
+    for model, o in ((mine, zero), (ref, opt)):
+        o.zero_grad(); model(x).pow(2).sum().backward(); o.step()
+assert all(torch.equal(p, q) for p, q in zip(mine.parameters(), ref.parameters()))
+zero.consolidate_state_dict(0)
+sd = zero.state_dict()
+assert [float(st["step"]) for st in sd["state"].values()] == [5.0, 5.0]
+lazy = ZeroRedundancyOptimizer(torch.nn.Embedding(10, 2, sparse=True).parameters(), optimizer_class=at.LazyAdam,
+                               lr=0.1, row_bias_correction=True)
+try: at.Adam([{"params": [torch.nn.Parameter(torch.ones(2))], "numerics": "torch"}])
+except ValueError as e: assert "asks for numerics='torch' in an optimizer with numerics='keras'" in str(e), e
+else: raise AssertionError("a group's other numerics was accepted")
+dist.destroy_process_group()
+print("ok")
+'''
+
+
+def test_zero_redundancy_optimizer_wraps_it(tmp_path):
+    """`torch.distributed.optim.ZeroRedundancyOptimizer(params, optimizer_class=Adam, **options)` passes the options on
+    in every param group, `numerics` included: a group's `numerics` equal to the optimizer's is accepted, and the
+    wrapped step is torch.optim.Adam's bits (one process, gloo; run in a subprocess so that no process group is left)."""
+    import subprocess, sys
+    if not torch.distributed.is_available(): pytest.skip("this PyTorch build has no torch.distributed")
+    script = tmp_path / "zero.py"; script.write_text(ZERO_SCRIPT)
+    r = subprocess.run([sys.executable, str(script), str(tmp_path / "store")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout[-2000:] + r.stderr[-4000:]
