@@ -47,7 +47,8 @@ def _number(name: str, value, low: float = 0.0, high: float | None = None):
     return v
 
 def _check_group(g: dict, where: str = "", numerics: str = "keras") -> tuple:
-    """A param group's options, checked before anything changes: `(lr, beta_1, beta_2, eps, weight_decay, amsgrad, decoupled)`.
+    """A param group's options, checked before anything changes: `(lr, beta_1, beta_2, eps, weight_decay, amsgrad, decoupled,
+    maximize)`.
     Tensor betas (both, as torch.optim.Adam takes them) are read as floats, except with numerics "torch": torch then
     computes with them in the tensors' dtype, which adam_lit does not reproduce, so they are refused there."""
     at = f" (param group {where})" if where else ""
@@ -69,11 +70,9 @@ def _check_group(g: dict, where: str = "", numerics: str = "keras") -> tuple:
         eps, wd = _number("eps", g["eps"]), _number("weight_decay", g["weight_decay"])
         for k in ("amsgrad", "maximize", "decoupled_weight_decay"):
             if not isinstance(g[k], (bool, np.bool_)): raise TypeError(f"Argument `{k}` must be a bool, got {g[k]!r}")
-        if g["maximize"]:
-            raise ValueError("Argument `maximize=True` is not supported: adam_lit minimizes; negate the loss instead")
     except (TypeError, ValueError) as e:
         raise type(e)(f"{e}{at}") from None
-    return lr, b1, b2, eps, wd, bool(g["amsgrad"]), bool(g["decoupled_weight_decay"])
+    return lr, b1, b2, eps, wd, bool(g["amsgrad"]), bool(g["decoupled_weight_decay"]), bool(g["maximize"])
 
 # %% ../nbs/17_torch.ipynb #t0932ee24
 _SLOTS = {"m": "exp_avg", "v": "exp_avg_sq", "vhat": "max_exp_avg_sq", "row_step": "row_step"}   # adam_lit -> torch
@@ -93,7 +92,7 @@ class _Engine:
         self.xs = [v.numpy() if self.numpy else v for v in views]
         self.ptrs = [p.data_ptr() for p in params]
         self.checked = None                 # the options last checked in the parameters' dtypes (`_check_precision`)
-        lr, b1, b2, eps, wd, ams, dec = hp
+        lr, b1, b2, eps, wd, ams, dec = hp[:7]
         self.opt = owner._engine_class(learning_rate=lr, beta_1=b1, beta_2=b2, epsilon=eps, amsgrad=ams,
                                        weight_decay=(wd or None) if dec else None, numerics=owner._numerics,
                                        **owner._engine_kwargs)
@@ -322,10 +321,12 @@ def _restore(self, eng, k: int):
 def _grads(self, eng, hp: tuple, k: int):
     "The views adam_lit takes of the gradients of the group's parameters that have one: `(views, positions)`."
     l2 = hp[4] if (hp[4] and not hp[6]) else 0.0       # torch.optim.Adam's weight decay: L2, added to the gradient
+    neg = hp[7]                                          # maximize: the gradient negated first, as torch.optim.Adam does
     out, at = [], []
     for j, p in enumerate(eng.params):
         g = p.grad
         if g is None: continue
+        if neg: g = torch.neg(g.detach())                # (a new tensor: the user's gradient is left as it is)
         if g.is_sparse:
             if g.is_complex():
                 raise ValueError(f"parameter {j} of param group {k} has a sparse complex gradient: adam_lit takes sparse "
@@ -541,7 +542,8 @@ class Adam(_Front):
         decoupled_weight_decay : bool, default False
             Decoupled (AdamW) weight decay: Keras's `x - (x * wd) * lr`, or PyTorch's `x * (1 - lr * wd)` (numerics "torch").
         maximize : bool, default False
-            Only False: adam_lit minimizes (negate the loss).
+            Maximize the objective: each gradient is negated before the step, as torch.optim.Adam does (L2 weight decay
+            then added to the negated gradient).
         numerics : str, default "keras"
             "keras": Keras 3's bits (adam_lit's compiled kernels); "torch": torch.optim.Adam's bits.
         moment_dtype : str or None, default None
@@ -587,7 +589,7 @@ class LazyAdam(_Front):
         row_bias_correction : bool, default False
             Count each row's steps for its bias correction (state `row_step`; not in TF Addons; numerics "keras").
         maximize : bool, default False
-            Only False.
+            Maximize the objective: each gradient (a sparse one's values) is negated before the step.
         numerics : str, default "keras"
             "keras": TF Addons' LazyAdam with Keras 3's rounding (the fused row kernel); "torch": PyTorch's dense rule
             on the touched rows.

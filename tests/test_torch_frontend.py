@@ -17,6 +17,7 @@ What is claimed, and checked here:
 * complex parameters, stepped through `torch.view_as_real` as torch.optim steps them: torch.optim.Adam's bits with
   numerics "torch" (state included, complex), adam_lit's Adam on the real view by default; state_dicts both ways.
 * bad arguments: a ValueError or TypeError naming the argument, before anything changes.
+* `maximize=True`: torch.optim.Adam's bits with numerics "torch", adam_lit's step on `-g` by default.
 * `numerics="torch"` counts steps per parameter, as torch.optim.Adam: a parameter without a gradient keeps its count.
 * wrappers: `ZeroRedundancyOptimizer(optimizer_class=Adam)` (one process, gloo) steps with torch.optim.Adam's bits.
 """
@@ -78,6 +79,9 @@ TORCH_CASES = {
     "adam-decoupled": (torch.optim.Adam, Adam, dict(lr=1e-2, weight_decay=0.05, decoupled_weight_decay=True)),
     "adamw": (torch.optim.AdamW, AdamW, dict(lr=1e-2, weight_decay=0.05, amsgrad=True)),
     "eps": (torch.optim.Adam, Adam, dict(lr=1e-3, eps=1e-3, betas=(0.3, 0.95))),
+    "maximize": (torch.optim.Adam, Adam, dict(lr=1e-2, maximize=True)),
+    "maximize-l2-amsgrad": (torch.optim.Adam, Adam, dict(lr=1e-2, maximize=True, weight_decay=0.1, amsgrad=True)),
+    "adamw-maximize": (torch.optim.AdamW, AdamW, dict(lr=1e-2, weight_decay=0.05, maximize=True)),
 }
 
 
@@ -510,7 +514,7 @@ def test_repr_and_classes():
     (dict(betas=(1.0, 0.999)), ValueError, r"`betas\[0\]`"), (dict(betas=(0.9, -0.1)), ValueError, r"`betas\[1\]`"),
     (dict(betas=0.9), ValueError, "`betas`"), (dict(eps=-1.0), ValueError, "`eps`"),
     (dict(weight_decay=-1e-3), ValueError, "`weight_decay`"), (dict(amsgrad="yes"), TypeError, "`amsgrad`"),
-    (dict(maximize=True), ValueError, "`maximize"), (dict(numerics="optax"), ValueError, "`numerics`"),
+    (dict(maximize="yes"), TypeError, "`maximize`"), (dict(numerics="optax"), ValueError, "`numerics`"),
     (dict(lr=torch.tensor([0.1, 0.2])), ValueError, "`lr`"),
 ])
 def test_bad_arguments(kw, err, msg):
@@ -717,6 +721,38 @@ def test_a_bad_sparse_row_is_refused_before_any_write(layout):
     a.grad, b.grad = sp([2]), sp([3])                       # the step goes on as if the refused one had not been tried
     o.step()
     assert [float(o.state[p]["step"]) for p in (a, b)] == [2.0, 1.0]
+
+
+def test_maximize_keras_numerics_is_the_step_on_negated_gradients():
+    """`maximize=True` under the Keras numerics: adam_lit's step on `-g` bit for bit, dense gradients through the
+    compiled step and LazyAdam's sparse rows; the user's `p.grad` is left as it was."""
+    ps = params(41); qs = clones(ps)
+    xs = [p.detach().numpy().copy() for p in ps]
+    opt, ref = Adam(qs, lr=0.01, amsgrad=True, maximize=True), adam_lit.Adam(learning_rate=0.01, amsgrad=True)
+    for t in range(6):
+        gs = grads(ps, t); set_grads(qs, gs)
+        opt.step(); ref.apply([(-g).numpy() for g in gs], xs)
+        for j, q in enumerate(qs): same_bits(q.grad, gs[j], f"step {t}: p.grad of param {j} untouched")
+    for j, (q, x) in enumerate(zip(qs, xs)): same_bits(q, torch.from_numpy(x), f"param {j}")
+    emb = torch.nn.Parameter(torch.linspace(-1, 1, 40).reshape(10, 4))
+    table = emb.detach().numpy().copy()
+    lazy, lit = LazyAdam([emb], lr=0.05, maximize=True), adam_lit.LazyAdam(learning_rate=0.05)
+    for t in range(5):
+        rows, vals = torch.tensor([t % 10, 3, t % 10]), torch.full((3, 4), 0.1 * (t + 1)) * torch.tensor([1.0, -2.0, 3.0])[:, None]
+        emb.grad = torch.sparse_coo_tensor(rows[None], vals, (10, 4))
+        lazy.step(); lit.apply([IndexedSlices((-vals).numpy(), rows.numpy(), (10, 4))], [table])
+    same_bits(emb, torch.from_numpy(table), "LazyAdam rows")
+
+
+def test_maximize_switched_by_the_user_as_torch_optim_reads_it():
+    "A group's `maximize` is read at every step (numerics 'torch': torch.optim.Adam's bits when it is switched mid-run)."
+    ps = params(42); qs = clones(ps)
+    ref, mine = torch.optim.Adam(ps, lr=0.01, weight_decay=0.1, foreach=False), Adam(qs, lr=0.01, weight_decay=0.1, numerics="torch")
+    for t in range(8):
+        if t == 3:
+            for o in (ref, mine): o.param_groups[0]["maximize"] = True
+        gs = grads(ps, t); set_grads(ps, gs); set_grads(qs, gs); ref.step(); mine.step()
+        for j, (p, q) in enumerate(zip(ps, qs)): same_bits(q, p, f"step {t} param {j}")
 
 
 # -------------------------------------------------------------------------------------------------- complex parameters
