@@ -175,7 +175,7 @@ def _complex_leaf(g, m, v, vh, x, lr, t, b1, b2, eps, wd, mu_dt, eps_root=0.0):
 def _lazy_leaf(g, m, v, vh, x, lr, t, b1, b2, eps, wd, rows):
     "`rules.lazy_adam_rows` on the rows `rows` (indices, or a boolean mask) of a table: returns `(u, m, v, vh)`."
     _, jnp, _ = _libs()
-    dt, n = g.dtype, g.shape[0]
+    dt, n, mu_dt = g.dtype, g.shape[0], m.dtype       # (mu_dtype: m kept in another dtype, its rows computed in g's)
     if rows.dtype != jnp.bool_ and jnp.dtype(rows.dtype).itemsize < 4:
         rows = rows.astype(jnp.int32)        # (uint8/uint16 ids: `n` is compared in their dtype, where it may wrap)
     S = np.dtype(dt).type
@@ -184,8 +184,8 @@ def _lazy_leaf(g, m, v, vh, x, lr, t, b1, b2, eps, wd, rows):
               c1=c1, c2=c2)
     def step(x_r, g_r, m_r, v_r, vh_r):       # the rows' update: -step, or `x2 - x` with decay (as a dense leaf)
         x0 = jnp.full_like(g_r, -0.0) if wd is None else x_r - (x_r * _const(wd, dt)) * lr
-        x2, m_r, v_r, vh_r = lazy_adam_rows(x0, g_r, m_r, v_r, vh_r, **kw)
-        return (x2 if wd is None else x2 - x_r), m_r, v_r, vh_r
+        x2, m_r, v_r, vh_r = lazy_adam_rows(x0, g_r, m_r.astype(dt), v_r, vh_r, **kw)
+        return (x2 if wd is None else x2 - x_r), m_r.astype(mu_dt), v_r, vh_r
     if rows.dtype == jnp.bool_:
         u, m2, v2, vh2 = step(x, g, m, v, vh)
         pick = lambda new, old: jnp.where(rows.reshape((n,) + (1,) * (g.ndim - 1)), new, old)
@@ -482,7 +482,7 @@ def amsgrad(learning_rate: float | Callable | LearningRateSchedule = 0.001, b1: 
 # %% ../nbs/18_optax.ipynb #0a7e1c19
 def lazy_adam(learning_rate: float | Callable | LearningRateSchedule = 0.001, b1: float = 0.9, b2: float = 0.999,
               eps: float = 1e-7, *, weight_decay: float | None = None, mask: Any = None,
-              amsgrad: bool = False):
+              amsgrad: bool = False, mu_dtype: Any = None):
     """TF Addons' LazyAdam (adam_lit's `LazyAdam`): `update(updates, state, params, rows=...)` moves the given rows only.
 
     Parameters
@@ -501,6 +501,10 @@ def lazy_adam(learning_rate: float | Callable | LearningRateSchedule = 0.001, b1
         Which parameters decay.
     amsgrad : bool
         Lazy AMSGrad: the touched rows keep the running maximum of v (default False).
+    mu_dtype : dtype or None
+        As for `adam` (Optax's): the dtype the first moment is kept in (None: the parameters'), for instance bfloat16 to
+        halve the memory of a large table's first moment. The touched rows' first moment is computed in the gradient's
+        dtype and rounded to `mu_dtype` when stored; None keeps the bits of adam_lit's `LazyAdam`.
 
     `update`'s extra argument `rows` is a pytree like the updates: None for a leaf stepped densely, or for a table a
     1-d integer array of the touched rows (any integer dtype; fixed size; pad with `len(table)`; repeats allowed), or a
@@ -512,7 +516,7 @@ def lazy_adam(learning_rate: float | Callable | LearningRateSchedule = 0.001, b1
     optax.GradientTransformationExtraArgs
         `init(params)` gives an `AdamState`; `update(updates, state, params=None, rows=None)` gives `(updates, new_state)`.
     """
-    return _transformation(learning_rate, b1, b2, eps, weight_decay, mask, amsgrad, "keras", lazy=True)
+    return _transformation(learning_rate, b1, b2, eps, weight_decay, mask, amsgrad, "keras", lazy=True, mu_dtype=mu_dtype)
 
 def touched_rows(grad):
     "A boolean mask of the rows of `grad` holding a non-zero value: `lazy_adam`'s `rows` for a dense gradient."

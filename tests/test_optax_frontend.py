@@ -434,6 +434,36 @@ def test_lazy_adam_mask_form(f32):
     assert not same_bits(ui[0][r], jnp.full_like(ui[0][r], -0.0)) and same_bits(um[0][r], jnp.full_like(um[0][r], -0.0))
 
 
+@pytest.mark.parametrize("kw", [{}, dict(amsgrad=True, weight_decay=0.01)])
+@pytest.mark.parametrize("form", ["indices", "mask"])
+def test_lazy_adam_mu_dtype(f32, kw, form):
+    """`lazy_adam(mu_dtype=...)`: the first moment kept in bfloat16; the touched rows computed in float32 from the stored
+    (rounded) moment and rounded when stored: the float32 lazy_adam, whose first moment is rounded to bfloat16 before
+    each step, bit for bit; untouched rows keep their stored moment."""
+    table, _, batches = lazy_case(np.float32, 8)
+    narrow, plain = alo.lazy_adam(0.05, mu_dtype="bfloat16", **kw), alo.lazy_adam(0.05, **kw)
+    p = q = [jnp.asarray(table)]
+    sn, sp = narrow.init(p), plain.init(q)
+    assert sn.mu[0].dtype == np.dtype(jnp.bfloat16) and sn.nu[0].dtype == np.float32
+    for n, (idx, vals, _) in enumerate(batches):
+        dense = np.zeros_like(table)
+        np.add.at(dense, idx, vals)
+        g = [jnp.asarray(dense)]
+        rows = [jnp.asarray(idx) if form == "indices" else alo.touched_rows(g[0])]
+        sp = sp._replace(mu=[sp.mu[0].astype(jnp.bfloat16).astype(jnp.float32)])   # what the narrow state holds
+        before = sn.mu[0]
+        un, sn = narrow.update(g, sn, p, rows=rows)
+        up, sp = plain.update(g, sp, q, rows=rows)
+        assert same_bits(un[0], up[0]), f"step {n}: updates"
+        assert same_bits(sn.mu[0], sp.mu[0].astype(jnp.bfloat16)) and same_bits(sn.nu[0], sp.nu[0]), f"step {n}: state"
+        moved = np.zeros(len(table), bool); moved[idx] = True
+        if form == "mask": moved &= np.any(dense != 0, axis=1)
+        assert same_bits(np.asarray(sn.mu[0])[~moved], np.asarray(before)[~moved]), f"step {n}: untouched rows' mu"
+        p, q = optax.apply_updates(p, un), optax.apply_updates(q, up)
+    jn = jax.jit(lambda g, s, x, r: narrow.update(g, s, x, rows=r))(g, sn, p, rows)[1]   # jit: the same dtypes
+    assert jax.tree.map(lambda a: a.dtype, jn) == jax.tree.map(lambda a: a.dtype, sn)
+
+
 def test_lazy_adam_untouched_rows_exact_and_signed_zero():
     "Rows not listed: the update is -0.0, so `x + u` is `x` bit for bit, -0.0 included; their moments unchanged."
     tx = alo.lazy_adam()
