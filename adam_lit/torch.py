@@ -455,6 +455,11 @@ def _check_params(group: dict, k: int):
                                    f"parameter {j} of param group {k} is on the meta device, which holds no data")
             raise ValueError(f"parameter {j} of param group {k} is on the meta device, which holds no data: materialize the "
                              "model first (e.g. model.to_empty(device='cpu') and initialize it), then step")
+        sub = type(p.detach()) if isinstance(p, torch.Tensor) else None
+        if sub is not None and sub is not torch.Tensor:     # DTensor (FSDP2, tensor parallel), float8 and other subclasses
+            raise ValueError(f"parameter {j} of param group {k} (shape {tuple(p.shape)}) is a {sub.__module__}.{sub.__name__}, a "
+                             "tensor subclass: adam_lit.torch steps plain tensors (NumPy views of CPU ones, the tensors "
+                             "themselves otherwise); for DTensor parameters (FSDP2, tensor parallelism) use torch.optim.Adam")
         if isinstance(p, torch.Tensor) and torch._debug_has_internal_overlap(p) == 1:
             raise ValueError(f"parameter {j} of param group {k} (shape {tuple(p.shape)}, strides {p.stride()}) has elements "
                              "that share memory (made with expand or as_strided?): a step would write them more than once; "

@@ -1148,6 +1148,15 @@ lazy = ZeroRedundancyOptimizer(torch.nn.Embedding(10, 2, sparse=True).parameters
 try: at.Adam([{"params": [torch.nn.Parameter(torch.ones(2))], "numerics": "torch"}])
 except ValueError as e: assert "asks for numerics='torch' in an optimizer with numerics='keras'" in str(e), e
 else: raise AssertionError("a group's other numerics was accepted")
+from torch.distributed.fsdp import fully_shard       # FSDP2: DTensor parameters, refused by name before any write
+sharded = torch.nn.Linear(4, 3); fully_shard(sharded)
+before = [p.full_tensor().clone() for p in sharded.parameters()]
+o = at.Adam(sharded.parameters(), lr=0.1)
+sharded(torch.ones(2, 4)).sum().backward()
+try: o.step()
+except ValueError as e: assert "is a torch.distributed.tensor.DTensor, a tensor subclass" in str(e), e
+else: raise AssertionError("DTensor parameters were accepted")
+assert all(torch.equal(p.full_tensor(), b) for p, b in zip(sharded.parameters(), before)) and len(o.state) == 0
 dist.destroy_process_group()
 print("ok")
 '''
@@ -1156,9 +1165,20 @@ print("ok")
 def test_zero_redundancy_optimizer_wraps_it(tmp_path):
     """`torch.distributed.optim.ZeroRedundancyOptimizer(params, optimizer_class=Adam, **options)` passes the options on
     in every param group, `numerics` included: a group's `numerics` equal to the optimizer's is accepted, and the
-    wrapped step is torch.optim.Adam's bits (one process, gloo; run in a subprocess so that no process group is left)."""
+    wrapped step is torch.optim.Adam's bits (one process, gloo; run in a subprocess so that no process group is left).
+    FSDP2's DTensor parameters are refused by name, nothing written."""
     import subprocess, sys
     if not torch.distributed.is_available(): pytest.skip("this PyTorch build has no torch.distributed")
     script = tmp_path / "zero.py"; script.write_text(ZERO_SCRIPT)
     r = subprocess.run([sys.executable, str(script), str(tmp_path / "store")], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout[-2000:] + r.stderr[-4000:]
+
+
+def test_tensor_subclass_parameters_are_named():
+    "A parameter of a tensor subclass (DTensor, float8, ...): refused by name, before anything is written."
+    class Tagged(torch.Tensor): pass
+    p = torch.nn.Parameter(torch.ones(3).as_subclass(Tagged))
+    o = Adam([p], lr=0.1); p.grad = torch.ones(3)
+    with pytest.raises(ValueError, match=r"parameter 0 of param group 0 \(shape \(3,\)\) is a .*Tagged, a tensor subclass"):
+        o.step()
+    assert torch.equal(p.detach().as_subclass(torch.Tensor), torch.ones(3)) and len(o.state) == 0
