@@ -145,6 +145,7 @@ class _Front(torch.optim.Optimizer):
     "The shared part of `Adam`, `AdamW` and `LazyAdam`: param groups, engines, state in torch's layout."
     _engine_class = _LitAdam
     _always_decoupled = False       # LazyAdam: its weight decay is decoupled whatever a group says
+    _decoupled_on_load = False      # AdamW (as torch.optim.AdamW) and LazyAdam: a loaded group's decay is made decoupled
 
     def __init__(self, params, defaults: dict, numerics: str, engine_kwargs: dict | None = None):
         if numerics not in NUMERICS: raise ValueError(f"Argument `numerics` must be one of {NUMERICS}, got {numerics!r}")
@@ -193,6 +194,7 @@ class _Front(torch.optim.Optimizer):
         super().__setstate__(state)
         for group in self.param_groups:
             for k, v in self.defaults.items(): group.setdefault(k, v)
+            if self._decoupled_on_load: group["decoupled_weight_decay"] = True   # (an Adam's state_dict given to AdamW)
             for p in group["params"]:             # a `step` stored as a number (older PyTorch): a tensor, as torch's Adam
                 st = self.state.get(p)
                 if isinstance(st, dict) and "step" in st and not torch.is_tensor(st["step"]):
@@ -557,6 +559,7 @@ class Adam(_Front):
 
 class AdamW(Adam):
     "`Adam` with decoupled weight decay, by default 0.01 as `torch.optim.AdamW` (Keras's `AdamW`: 0.004)."
+    _decoupled_on_load = True       # (torch.optim.AdamW's `__setstate__`: a loaded Adam's groups decay decoupled)
     def __init__(self, params, lr: float | torch.Tensor = 1e-3, betas: tuple = (0.9, 0.999), eps: float | None = None,
                  weight_decay: float = 0.01, amsgrad: bool = False, *, maximize: bool = False, numerics: str = "keras",
                  moment_dtype: str | None = None, foreach: bool | None = None, capturable: bool = False,
@@ -574,7 +577,7 @@ class AdamW(Adam):
 class LazyAdam(_Front):
     "TF Addons' LazyAdam as a `torch.optim.Optimizer`: a sparse gradient updates only the rows it touches; a dense one, Adam."
     _engine_class = _LitLazyAdam
-    _always_decoupled = True
+    _always_decoupled = _decoupled_on_load = True
     def __init__(self, params, lr: float | torch.Tensor = 1e-3, betas: tuple = (0.9, 0.999), eps: float | None = None,
                  weight_decay: float = 0.0, amsgrad: bool = False, *, row_bias_correction: bool = False,
                  maximize: bool = False, numerics: str = "keras", moment_dtype: str | None = None):

@@ -1182,3 +1182,27 @@ def test_tensor_subclass_parameters_are_named():
     with pytest.raises(ValueError, match=r"parameter 0 of param group 0 \(shape \(3,\)\) is a .*Tagged, a tensor subclass"):
         o.step()
     assert torch.equal(p.detach().as_subclass(torch.Tensor), torch.ones(3)) and len(o.state) == 0
+
+
+@pytest.mark.parametrize("numerics", ["torch", "keras"])
+def test_adamw_given_an_adams_state_dict_stays_decoupled(numerics):
+    """torch.optim.AdamW's `__setstate__` makes a loaded group's decay decoupled (test_adamw_serialization of PyTorch's
+    test_optim.py): an Adam's state_dict (coupled, L2) loaded into AdamW steps with decoupled decay, torch's bits with
+    numerics 'torch'; a deepcopy too."""
+    torch.manual_seed(0)
+    w0, g = torch.randn(4, 3), torch.randn(4, 3)
+    def run(A, AW, **kw):
+        p = torch.nn.Parameter(w0.clone())
+        sd = A([p], weight_decay=0.1, **kw).state_dict()
+        assert sd["param_groups"][0]["decoupled_weight_decay"] is False
+        o = AW([p], weight_decay=0.1, **kw); o.load_state_dict(sd)
+        assert o.param_groups[0]["decoupled_weight_decay"] is True
+        p.grad = g.clone(); o.step()
+        return p.detach()
+    mine = run(Adam, AdamW, numerics=numerics)
+    if numerics == "torch": same_bits(mine, run(torch.optim.Adam, torch.optim.AdamW, foreach=False), "AdamW after Adam's state")
+    else:
+        x = w0.numpy().copy(); adam_lit.AdamW(learning_rate=1e-3, weight_decay=0.1).apply([g.numpy()], [x])
+        same_bits(mine, torch.from_numpy(x), "AdamW after Adam's state (Keras numerics)")
+    o = AdamW([torch.nn.Parameter(w0.clone())]); o.param_groups[0]["decoupled_weight_decay"] = False
+    assert copy.deepcopy(o).param_groups[0]["decoupled_weight_decay"] is True
