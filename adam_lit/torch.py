@@ -11,6 +11,7 @@ import functools
 import importlib
 import math
 import re
+import sys
 
 import numpy as np
 try: import torch                      # the real PyTorch (this module is adam_lit.torch)
@@ -82,15 +83,28 @@ def _numpy_ok(p) -> bool:
     return (p.device.type == "cpu" and p.layout is torch.strided and p.dtype in (torch.float32, torch.float64)
             and not p.is_conj() and not p.is_neg())
 
+def _is_dtensor(t) -> bool:
+    "Whether `t` is a `torch.distributed.tensor.DTensor` (FSDP2 and tensor parallelism shard parameters as DTensors)."
+    if type(t) is torch.Tensor or type(t) is torch.nn.Parameter: return False
+    mod = sys.modules.get("torch.distributed.tensor")      # (imported wherever a DTensor was made)
+    return mod is not None and isinstance(t, mod.DTensor)
+
+def _local(t):
+    "A DTensor's local shard (its memory, detached); any other tensor as it is."
+    return t.detach().to_local() if _is_dtensor(t) else t
+
 class _Engine:
-    "The adam_lit optimizer serving one param group, on zero-copy views of its parameters (NumPy arrays or tensors)."
+    """The adam_lit optimizer serving one param group, on zero-copy views of its parameters (NumPy arrays or tensors);
+    of a DTensor parameter, of its local shard (Adam is elementwise: each process steps its own shard)."""
     def __init__(self, owner, group: dict, hp: tuple):
         params = list(group["params"])
         self.group, self.params, self.hp = group, params, hp
-        views = [_real_view(p.detach(), f"parameter {j}") for j, p in enumerate(params)]   # complex: torch.view_as_real
+        self.locals = [_local(p.detach()) for p in params]   # the tensors stepped (and the gradients' model)
+        self.dist = any(map(_is_dtensor, params))
+        views = [_real_view(t, f"parameter {j}") for j, t in enumerate(self.locals)]   # complex: torch.view_as_real
         self.numpy = owner._numerics == "keras" and all(map(_numpy_ok, views))
         self.xs = [v.numpy() if self.numpy else v for v in views]
-        self.ptrs = [p.data_ptr() for p in params]
+        self.ptrs = [t.data_ptr() for t in self.locals]
         self.checked = None                 # the options last checked in the parameters' dtypes (`_check_precision`)
         lr, b1, b2, eps, wd, ams, dec = hp[:7]
         self.opt = owner._engine_class(learning_rate=lr, beta_1=b1, beta_2=b2, epsilon=eps, amsgrad=ams,
@@ -102,7 +116,9 @@ class _Engine:
     def live(self, group) -> bool:
         "Whether this engine still serves `group`: the same group, the same parameters, the same storage."
         ps = group["params"]
-        return (group is self.group and len(ps) == len(self.params) and all(map(_same, ps, self.params, self.ptrs)))
+        if group is not self.group or len(ps) != len(self.params): return False
+        if self.dist: return all(p is q and _local(p).data_ptr() == ptr for p, q, ptr in zip(ps, self.params, self.ptrs))
+        return all(map(_same, ps, self.params, self.ptrs))
 
 def _same(p, q, ptr) -> bool: return p is q and p.data_ptr() == ptr
 
@@ -119,9 +135,13 @@ def _real_view(t, what: str):
     return torch.view_as_real(t)
 
 def _state_view(a, p):
-    "A slot as the state tensor of parameter `p`: complex again for a complex parameter (one memory)."
+    """A slot as the state tensor of parameter `p`: complex again for a complex parameter, a DTensor laid out as a DTensor
+    parameter (as torch.optim.Adam's state of one is); one memory."""
     t = _tensor(a)
-    return torch.view_as_complex(t) if p.is_complex() else t
+    if p.is_complex(): t = torch.view_as_complex(t)
+    if _is_dtensor(p):
+        t = type(p).from_local(t, p.device_mesh, p.placements, run_check=False, shape=p.shape, stride=p.stride())
+    return t
 
 # %% ../nbs/17_torch.ipynb #t118b535e
 def _eager_step(raw):
@@ -284,7 +304,7 @@ def _restore(self, eng, k: int):
         for name, key in _SLOTS.items():
             slot = o._slot_of.get((j, name))
             if slot is None or key not in st: continue
-            t = st[key]
+            t = _local(st[key])                         # (a DTensor parameter's state: its local shard)
             if isinstance(t, torch.Tensor) and t.is_complex(): t = torch.view_as_real(t.resolve_conj())
             if not isinstance(t, torch.Tensor) or tuple(t.shape) != tuple(slot.array.shape):
                 raise ValueError(f"state {key!r} of parameter {j} of param group {k} has shape "
@@ -328,6 +348,8 @@ def _grads(self, eng, hp: tuple, k: int):
     for j, p in enumerate(eng.params):
         g = p.grad
         if g is None: continue
+        x = eng.locals[j]                                # (the parameter, or its local shard)
+        if eng.dist and _is_dtensor(p): g = _local_grad(g, p, j, k)
         if neg: g = torch.neg(g.detach())                # (a new tensor: the user's gradient is left as it is)
         if g.is_sparse:
             if g.is_complex():
@@ -337,15 +359,23 @@ def _grads(self, eng, hp: tuple, k: int):
                                     "decoupled_weight_decay=False (L2) needs dense ones, as torch.optim.Adam; use LazyAdam or AdamW")
             v = _sparse_view(g, j, k) if eng.numpy else _sparse_rows(g, j, k)
         else:
-            if g.shape != p.shape or g.dtype is not p.dtype or (not g.is_cpu if eng.numpy else g.device != p.device):
+            if g.shape != x.shape or g.dtype is not x.dtype or (not g.is_cpu if eng.numpy else g.device != x.device):
                 raise ValueError(f"the gradient of parameter {j} of param group {k} has shape {tuple(g.shape)}, dtype "
-                                 f"{g.dtype} on {g.device}; the parameter {tuple(p.shape)}, {p.dtype} on {p.device}")
-            if l2: g = torch.add(g, p.detach(), alpha=l2)        # as torch.optim.Adam: grad.add(param, alpha=weight_decay)
+                                 f"{g.dtype} on {g.device}; the parameter {tuple(x.shape)}, {x.dtype} on {x.device}")
+            if l2: g = torch.add(g, x, alpha=l2)         # as torch.optim.Adam: grad.add(param, alpha=weight_decay)
             g = g.detach() if g.requires_grad else g                 # (detach: only if needed)
             if g.is_complex(): g = _real_view(g, f"the gradient of parameter {j} of param group {k}")
             v = g.numpy() if eng.numpy else g
         out.append(v); at.append(j)
     return out, at
+
+def _local_grad(g, p, j: int, k: int):
+    "The gradient of a DTensor parameter as its local shard: it must be a DTensor laid out as the parameter."
+    if not _is_dtensor(g) or g.device_mesh != p.device_mesh or tuple(g.placements) != tuple(p.placements):
+        got = f"a DTensor with placements {tuple(g.placements)}" if _is_dtensor(g) else f"a {type(g).__name__}"
+        raise ValueError(f"the gradient of parameter {j} of param group {k} is {got}; the parameter is a DTensor with "
+                         f"placements {tuple(p.placements)}: adam_lit steps each process's shard, and the gradient's must match")
+    return g.detach().to_local()
 
 def _sparse_view(g, j: int, k: int):
     """A torch sparse COO gradient as `IndexedSlices`: row-sparse (nn.Embedding(sparse=True)) as NumPy views, no copy and
@@ -458,11 +488,14 @@ def _check_params(group: dict, k: int):
             raise ValueError(f"parameter {j} of param group {k} is on the meta device, which holds no data: materialize the "
                              "model first (e.g. model.to_empty(device='cpu') and initialize it), then step")
         sub = type(p.detach()) if isinstance(p, torch.Tensor) else None
-        if sub is not None and sub is not torch.Tensor:     # DTensor (FSDP2, tensor parallel), float8 and other subclasses
+        if sub is not None and sub is not torch.Tensor and not _is_dtensor(p):     # float8 and other subclasses
             raise ValueError(f"parameter {j} of param group {k} (shape {tuple(p.shape)}) is a {sub.__module__}.{sub.__name__}, a "
                              "tensor subclass: adam_lit.torch steps plain tensors (NumPy views of CPU ones, the tensors "
-                             "themselves otherwise); for DTensor parameters (FSDP2, tensor parallelism) use torch.optim.Adam")
-        if isinstance(p, torch.Tensor) and torch._debug_has_internal_overlap(p) == 1:
+                             "themselves otherwise) and the local shards of DTensors")
+        if _is_dtensor(p) and not all(pl.is_shard() or pl.is_replicate() for pl in p.placements):
+            raise ValueError(f"parameter {j} of param group {k} is a DTensor with placements {tuple(p.placements)}: adam_lit "
+                             "steps sharded or replicated parameters (Shard, Replicate), not partial sums")
+        if isinstance(p, torch.Tensor) and torch._debug_has_internal_overlap(_local(p)) == 1:
             raise ValueError(f"parameter {j} of param group {k} (shape {tuple(p.shape)}, strides {p.stride()}) has elements "
                              "that share memory (made with expand or as_strided?): a step would write them more than once; "
                              "pass a tensor that holds each element once (.clone())")

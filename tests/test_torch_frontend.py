@@ -1148,15 +1148,6 @@ lazy = ZeroRedundancyOptimizer(torch.nn.Embedding(10, 2, sparse=True).parameters
 try: at.Adam([{"params": [torch.nn.Parameter(torch.ones(2))], "numerics": "torch"}])
 except ValueError as e: assert "asks for numerics='torch' in an optimizer with numerics='keras'" in str(e), e
 else: raise AssertionError("a group's other numerics was accepted")
-from torch.distributed.fsdp import fully_shard       # FSDP2: DTensor parameters, refused by name before any write
-sharded = torch.nn.Linear(4, 3); fully_shard(sharded)
-before = [p.full_tensor().clone() for p in sharded.parameters()]
-o = at.Adam(sharded.parameters(), lr=0.1)
-sharded(torch.ones(2, 4)).sum().backward()
-try: o.step()
-except ValueError as e: assert "is a torch.distributed.tensor.DTensor, a tensor subclass" in str(e), e
-else: raise AssertionError("DTensor parameters were accepted")
-assert all(torch.equal(p.full_tensor(), b) for p, b in zip(sharded.parameters(), before)) and len(o.state) == 0
 dist.destroy_process_group()
 print("ok")
 '''
@@ -1165,8 +1156,7 @@ print("ok")
 def test_zero_redundancy_optimizer_wraps_it(tmp_path):
     """`torch.distributed.optim.ZeroRedundancyOptimizer(params, optimizer_class=Adam, **options)` passes the options on
     in every param group, `numerics` included: a group's `numerics` equal to the optimizer's is accepted, and the
-    wrapped step is torch.optim.Adam's bits (one process, gloo; run in a subprocess so that no process group is left).
-    FSDP2's DTensor parameters are refused by name, nothing written."""
+    wrapped step is torch.optim.Adam's bits (one process, gloo; run in a subprocess so that no process group is left)."""
     import subprocess, sys
     if not torch.distributed.is_available(): pytest.skip("this PyTorch build has no torch.distributed")
     script = tmp_path / "zero.py"; script.write_text(ZERO_SCRIPT)
@@ -1206,3 +1196,65 @@ def test_adamw_given_an_adams_state_dict_stays_decoupled(numerics):
         same_bits(mine, torch.from_numpy(x), "AdamW after Adam's state (Keras numerics)")
     o = AdamW([torch.nn.Parameter(w0.clone())]); o.param_groups[0]["decoupled_weight_decay"] = False
     assert copy.deepcopy(o).param_groups[0]["decoupled_weight_decay"] is True
+
+
+FSDP_SCRIPT = r"""
+import os, sys, copy, numpy as np, torch, torch.distributed as dist, torch.multiprocessing as mp
+
+def run(rank, store):
+    dist.init_process_group("gloo", init_method="file://" + store, rank=rank, world_size=2)
+    from torch.distributed.fsdp import fully_shard
+    import adam_lit, adam_lit.torch as at
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Tanh(), torch.nn.Linear(7, 1))   # rank 1's shards of
+    full = [p.detach().numpy().copy() for p in net.parameters()]                               # the head are empty
+    nets = {name: copy.deepcopy(net) for name in ("torch", "lit torch", "lit keras")}
+    for m in nets.values(): fully_shard(m)
+    opts = {"torch": torch.optim.Adam(nets["torch"].parameters(), lr=0.01, amsgrad=True, foreach=False),
+            "lit torch": at.Adam(nets["lit torch"].parameters(), lr=0.01, amsgrad=True, numerics="torch"),
+            "lit keras": at.Adam(nets["lit keras"].parameters(), lr=0.01, amsgrad=True)}
+    ref = adam_lit.Adam(learning_rate=0.01, amsgrad=True)      # Keras numerics on the whole NumPy arrays
+    for t in range(4):
+        x = torch.randn(6, 5, generator=torch.Generator().manual_seed(t))
+        for name, m in nets.items():
+            opts[name].zero_grad(); m(x).pow(2).mean().backward(); opts[name].step()
+        ref.apply([p.grad.full_tensor().numpy() for p in nets["lit keras"].parameters()], full)
+        for j, (p, q) in enumerate(zip(nets["lit torch"].parameters(), nets["torch"].parameters())):
+            assert type(p).__name__ == "DTensor" and torch.equal(p.full_tensor(), q.full_tensor()), (rank, t, j)
+            for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+                a, b = opts["lit torch"].state[p][key], opts["torch"].state[q][key]
+                assert type(a).__name__ == "DTensor" and a.placements == b.placements and torch.equal(a.full_tensor(), b.full_tensor()), (rank, t, j, key)
+        for j, p in enumerate(nets["lit keras"].parameters()):
+            assert np.array_equal(p.detach().full_tensor().numpy(), full[j]), (rank, t, j)
+    # the state_dict continues in torch.optim.Adam, bit for bit
+    sd = copy.deepcopy(opts["lit torch"].state_dict())      # (a state_dict shares the live tensors, as torch.optim's)
+    other = torch.optim.Adam(nets["torch"].parameters(), lr=0.01, amsgrad=True, foreach=False)
+    other.load_state_dict(sd)
+    x = torch.randn(6, 5, generator=torch.Generator().manual_seed(9))
+    for m, o in ((nets["lit torch"], opts["lit torch"]), (nets["torch"], other)):
+        o.zero_grad(); m(x).pow(2).mean().backward(); o.step()
+    for p, q in zip(nets["lit torch"].parameters(), nets["torch"].parameters()): assert torch.equal(p.full_tensor(), q.full_tensor())
+    # and torch.optim.Adam's state_dict (DTensor moments) continues in adam_lit.torch
+    back = at.Adam(nets["lit torch"].parameters(), lr=0.01, amsgrad=True, numerics="torch")
+    back.load_state_dict(copy.deepcopy(other.state_dict()))
+    x = torch.randn(6, 5, generator=torch.Generator().manual_seed(10))
+    for m, o in ((nets["lit torch"], back), (nets["torch"], other)):
+        o.zero_grad(); m(x).pow(2).mean().backward(); o.step()
+    for p, q in zip(nets["lit torch"].parameters(), nets["torch"].parameters()): assert torch.equal(p.full_tensor(), q.full_tensor())
+    dist.barrier(); dist.destroy_process_group()
+    if rank == 0: print("ok")
+
+if __name__ == "__main__":
+    mp.spawn(run, args=(sys.argv[1],), nprocs=2)
+"""
+
+
+def test_fsdp2_dtensor_parameters_step_their_shards(tmp_path):
+    """FSDP2 (`fully_shard`): DTensor parameters, each process stepping its local shard (two processes, gloo, a shard of
+    rank 1 empty). numerics 'torch': torch.optim.Adam's bits, the state DTensors laid out as the parameters, the
+    state_dict continuing in torch.optim.Adam; Keras numerics: adam_lit.Adam on the whole arrays, bit for bit."""
+    import subprocess, sys
+    if not torch.distributed.is_available(): pytest.skip("this PyTorch build has no torch.distributed")
+    script = tmp_path / "fsdp.py"; script.write_text(FSDP_SCRIPT)
+    r = subprocess.run([sys.executable, str(script), str(tmp_path / "store")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout[-2000:] + r.stderr[-4000:]
