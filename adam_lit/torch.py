@@ -370,11 +370,14 @@ def _grads(self, eng, hp: tuple, k: int):
     return out, at
 
 def _local_grad(g, p, j: int, k: int):
-    "The gradient of a DTensor parameter as its local shard: it must be a DTensor laid out as the parameter."
-    if not _is_dtensor(g) or g.device_mesh != p.device_mesh or tuple(g.placements) != tuple(p.placements):
-        got = f"a DTensor with placements {tuple(g.placements)}" if _is_dtensor(g) else f"a {type(g).__name__}"
-        raise ValueError(f"the gradient of parameter {j} of param group {k} is {got}; the parameter is a DTensor with "
-                         f"placements {tuple(p.placements)}: adam_lit steps each process's shard, and the gradient's must match")
+    """The gradient of a DTensor parameter as its local shard: a DTensor on the parameter's device mesh, redistributed
+    to the parameter's placements where they differ (a `Partial` gradient summed: a collective, as the DTensor
+    operations of `torch.optim.Adam` would make it)."""
+    if not _is_dtensor(g) or g.device_mesh != p.device_mesh:
+        got = f"a DTensor on device mesh {g.device_mesh}" if _is_dtensor(g) else f"a {type(g).__name__}"
+        raise ValueError(f"the gradient of parameter {j} of param group {k} is {got}; the parameter is a DTensor on "
+                         f"device mesh {p.device_mesh}: adam_lit steps each process's shard, laid out as the parameter's")
+    if tuple(g.placements) != tuple(p.placements): g = g.redistribute(p.device_mesh, p.placements)
     return g.detach().to_local()
 
 def _sparse_view(g, j: int, k: int):

@@ -1241,6 +1241,18 @@ def run(rank, store):
     for m, o in ((nets["lit torch"], back), (nets["torch"], other)):
         o.zero_grad(); m(x).pow(2).mean().backward(); o.step()
     for p, q in zip(nets["lit torch"].parameters(), nets["torch"].parameters()): assert torch.equal(p.full_tensor(), q.full_tensor())
+    # a replicated parameter given a Partial gradient (tensor parallelism): summed over the processes, as torch's
+    from torch.distributed.tensor import DTensor, Partial, Replicate, distribute_tensor
+    from torch.distributed.device_mesh import init_device_mesh
+    mesh = init_device_mesh("cpu", (2,))
+    w = torch.linspace(-1, 1, 6).reshape(2, 3)
+    ps = [torch.nn.Parameter(distribute_tensor(w.clone(), mesh, [Replicate()])) for _ in range(2)]
+    tp = [at.Adam([ps[0]], lr=0.1, numerics="torch"), torch.optim.Adam([ps[1]], lr=0.1, foreach=False)]
+    for t in range(3):
+        local = torch.full((2, 3), float(rank + 1) * (t + 1))
+        for p, o in zip(ps, tp):
+            p.grad = DTensor.from_local(local.clone(), mesh, [Partial()]); o.step()
+        assert torch.equal(ps[0].full_tensor(), ps[1].full_tensor()), (rank, t)
     dist.barrier(); dist.destroy_process_group()
     if rank == 0: print("ok")
 
@@ -1252,7 +1264,8 @@ if __name__ == "__main__":
 def test_fsdp2_dtensor_parameters_step_their_shards(tmp_path):
     """FSDP2 (`fully_shard`): DTensor parameters, each process stepping its local shard (two processes, gloo, a shard of
     rank 1 empty). numerics 'torch': torch.optim.Adam's bits, the state DTensors laid out as the parameters, the
-    state_dict continuing in torch.optim.Adam; Keras numerics: adam_lit.Adam on the whole arrays, bit for bit."""
+    state_dict continuing in torch.optim.Adam and back; Keras numerics: adam_lit.Adam on the whole arrays, bit for bit. A
+    replicated parameter's Partial gradient (tensor parallelism) is summed over the processes, as torch.optim.Adam's."""
     import subprocess, sys
     if not torch.distributed.is_available(): pytest.skip("this PyTorch build has no torch.distributed")
     script = tmp_path / "fsdp.py"; script.write_text(FSDP_SCRIPT)
