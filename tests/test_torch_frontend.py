@@ -102,24 +102,29 @@ def test_torch_numerics_are_torch_optim_bits(case, dtype):
             assert float(mine.state[q]["step"]) == float(ref.state[p]["step"]) == t + 1
 
 
+@pytest.mark.parametrize("gradients", ["every step", "frozen layer and branch"])
 @pytest.mark.parametrize("direction", ["torch->lit", "lit->torch"])
-def test_torch_numerics_state_dict_continues_in_the_other(direction):
-    "A state_dict of torch.optim.Adam continues in adam_lit.torch.Adam(numerics='torch') bit for bit, and the other way."
+def test_torch_numerics_state_dict_continues_in_the_other(direction, gradients):
+    """A state_dict of torch.optim.Adam continues in adam_lit.torch.Adam(numerics='torch') bit for bit, and the other way;
+    also one whose parameters have different step counts (some steps without a gradient: `pattern_grads`)."""
     ps = params(2); qs = clones(ps)
     kw = dict(lr=5e-3, amsgrad=True, weight_decay=0.01)
     first, second = (torch.optim.Adam, Adam) if direction == "torch->lit" else (Adam, torch.optim.Adam)
-    extra = lambda c: dict(numerics="torch") if c is Adam else {}
+    extra = lambda c: dict(numerics="torch") if c is Adam else dict(foreach=False)
+    make = grads if gradients == "every step" else pattern_grads
     a = first(ps, **kw, **extra(first))
-    for t in range(5):
-        set_grads(ps, grads(ps, t)); a.step()
+    for t in range(7):
+        set_some(ps, make(ps, t)); a.step()
+    sd = copy.deepcopy(a.state_dict())
+    assert len({float(st["step"]) for st in sd["state"].values()}) == (1 if gradients == "every step" else 3)
     b = second(qs, **kw, **extra(second))
     with torch.no_grad():
         for p, q in zip(ps, qs): q.copy_(p)
-    b.load_state_dict(copy.deepcopy(a.state_dict()))
-    for t in range(5, 15):
-        gs = grads(ps, t); set_grads(ps, gs); set_grads(qs, gs)
+    b.load_state_dict(sd)
+    for t in range(7, 15):
+        gs = make(ps, t); set_some(ps, gs); set_some(qs, gs)
         a.step(); b.step()
-    for p, q in zip(ps, qs): same_bits(q, p, direction)
+        for j, (p, q) in enumerate(zip(ps, qs)): same_bits(q, p, f"{direction}: step {t} param {j}")
 
 
 # ------------------------------------------------------------------------------ numerics="keras" = adam_lit on NumPy
@@ -664,28 +669,6 @@ def test_torch_numerics_count_per_parameter(case):
             same_bits(q, p, f"step {t} param {j}")
             for key, val in ref.state.get(p, {}).items(): same_bits(mine.state[q][key], val, f"step {t} param {j} {key}")
     assert [float(mine.state[q]["step"]) for q in qs] == [12.0, 4.0, 7.0]      # three counts, stepped together at the end
-
-
-@pytest.mark.parametrize("direction", ["torch->lit", "lit->torch"])
-def test_torch_numerics_state_dict_with_different_counts_continues(direction):
-    "A state_dict whose parameters have different step counts continues in the other optimizer bit for bit (numerics 'torch')."
-    ps = params(32); qs = clones(ps)
-    kw = dict(lr=5e-3, amsgrad=True, weight_decay=0.01)
-    first, second = (torch.optim.Adam, Adam) if direction == "torch->lit" else (Adam, torch.optim.Adam)
-    extra = lambda c: dict(numerics="torch") if c is Adam else dict(foreach=False)
-    a = first(ps, **kw, **extra(first))
-    for t in range(7):
-        set_some(ps, pattern_grads(ps, t)); a.step()
-    sd = copy.deepcopy(a.state_dict())
-    assert len({float(st["step"]) for st in sd["state"].values()}) == 3
-    b = second(qs, **kw, **extra(second))
-    with torch.no_grad():
-        for p, q in zip(ps, qs): q.copy_(p)
-    b.load_state_dict(sd)
-    for t in range(7, 14):
-        gs = pattern_grads(ps, t); set_some(ps, gs); set_some(qs, gs)
-        a.step(); b.step()
-        for j, (p, q) in enumerate(zip(ps, qs)): same_bits(q, p, f"{direction}: step {t} param {j}")
 
 
 def test_torch_numerics_deleted_state_restarts_moments_and_count():
