@@ -1184,7 +1184,7 @@ def test_adamw_given_an_adams_state_dict_stays_decoupled(numerics):
 FSDP_SCRIPT = r"""
 import os, sys, copy, numpy as np, torch, torch.distributed as dist, torch.multiprocessing as mp
 
-def run(rank, store):
+def run(rank, store, ckpt):
     dist.init_process_group("gloo", init_method="file://" + store, rank=rank, world_size=2)
     from torch.distributed.fsdp import fully_shard
     import adam_lit, adam_lit.torch as at
@@ -1224,6 +1224,22 @@ def run(rank, store):
     for m, o in ((nets["lit torch"], back), (nets["torch"], other)):
         o.zero_grad(); m(x).pow(2).mean().backward(); o.step()
     for p, q in zip(nets["lit torch"].parameters(), nets["torch"].parameters()): assert torch.equal(p.full_tensor(), q.full_tensor())
+    # distributed checkpointing: saved with torch.distributed.checkpoint, restored into a new optimizer, the run goes on
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+    saved = nets["lit keras"]
+    dcp.save({"optim": get_optimizer_state_dict(saved, opts["lit keras"])}, checkpoint_id=ckpt)
+    fresh = copy.deepcopy(net); fully_shard(fresh)
+    with torch.no_grad():
+        for p, q in zip(fresh.parameters(), saved.parameters()): p.to_local().copy_(q.to_local())
+    restored = at.Adam(fresh.parameters(), lr=0.01, amsgrad=True)
+    sd = get_optimizer_state_dict(fresh, restored)              # (DCP's own zero step makes the state to load into)
+    dcp.load({"optim": sd}, checkpoint_id=ckpt)
+    set_optimizer_state_dict(fresh, restored, sd)
+    x = torch.randn(6, 5, generator=torch.Generator().manual_seed(11))
+    for m, o in ((saved, opts["lit keras"]), (fresh, restored)):
+        o.zero_grad(); m(x).pow(2).mean().backward(); o.step()
+    for p, q in zip(fresh.parameters(), saved.parameters()): assert torch.equal(p.full_tensor(), q.full_tensor())
     # a replicated parameter given a Partial gradient (tensor parallelism): summed over the processes, as torch's
     from torch.distributed.tensor import DTensor, Partial, Replicate, distribute_tensor
     from torch.distributed.device_mesh import init_device_mesh
@@ -1240,17 +1256,19 @@ def run(rank, store):
     if rank == 0: print("ok")
 
 if __name__ == "__main__":
-    mp.spawn(run, args=(sys.argv[1],), nprocs=2)
+    mp.spawn(run, args=(sys.argv[1], sys.argv[2]), nprocs=2)
 """
 
 
 def test_fsdp2_dtensor_parameters_step_their_shards(tmp_path):
     """FSDP2 (`fully_shard`): DTensor parameters, each process stepping its local shard (two processes, gloo, a shard of
     rank 1 empty). numerics 'torch': torch.optim.Adam's bits, the state DTensors laid out as the parameters, the
-    state_dict continuing in torch.optim.Adam and back; Keras numerics: adam_lit.Adam on the whole arrays, bit for bit. A
+    state_dict continuing in torch.optim.Adam and back; Keras numerics: adam_lit.Adam on the whole arrays, bit for bit,
+    and a torch.distributed.checkpoint save and load into a new optimizer continuing the run. A
     replicated parameter's Partial gradient (tensor parallelism) is summed over the processes, as torch.optim.Adam's."""
     import subprocess, sys
     if not torch.distributed.is_available(): pytest.skip("this PyTorch build has no torch.distributed")
     script = tmp_path / "fsdp.py"; script.write_text(FSDP_SCRIPT)
-    r = subprocess.run([sys.executable, str(script), str(tmp_path / "store")], capture_output=True, text=True, timeout=300)
+    r = subprocess.run([sys.executable, str(script), str(tmp_path / "store"), str(tmp_path / "ckpt")], capture_output=True,
+                       text=True, timeout=300)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout[-2000:] + r.stderr[-4000:]
