@@ -186,7 +186,7 @@ def check_variables(variables: list,          # the arrays an optimizer updates
     Raises
     ------
     ArgumentTypeError
-        An entry is not an array, or not floating-point.
+        An entry is not an array, not floating-point, or a NumPy masked array (whose mask a step cannot honour).
     ValueError
         The list is empty, an array is read-only or given twice, or they live on several devices.
     """
@@ -197,6 +197,9 @@ def check_variables(variables: list,          # the arrays an optimizer updates
         if v is None or not is_array_api_obj(v):
             raise ArgumentTypeError(f"{what} {i} is a {type(v).__name__}, not an array; variables must be "
                                     "arrays updated in place, e.g. np.array(10.0) rather than 10.0")
+        if isinstance(v, np.ma.MaskedArray):
+            raise ArgumentTypeError(f"{what} {i} is a NumPy masked array of shape {tuple(v.shape)}: a step would move the "
+                                    "moments of its masked elements but not their values; pass the plain array (x.data)")
     xp = namespace(*variables, what=f"{what}s")
     seen = {}
     for i, v in enumerate(variables):
@@ -232,11 +235,14 @@ def check_gradient(g,       # a gradient: an array, or an `IndexedSlices`
     Raises
     ------
     ArgumentTypeError
-        `g` is not an array, or of another library or dtype.
+        `g` is not an array, of another library or dtype, or a NumPy masked array (its values, for an `IndexedSlices`).
     ValueError
         `g` has another shape (or dense shape), or lives on another device.
     """
     if type(g) is np.ndarray and type(v) is np.ndarray and g.shape == v.shape and g.dtype == v.dtype: return
+    if isinstance(g, np.ma.MaskedArray) or isinstance(getattr(g, "values", None), np.ma.MaskedArray):
+        raise ArgumentTypeError(f"gradient {i} is a NumPy masked array of shape {tuple(g.shape)}: its masked elements would "
+                                "set their moments to 0; pass a plain array (g.filled(0.0) for a zero gradient there)")
     if type(g).__name__ == "IndexedSlices":
         namespace(v, g.values, g.indices, what=f"gradient {i} (IndexedSlices) and its variable")
         if tuple(g.dense_shape) != tuple(v.shape):

@@ -431,3 +431,17 @@ def test_minimize_with_the_pair_reversed_and_apply_with_a_dict():
     _refused(o, xs, lambda: o.minimize(lambda: ([np.ones(3, np.float32)], 1.0), xs), ArgumentTypeError,
              "the loss value first")
     _refused(o, xs, lambda: o.apply([np.ones(3, np.float32)], {"w": xs[0]}), ArgumentTypeError, "got a dict")
+
+
+@pytest.mark.parametrize("which", ["variable", "gradient", "IndexedSlices values"])
+@pytest.mark.parametrize("kind", ["unbuilt", "built"])
+def test_numpy_masked_arrays_refused(which, kind):
+    """A NumPy masked array as a variable (its masked elements' moments moved, their values not) or as a gradient (their
+    moments set to 0) is refused by name, unbuilt or built, before anything changes."""
+    o, xs = _fresh() if kind == "built" else (Adam(), [_f32(1, 2, 3), _f32([0.5], [-1])])
+    grads = [_f32(0.1, 0.2, 0.3), _f32([1], [-1])]
+    if which == "variable": xs[0] = np.ma.masked_array(_f32(1, 2, 3), mask=[0, 1, 0])
+    elif which == "gradient": grads[0] = np.ma.masked_array(_f32(0.1, 0.2, 0.3), mask=[0, 1, 0])
+    else: grads[1] = IndexedSlices(np.ma.masked_array(_f32([1]), mask=[[1]]), np.array([0]), (2, 1))
+    _refused(o, xs, lambda: o.apply(grads, xs), ArgumentTypeError, "is a NumPy masked array of shape")
+    assert o.built == (kind == "built")
