@@ -221,6 +221,7 @@ class _Front(torch.optim.Optimizer):
         for group in self.param_groups:
             for k, v in self.defaults.items(): group.setdefault(k, v)
             if self._decoupled_on_load: group["decoupled_weight_decay"] = True   # (an Adam's state_dict given to AdamW)
+            if "numerics" in group: group["numerics"] = self._numerics          # (the optimizer's: a loaded group's says no more)
             for p in group["params"]:             # a `step` stored as a number (older PyTorch): a tensor, as torch's Adam
                 st = self.state.get(p)
                 if isinstance(st, dict) and "step" in st and not torch.is_tensor(st["step"]):
@@ -289,7 +290,8 @@ def _configure(eng, hp: tuple):
 def _intact(self, eng) -> bool:
     """Whether the group's state is still the one its engine keeps: no parameter's entry removed or replaced
     (`opt.state.clear()`, `del opt.state[p]`, `opt.state[p]["exp_avg"] = ...`), its `step` not written (the version
-    counter of the tensor tells an in-place `zero_()`). Otherwise the engine is made again from the state as it is."""
+    counter of the tensor tells an in-place `zero_()`, its value a write through `.data`). Otherwise the engine is made
+    again from the state as it is."""
     get = self.state.get
     for p, st, views in eng.made:
         if get(p) is not st: return False
@@ -297,7 +299,14 @@ def _intact(self, eng) -> bool:
             if st.get(key) is not t: return False
     for t, seen in zip(eng.step_ts, eng.versions):
         if t._version != seen: return False
+    counts = eng.counts if eng.counts is not None else (eng.opt.iterations,)
+    for t, c in zip(eng.step_ts, counts):       # a write the version counter does not see (`step.data.zero_()`)
+        if t.item() != _held(c, t): return False
     return True
+
+def _held(count: int, t) -> float:
+    "The value a `step` tensor holds for `count`: rounded to float32 in a float32 tensor (above 2**24), as torch's."
+    return float(np.float32(count)) if t.dtype == torch.float32 else float(count)
 
 def _restore(self, eng, k: int):
     """The group's state (loaded, or of an engine before) copied into the new engine's slots; `state` then views them.

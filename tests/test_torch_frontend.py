@@ -1272,3 +1272,27 @@ def test_fsdp2_dtensor_parameters_step_their_shards(tmp_path):
     r = subprocess.run([sys.executable, str(script), str(tmp_path / "store"), str(tmp_path / "ckpt")], capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout[-2000:] + r.stderr[-4000:]
+
+
+@pytest.mark.parametrize("numerics", ["torch", "keras"])
+def test_step_reset_through_data_takes_effect(numerics):
+    """`state[p]["step"].data.zero_()` bypasses the version counter: the step's value is compared too, so the reset takes
+    effect as in torch.optim.Adam (numerics 'torch': its bits; both: the saved count is the one used)."""
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(4)); q = torch.nn.Parameter(p.detach().clone())
+    ref, mine = torch.optim.Adam([p], lr=0.1, foreach=False), Adam([q], lr=0.1, numerics=numerics)
+    for t in range(6):
+        g = torch.randn(4); p.grad, q.grad = g.clone(), g.clone()
+        if t == 3: ref.state[p]["step"].data.zero_(); mine.state[q]["step"].data.zero_()
+        ref.step(); mine.step()
+        assert float(mine.state[q]["step"]) == float(ref.state[p]["step"])
+        if numerics == "torch": same_bits(q, p, f"step {t}")
+    if numerics == "keras": assert mine._engines[id(mine.param_groups[0])].opt.iterations == 3
+
+
+def test_a_loaded_groups_numerics_is_the_optimizers():
+    "A state_dict whose group names `numerics` (ZeroRedundancyOptimizer passes it on) cannot contradict the optimizer's."
+    p = torch.nn.Parameter(torch.ones(3))
+    a = Adam([{"params": [p], "numerics": "keras"}]); p.grad = torch.ones(3); a.step()
+    b = Adam([p], numerics="torch"); b.load_state_dict(a.state_dict()); b.step()
+    assert b.param_groups[0]["numerics"] == b.state_dict()["param_groups"][0]["numerics"] == "torch"
