@@ -132,17 +132,22 @@ def _keras_leaf(g, m, v, vh, x, lr, t, b1, b2, eps, wd, eps_root=0.0):
     `u = -step` (no decay) or `u = x2 - x` for Keras's `x2 = (x - (x * wd) * lr) - step`. Optax's `eps_root`, which
     Keras does not have, is added under the square root; a Python 0.0 (the default) leaves Keras's graph unchanged."""
     _, jnp, _ = _libs()
-    dt, mu_dt = g.dtype, m.dtype                       # (mu_dtype: m kept in another dtype, computed in g's)
-    if mu_dt != dt: m = m.astype(dt)
+    dt, mu_dt = g.dtype, m.dtype                       # (mu_dtype: m kept in another dtype)
+    wide = mu_dt != dt and not jnp.iscomplexobj(g) and jnp.promote_types(dt, mu_dt) == mu_dt
+    if mu_dt != dt and not wide: m = m.astype(dt)      # a narrower mu_dtype: m computed in g's dtype, rounded when stored
     if jnp.iscomplexobj(g): return _complex_leaf(g, m, v, vh, x, lr, t, b1, b2, eps, wd, mu_dt, eps_root)
     alpha = _traced_step_size(jnp, lr, b1, b2, t, g)
-    m, v = _moments(jnp, g, m, v, _one_minus(b1, dt), _one_minus(b2, dt))
+    if wide:                   # a wider mu_dtype: m accumulated in it (Keras's operation), the step reading it in g's dtype
+        m_kept = m + (g.astype(mu_dt) - m) * _one_minus(b1, mu_dt)
+        _, v = _moments(jnp, g, m_kept.astype(dt), v, _one_minus(b1, dt), _one_minus(b2, dt))
+        m = m_kept.astype(dt)
+    else: m, v = _moments(jnp, g, m, v, _one_minus(b1, dt), _one_minus(b2, dt))
     if vh is not None: vh = jnp.maximum(vh, v)
     x0 = -0.0 if wd is None else x - (x * _const(wd, dt)) * lr
     vv = _plus_eps_root(v if vh is None else vh, eps_root, dt)
     if hasattr(eps, "dtype"): x2 = x0 - (m * alpha) / (jnp.sqrt(vv) + eps.astype(dt))   # _move's
     else: x2 = _move(jnp, x0, m, vv, alpha, eps)
-    return (x2 if wd is None else x2 - x), m.astype(mu_dt), v, vh
+    return (x2 if wd is None else x2 - x), (m_kept if wide else m.astype(mu_dt)), v, vh
 
 def _complex_leaf(g, m, v, vh, x, lr, t, b1, b2, eps, wd, mu_dt, eps_root=0.0):
     """Complex parameters, which Keras does not define: Keras's operations with Optax's convention for complex numbers,
@@ -258,6 +263,9 @@ def _check_leaf(k, g, m, v, x, r, mu_dtype=None):
         if a is not None and (tuple(a.shape) != tuple(g.shape) or a.dtype != want):
             raise ValueError(f"update {k} has shape {tuple(g.shape)} and dtype {g.dtype}, but its {what} has shape "
                              f"{tuple(a.shape)} and dtype {a.dtype}" + (f" (mu_dtype {mu_dtype})" if what == "state.mu" and mu_dtype is not None else ""))
+    if r is not None and mu_dtype is not None and mu_dtype != g.dtype and jnp.promote_types(g.dtype, mu_dtype) == mu_dtype:
+        raise ValueError(f"update {k} has rows and dtype {g.dtype}, narrower than mu_dtype {mu_dtype}: lazy_adam keeps a "
+                         "table's first moment in its own dtype or a narrower one (pass mu_dtype=None, or a narrower dtype)")
     if r is not None and (g.ndim < 1 or not hasattr(r, "dtype") or r.ndim != 1 or not (
             jnp.issubdtype(r.dtype, jnp.integer) or (r.dtype == jnp.bool_ and r.shape[0] == g.shape[0]))):
         raise ValueError(f"rows of update {k} (shape {tuple(g.shape)}) must be a 1-d integer array of row indices or a "
@@ -425,8 +433,10 @@ def adam(learning_rate: float | Callable | LearningRateSchedule = 0.001, b1: flo
     eps_root : float
         Optax's `eps_root`, added to v under the square root (Keras has none; the default 0 keeps Keras's bits).
     mu_dtype : dtype or None
-        Optax's `mu_dtype`: the dtype the first moment is kept in (None: the parameters'). It is computed in the
-        gradient's dtype and rounded to `mu_dtype` when stored, as Optax does; None keeps Keras's bits.
+        Optax's `mu_dtype`: the dtype the first moment is kept in (None: the parameters', and Keras's bits). A narrower
+        one (bfloat16 for float32 parameters): computed in the gradient's dtype and rounded when stored, as Optax does.
+        A wider one (float32 for bfloat16 parameters): the moment accumulated in it, the step reading it rounded to the
+        parameters' dtype (Optax computes the whole update in the wider dtype; numerics "optax" gives its bits).
     nesterov : bool
         Only with numerics "optax" (Optax's Nesterov Adam); Keras's Adam has none.
     weight_decay : float, callable or None
@@ -504,7 +514,8 @@ def lazy_adam(learning_rate: float | Callable | LearningRateSchedule = 0.001, b1
     mu_dtype : dtype or None
         As for `adam` (Optax's): the dtype the first moment is kept in (None: the parameters'), for instance bfloat16 to
         halve the memory of a large table's first moment. The touched rows' first moment is computed in the gradient's
-        dtype and rounded to `mu_dtype` when stored; None keeps the bits of adam_lit's `LazyAdam`.
+        dtype and rounded to `mu_dtype` when stored; None keeps the bits of adam_lit's `LazyAdam`. A `mu_dtype` wider
+        than a table's dtype is refused for its rows (leaves without rows take it as `adam` does).
 
     `update`'s extra argument `rows` is a pytree like the updates: None for a leaf stepped densely, or for a table a
     1-d integer array of the touched rows (any integer dtype; fixed size; pad with `len(table)`; repeats allowed), or a

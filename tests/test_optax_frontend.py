@@ -625,6 +625,31 @@ def test_mu_dtype(numerics):
         alo.adam(mu_dtype="int32")
 
 
+
+def test_mu_dtype_wider_than_the_parameters():
+    """A wider `mu_dtype` (float32 first moment of bfloat16 parameters) keeps the moment's accumulation in it: the stored
+    moment is Keras's recurrence `m + (g - m) * (1 - beta_1)` in float32 (1 - beta_1 rounded from double, as Keras), bit
+    for bit, not a bfloat16 moment widened; the step reads it rounded to bfloat16, so it stays within bfloat16's
+    rounding of the step without `mu_dtype` (whose moment is bfloat16 throughout). `lazy_adam` refuses it for a table's
+    rows (its row rule keeps the table's dtype)."""
+    bf = jnp.bfloat16
+    x = jnp.asarray(np.linspace(-1, 1, 5), bf)
+    tx, plain = alo.adam(0.01, b2=0.99, mu_dtype=jnp.float32), alo.adam(0.01, b2=0.99)
+    s, sp = tx.init(x), plain.init(x)
+    assert sp.mu.dtype == bf
+    m32, rng = np.zeros(5, np.float32), np.random.default_rng(0)
+    for t in range(6):
+        g = jnp.asarray(rng.normal(size=5) * 1e-2 + 0.3, bf)
+        (u, s), (up, sp) = tx.update(g, s, x), plain.update(g, sp, x)
+        m32 = m32 + (np.asarray(g, np.float32) - m32) * np.float32(1 - 0.9)
+        assert s.mu.dtype == np.float32 and same_bits(s.mu, m32), f"step {t}"
+        assert u.dtype == bf
+        # (the two moments differ by bfloat16's rounding, 2**-8 relative, and so do the steps)
+        np.testing.assert_allclose(np.asarray(u, np.float32), np.asarray(up, np.float32), rtol=2 ** -6)
+    lazy = alo.lazy_adam(b2=0.99, mu_dtype=jnp.float32)
+    with pytest.raises(ValueError, match="has rows and dtype bfloat16, narrower than mu_dtype float32"):
+        lazy.update([g[None]], lazy.init([x[None]]), [x[None]], rows=[jnp.asarray([0])])
+
 def test_update_accepts_extra_arguments():
     "As Optax's optimizers do (GradientTransformationExtraArgs): extra keyword arguments of a chain are ignored."
     p = {"w": jnp.ones((2, 3), jnp.float32)}
