@@ -654,12 +654,13 @@ def set_some(ps, gs):
     for p, g in zip(ps, gs): p.grad = None if g is None else g.clone()
 
 
-@pytest.mark.parametrize("case", list(TORCH_CASES))
+@pytest.mark.parametrize("case", list(TORCH_CASES) + ["lazy-dense", "lazy-dense-maximize"])
 def test_torch_numerics_count_per_parameter(case):
     """numerics "torch": one count per parameter, as torch.optim.Adam keeps: a parameter without a gradient at a step
     keeps its count, and its later steps use it. Parameters with different counts stepped at once (one call per count)
-    give torch.optim's bits, parameters and every state tensor, `step` included."""
-    ref_cls, cls, kw = TORCH_CASES[case]
+    give torch.optim's bits, parameters and every state tensor, `step` included (LazyAdam too: dense gradients are Adam's)."""
+    lazy = {"lazy-dense": dict(lr=1e-2, amsgrad=True), "lazy-dense-maximize": dict(lr=1e-2, maximize=True)}
+    ref_cls, cls, kw = (torch.optim.Adam, LazyAdam, lazy[case]) if case in lazy else TORCH_CASES[case]
     ps = params(31); qs = clones(ps)
     ref, mine = ref_cls(ps, foreach=False, **kw), cls(qs, numerics="torch", **kw)
     for t in range(12):
