@@ -240,9 +240,11 @@ def check_gradient(g,       # a gradient: an array, or an `IndexedSlices`
         `g` has another shape (or dense shape), or lives on another device.
     """
     if type(g) is np.ndarray and type(v) is np.ndarray and g.shape == v.shape and g.dtype == v.dtype: return
-    if isinstance(g, np.ma.MaskedArray) or isinstance(getattr(g, "values", None), np.ma.MaskedArray):
-        raise ArgumentTypeError(f"gradient {i} is a NumPy masked array of shape {tuple(g.shape)}: its masked elements would "
-                                "set their moments to 0; pass a plain array (g.filled(0.0) for a zero gradient there)")
+    masked = g if isinstance(g, np.ma.MaskedArray) else getattr(g, "values", None)
+    if isinstance(masked, np.ma.MaskedArray):
+        what = "is" if masked is g else "(IndexedSlices) has values that are"
+        raise ArgumentTypeError(f"gradient {i} {what} a NumPy masked array of shape {tuple(masked.shape)}: its masked elements "
+                                "would set their moments to 0; pass a plain array (g.filled(0.0) for a zero gradient there)")
     if type(g).__name__ == "IndexedSlices":
         namespace(v, g.values, g.indices, what=f"gradient {i} (IndexedSlices) and its variable")
         if tuple(g.dense_shape) != tuple(v.shape):

@@ -443,5 +443,6 @@ def test_numpy_masked_arrays_refused(which, kind):
     if which == "variable": xs[0] = np.ma.masked_array(_f32(1, 2, 3), mask=[0, 1, 0])
     elif which == "gradient": grads[0] = np.ma.masked_array(_f32(0.1, 0.2, 0.3), mask=[0, 1, 0])
     else: grads[1] = IndexedSlices(np.ma.masked_array(_f32([1]), mask=[[1]]), np.array([0]), (2, 1))
-    _refused(o, xs, lambda: o.apply(grads, xs), ArgumentTypeError, "is a NumPy masked array of shape")
+    _refused(o, xs, lambda: o.apply(grads, xs), ArgumentTypeError,
+             "has values that are a NumPy masked array of shape (1, 1)" if which == "IndexedSlices values" else "is a NumPy masked array of shape (3,)")
     assert o.built == (kind == "built")
