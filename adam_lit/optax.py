@@ -133,14 +133,14 @@ def _keras_leaf(g, m, v, vh, x, lr, t, b1, b2, eps, wd, eps_root=0.0):
     Keras does not have, is added under the square root; a Python 0.0 (the default) leaves Keras's graph unchanged."""
     _, jnp, _ = _libs()
     dt, mu_dt = g.dtype, m.dtype                       # (mu_dtype: m kept in another dtype)
-    wide = mu_dt != dt and not jnp.iscomplexobj(g) and jnp.promote_types(dt, mu_dt) == mu_dt
+    wide = _wider(mu_dt, dt) and not jnp.iscomplexobj(g)
     if mu_dt != dt and not wide: m = m.astype(dt)      # a narrower mu_dtype: m computed in g's dtype, rounded when stored
     if jnp.iscomplexobj(g): return _complex_leaf(g, m, v, vh, x, lr, t, b1, b2, eps, wd, mu_dt, eps_root)
     alpha = _traced_step_size(jnp, lr, b1, b2, t, g)
     if wide:                   # a wider mu_dtype: m accumulated in it (Keras's operation), the step reading it in g's dtype
         m_kept = m + (g.astype(mu_dt) - m) * _one_minus(b1, mu_dt)
-        _, v = _moments(jnp, g, m_kept.astype(dt), v, _one_minus(b1, dt), _one_minus(b2, dt))
         m = m_kept.astype(dt)
+        _, v = _moments(jnp, g, m, v, _one_minus(b1, dt), _one_minus(b2, dt))      # (its v only)
     else: m, v = _moments(jnp, g, m, v, _one_minus(b1, dt), _one_minus(b2, dt))
     if vh is not None: vh = jnp.maximum(vh, v)
     x0 = -0.0 if wd is None else x - (x * _const(wd, dt)) * lr
@@ -250,6 +250,11 @@ def _prefix_leaves(tree, updates, treedef, what):
         out.append(None if isinstance(v, optax.MaskedNode) else v)
     return out
 
+def _wider(a, b) -> bool:
+    "Whether dtype `a` is wider than `b` (`b` promotes to it): a `mu_dtype` that keeps more than the parameters' dtype."
+    _, jnp, _ = _libs()
+    return a != b and jnp.promote_types(a, b) == a
+
 def _check_leaf(k, g, m, v, x, r, mu_dtype=None):
     """Update `k` (an index and its pytree path) and what goes with it: a real or complex floating-point array (complex
     without `rows`); moments and parameter alike (the first moment of dtype `mu_dtype`, if given); `rows`."""
@@ -263,7 +268,7 @@ def _check_leaf(k, g, m, v, x, r, mu_dtype=None):
         if a is not None and (tuple(a.shape) != tuple(g.shape) or a.dtype != want):
             raise ValueError(f"update {k} has shape {tuple(g.shape)} and dtype {g.dtype}, but its {what} has shape "
                              f"{tuple(a.shape)} and dtype {a.dtype}" + (f" (mu_dtype {mu_dtype})" if what == "state.mu" and mu_dtype is not None else ""))
-    if r is not None and mu_dtype is not None and mu_dtype != g.dtype and jnp.promote_types(g.dtype, mu_dtype) == mu_dtype:
+    if r is not None and mu_dtype is not None and _wider(mu_dtype, g.dtype):
         raise ValueError(f"update {k} has rows and dtype {g.dtype}, narrower than mu_dtype {mu_dtype}: lazy_adam keeps a "
                          "table's first moment in its own dtype or a narrower one (pass mu_dtype=None, or a narrower dtype)")
     if r is not None and (g.ndim < 1 or not hasattr(r, "dtype") or r.ndim != 1 or not (

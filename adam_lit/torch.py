@@ -244,9 +244,7 @@ class _Front(torch.optim.Optimizer):
         hook = self.register_load_state_dict_pre_hook(lambda opt, sd: seen.append(sd))   # (after the user's pre-hooks)
         try: super().load_state_dict(state_dict)
         finally: hook.remove()
-        self._engines, self._checked = {}, {}
-        if self._always_decoupled:                  # (LazyAdam given an Adam's groups: its decay stays decoupled)
-            for g in self.param_groups: g["decoupled_weight_decay"] = True
+        self._engines, self._checked = {}, {}       # (`__setstate__` made the loaded groups' decay decoupled: AdamW, LazyAdam)
         sd = seen[-1] if seen else state_dict
         saved = (q for g in sd["param_groups"] for q in g["params"])
         for k, p in zip(saved, (p for g in self.param_groups for p in g["params"])):
