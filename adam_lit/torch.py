@@ -241,7 +241,9 @@ class _Front(torch.optim.Optimizer):
         row steps keep the dtype they were saved in (torch casts every floating-point state to its parameter's dtype:
         float32 moments of a bfloat16 parameter, `moment_dtype="float32"`, would be rounded, and `row_step` made float)."""
         seen = []
-        hook = self.register_load_state_dict_pre_hook(lambda opt, sd: seen.append(sd))   # (after the user's pre-hooks)
+        def check(opt, sd):                           # (after the user's pre-hooks, before torch changes anything)
+            _check_adam_state_dict(sd); seen.append(sd)
+        hook = self.register_load_state_dict_pre_hook(check)
         try: super().load_state_dict(state_dict)
         finally: hook.remove()
         self._engines, self._checked = {}, {}       # (`__setstate__` made the loaded groups' decay decoupled: AdamW, LazyAdam)
@@ -257,6 +259,32 @@ class _Front(torch.optim.Optimizer):
 
 # %% ../nbs/17_torch.ipynb #t13a25569
 def _tensor(a): return torch.from_numpy(a) if isinstance(a, np.ndarray) else a
+
+_ADAM_STATE = ("step", "exp_avg", "exp_avg_sq")    # what every Adam's state holds (torch's, SparseAdam's, adam_lit's)
+
+def _check_adam_state_dict(sd):
+    """A state_dict that is not an Adam's refused, as torch.optim.Adam fails on one (a `KeyError` at load or step):
+    another optimizer's (SGD's `momentum_buffer`, Adagrad's `sum`) would otherwise load, its state dropped and its
+    options (SGD's `lr`) kept. Every param group must name `lr` and `betas`, every non-empty state hold `step`,
+    `exp_avg` and `exp_avg_sq` (more keys are allowed: a state pre-hook may add any)."""
+    if not isinstance(sd, dict) or not isinstance(sd.get("param_groups"), list) or not isinstance(sd.get("state"), dict):
+        return                                       # (torch's own load says what is wrong with it)
+    where = {}
+    for k, g in enumerate(sd["param_groups"]):
+        if not isinstance(g, dict): continue
+        missing = [key for key in ("lr", "betas") if key not in g]
+        if missing:
+            raise ValueError(f"param group {k} of the state_dict has no {' or '.join(map(repr, missing))} (its options: "
+                             f"{', '.join(sorted(str(o) for o in g if o != 'params'))}): it is not an Adam's state_dict")
+        for j, q in enumerate(g.get("params", ())): where[q] = (k, j)
+    for q, st in sd["state"].items():
+        if not isinstance(st, dict) or not st: continue
+        missing = [key for key in _ADAM_STATE if key not in st]
+        if missing:
+            k, j = where.get(q, ("?", q))
+            raise ValueError(f"the state of parameter {j} of param group {k} in the state_dict has keys "
+                             f"{sorted(map(str, st))}, without {', '.join(missing)}: it is not an Adam's state "
+                             "(a state_dict of another optimizer?)")
 
 def _engine(self, group: dict, hp: tuple, k: int, made: list):
     """The engine of `group`, made (from the state, if any) when there is none or its parameters changed; options
@@ -482,7 +510,14 @@ def _apply_counted(eng, out, at):
         o._iterations = c                           # (the step state: no reconfiguration)
         if len(js) == len(eng.xs): o.apply(gs)
         else: o.apply(gs, [eng.xs[j] for j in js])
-        for j in js: counts[j] = c + 1
+        nxt = _next_count(c, eng.step_ts[js[0]])
+        for j in js: counts[j] = nxt
+
+def _next_count(c: int, t) -> int:
+    """The count after a step, as torch.optim.Adam's `step` tensor `t` holds it: in a float32 tensor (torch's default)
+    `step + 1` rounds back to 2**24 from there on, so its count, and the bias correction, stay at 2**24 (kept in an
+    int, the count would no longer be the tensor's value, and every step would rebuild the engine from the state)."""
+    return c + 1 if c < 2**24 or t.dtype != torch.float32 else int(np.float32(c) + np.float32(1))
 
 def _check_precision(eng):
     "The options of the group in the dtypes its parameters are updated in (a beta that rounds to 1 in bfloat16, ...)."

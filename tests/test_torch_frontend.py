@@ -1291,6 +1291,69 @@ def test_step_reset_through_data_takes_effect(numerics):
     if numerics == "keras": assert mine._engines[id(mine.param_groups[0])].opt.iterations == 3
 
 
+@pytest.mark.parametrize("numerics", ["torch", "keras"])
+def test_counts_past_2_to_the_24_keep_the_engine(numerics):
+    """Past 2**24 steps a float32 `step` tensor no longer grows (`step + 1` rounds back): numerics 'torch' keeps torch's
+    count there, bits and `step` as torch.optim.Adam's, parameters of different counts stepped together, and the engine
+    is kept from step to step (before: the count, kept in an int, left the tensor's value, and every other step rebuilt
+    the engine, copying all the state). The Keras numerics keep Keras's integer count, its tensor rounded as torch rounds."""
+    per_param = numerics == "torch"
+    ps = params(41); qs = clones(ps)
+    ref, mine = torch.optim.Adam(ps, lr=0.01, foreach=False), Adam(qs, lr=0.01, numerics=numerics)
+    gs = grads(ps, 0); set_grads(ps, gs); set_grads(qs, gs); ref.step(); mine.step()
+    sd = ref.state_dict()
+    for k, st in sd["state"].items(): st["step"] = torch.tensor(float(2**24 - 3 - (k if per_param else 0)))
+    ref.load_state_dict(sd); mine.load_state_dict(copy.deepcopy(sd))
+    eng = None
+    for t in range(1, 8):
+        gs = grads(ps, t); set_grads(ps, gs); set_grads(qs, gs); ref.step(); mine.step()
+        if eng is None: eng = mine._engines[id(mine.param_groups[0])]       # made from the loaded state at step 1
+        assert mine._engines[id(mine.param_groups[0])] is eng, f"step {t}: the engine was made again"
+        steps = [float(mine.state[q]["step"]) for q in qs]
+        if per_param:
+            assert steps == [float(ref.state[p]["step"]) for p in ps], (t, steps)
+            for j, (p, q) in enumerate(zip(ps, qs)): same_bits(q, p, f"step {t} param {j}")
+        else:
+            assert steps == [float(np.float32(2**24 - 3 + t))] * len(qs), (t, steps)
+    if per_param: assert eng.counts == [2**24] * len(qs)
+    else: assert eng.opt.iterations == 2**24 + 4
+
+
+@pytest.mark.parametrize("other", ["SGD", "SGD momentum", "Adagrad", "RMSprop", "Adam state without exp_avg_sq"])
+@pytest.mark.parametrize("cls", [Adam, AdamW, LazyAdam])
+def test_another_optimizers_state_dict_is_refused(cls, other):
+    """A state_dict of another optimizer is refused by name, before anything changes (torch.optim.Adam fails on one with
+    a KeyError; before, adam_lit loaded it, dropped its state and kept its options: SGD's lr). A user's load pre-hook
+    that turns it into an Adam's runs first."""
+    ps = params(51); qs = clones(ps)
+    make = {"SGD": lambda x: torch.optim.SGD(x, lr=0.5), "SGD momentum": lambda x: torch.optim.SGD(x, lr=0.5, momentum=0.9),
+            "Adagrad": torch.optim.Adagrad, "RMSprop": torch.optim.RMSprop,
+            "Adam state without exp_avg_sq": lambda x: torch.optim.Adam(x, lr=0.5)}[other]
+    foreign = make(ps); set_grads(ps, grads(ps, 0)); foreign.step()
+    sd = foreign.state_dict()
+    if other.startswith("Adam"):
+        for st in sd["state"].values(): del st["exp_avg_sq"]
+    mine, ref = cls(qs, lr=0.01), cls(clones(qs), lr=0.01)
+    gs = grads(ps, 1); set_grads(qs, gs); set_grads(ref.param_groups[0]["params"], gs); mine.step(); ref.step()
+    before = copy.deepcopy(mine.state_dict())
+    what = "has no 'betas'" if other != "Adam state without exp_avg_sq" else "without exp_avg_sq: it is not an Adam's state"
+    with pytest.raises(ValueError, match=re.escape(what)):
+        mine.load_state_dict(sd)
+    after = mine.state_dict()
+    assert after["param_groups"] == before["param_groups"]
+    for k, st in before["state"].items():
+        assert sorted(after["state"][k]) == sorted(st)
+        for key, val in st.items(): same_bits(after["state"][k][key], val, f"state {k} {key}")
+    gs = grads(ps, 2); set_grads(qs, gs); set_grads(ref.param_groups[0]["params"], gs); mine.step(); ref.step()
+    for q, r in zip(qs, ref.param_groups[0]["params"]): same_bits(q, r, "the step after the refused load")
+    if other == "Adam state without exp_avg_sq":            # a user's pre-hook that completes the state runs first
+        def complete(opt, sd):
+            for st in sd["state"].values(): st["exp_avg_sq"] = torch.zeros_like(st["exp_avg"])
+        mine.register_load_state_dict_pre_hook(complete)
+        mine.load_state_dict(sd)
+        assert mine.param_groups[0]["lr"] == 0.5
+
+
 def test_a_loaded_groups_numerics_is_the_optimizers():
     "A state_dict whose group names `numerics` (ZeroRedundancyOptimizer passes it on) cannot contradict the optimizer's."
     p = torch.nn.Parameter(torch.ones(3))
