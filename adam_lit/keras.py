@@ -26,6 +26,14 @@ def _check(name, value, low, high=None, high_open=True):
         raise ValueError(f"Argument `{name}` must be in {rng}, got {value!r}")
     return value
 
+def _check_rate(learning_rate):
+    """A learning rate given as a number must be finite and >= 0, as adam_lit's `Adam` requires (Keras takes -1 or NaN
+    and trains on, the wrong way or into NaN); a schedule, a callable or a Keras variable is Keras's to read."""
+    if isinstance(learning_rate, (bool, np.bool_)):
+        raise TypeError(f"Argument `learning_rate` must be a float, a schedule or a callable, got {learning_rate!r}")
+    if isinstance(learning_rate, (int, float, np.floating, np.integer)) and not (np.isfinite(learning_rate) and learning_rate >= 0):
+        raise ValueError(f"Argument `learning_rate` must be finite and >= 0, got {float(learning_rate)!r}")
+
 # %% auto #0
 __all__ = ['LazyAdam']
 
@@ -45,7 +53,7 @@ class LazyAdam(keras.optimizers.Optimizer):
         """Parameters
         ----------
         learning_rate : float, keras.optimizers.schedules.LearningRateSchedule or callable, default 0.001
-            The step size, as for `keras.optimizers.Adam`.
+            The step size, as for `keras.optimizers.Adam`; a number must be finite and >= 0 (Keras would take -1 or NaN).
         beta_1, beta_2 : float, default 0.9 and 0.999
             Decay rates of the moments, in [0, 1).
         epsilon : float, default 1e-7
@@ -73,6 +81,7 @@ class LazyAdam(keras.optimizers.Optimizer):
         if numerics == "legacy" and not epsilon and epsilon is not False: epsilon = 1e-7   # tf.keras: `epsilon or 1e-7`
         self_beta_1, self_beta_2 = _check("beta_1", beta_1, 0.0, 1.0), _check("beta_2", beta_2, 0.0, 1.0)
         self_epsilon = _check("epsilon", epsilon, 0.0)
+        _check_rate(learning_rate)
         if not isinstance(amsgrad, (bool, np.bool_)): raise TypeError(f"Argument `amsgrad` must be a bool, got {amsgrad!r}")
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
         self.beta_1, self.beta_2, self.epsilon = self_beta_1, self_beta_2, self_epsilon

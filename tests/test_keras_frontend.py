@@ -189,10 +189,22 @@ def test_saved_model_reloads_with_optimizer_state(tmp_path):
     (dict(epsilon=float("nan")), ValueError, "epsilon"),
     (dict(amsgrad=1), TypeError, "amsgrad"),
     (dict(row_bias_correction=True), ValueError, "row_bias_correction"),
+    (dict(learning_rate=-1e-3), ValueError, "learning_rate` must be finite and >= 0, got -0.001"),   # (Keras takes them)
+    (dict(learning_rate=float("nan")), ValueError, "learning_rate` must be finite"),
+    (dict(learning_rate=np.float32("inf")), ValueError, "learning_rate` must be finite"),
+    (dict(learning_rate=True), TypeError, "learning_rate"),
 ])
 def test_bad_arguments(kw, err, word):
     with pytest.raises(err, match=word):
         LazyAdam(**kw)
+
+
+def test_rates_keras_reads_are_taken():
+    "0, a schedule and a callable are learning rates as Keras takes them."
+    sched = keras.optimizers.schedules.ExponentialDecay(0.1, 10, 0.5)
+    for lr in (0.0, 0.5, sched, lambda: 0.01):
+        o = LazyAdam(learning_rate=lr)
+        if not callable(lr): assert float(keras.ops.convert_to_numpy(o.learning_rate)) == float(lr)
 
 
 # ---------------------------------------------------------------------------------------------- the TensorFlow backend
