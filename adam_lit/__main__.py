@@ -461,6 +461,7 @@ def bench(
     gpu: bool = False,
     cases: list[str] | None = None,
     json_path: str | None = None,
+    busy: int | None = None,
 ):
     """Run `adam_lit.bench`, print its tables and targets, write the plot.
 
@@ -480,15 +481,24 @@ def bench(
         Keys of the CPU cases to run (None: all of `bench.cases()`).
     json_path : str or None
         Also write the results there, as JSON.
+    busy : int or None
+        Instead, time the 1e6 step with this many busy processes beside it (`bench.busy`; no plot).
 
     Returns
     -------
     dict
-        The results of `bench.run` (or `bench.run_gpu`).
+        The results of `bench.run` (or `bench.run_gpu`, `bench.busy`).
     """
     from adam_lit import bench as B
     file = file or sys.stdout
     log = lambda s: print(s, file=sys.stderr, flush=True)
+    if busy is not None:
+        res = B.busy(n=1 << 16 if quick else 1_000_000, others=busy, seconds=0.2 if quick else 2.0, rounds=1 if quick else 3)
+        B.print_busy(res, file=file)
+        if json_path is not None:
+            import json
+            with open(json_path, "w") as f: json.dump(res, f, indent=1, default=str)
+        return res
     if gpu:
         kw = dict(sizes=B.GPU_SIZES[:3], shapes=((100, 10_000),), min_time=0.005) if quick else {}
         res = B.run_gpu(reps=reps or (3 if quick else 7), log=log, **kw)
@@ -527,6 +537,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--out", default="adam_lit_bench.png", help="path of the PNG plot (default adam_lit_bench.png)")
     b.add_argument("--reps", type=int, default=None, help="timed repetitions per case, the median is kept (default 7, 3 with --quick)")
     b.add_argument("--gpu", action="store_true", help="time the CuPy kernels on the GPU against naive CuPy, PyTorch and Optax there")
+    b.add_argument("--busy", type=int, default=None, metavar="N",
+                   help="time the 1e6 step (steps per second) with N busy processes beside it, the threads paced and not, and torch fused")
     return parser
 
 # %% ../nbs/05_cli.ipynb #f89b55bd
@@ -553,7 +565,10 @@ def main(
         unknown = sorted(set(args.cases or ()) - {c.key for c in bench_cases()})
         if unknown: parser.error(f"--cases: unknown case {unknown[0]!r} (the cases: {', '.join(c.key for c in bench_cases())})")
         if args.cases and args.gpu: parser.error("--cases selects CPU cases; it does not apply with --gpu")
-        try: bench(quick=args.quick, reps=args.reps, out=args.out, gpu=args.gpu, cases=args.cases, json_path=args.json)
+        if args.busy is not None and (args.busy < 0 or args.gpu or args.cases):
+            parser.error("--busy N takes N >= 0 busy processes, and neither --gpu nor --cases (it times its own case)")
+        try: bench(quick=args.quick, reps=args.reps, out=args.out, gpu=args.gpu, cases=args.cases, json_path=args.json,
+                   busy=args.busy)
         except RuntimeError as e:
             if not args.gpu: raise
             parser.error(str(e))

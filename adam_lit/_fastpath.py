@@ -14,7 +14,7 @@ import sys
 import numpy as np
 
 from .backend import IndexedSlices, host_float
-from .kernels import PARALLEL_MIN, ROW, array_module, loop_chunks, loop_constants, loop_kernels, loop_table, tiled_base
+from .kernels import PACE, PARALLEL_MIN, ROW, on_threads, array_module, loop_chunks, loop_constants, loop_kernels, loop_table, tiled_base
 from .rules import _hyper, moment_constants
 from .schedules import LearningRateSchedule
 
@@ -275,6 +275,23 @@ _Loop.__call__, _Loop._torch_grads, _Loop._new_rate, _Loop._rows_step = _loop_st
 
 
 # %% ../nbs/03a_fastpath.ipynb #fp-loop-group
+def _paced(k: dict, key, n: int):
+    """A group's `(step, update)` on `n` elements from the compiled calls `k` of its dtype: threaded unless
+    `kernels.PACE` says the threads stall (the same bits either way). `step` checks the gradients first, and is timed
+    only when it updated (a refused step does no work)."""
+    import numba
+    one, threaded, up1, upn = k["step_ids"], k["pstep_ids"], k["update"], k["pupdate"]
+    def step(ids, tab, rng, lay, chunks, sc, ams):
+        full = numba.get_num_threads()
+        if not PACE.enabled: return threaded(ids, tab, rng, lay, chunks, sc, ams)
+        m = PACE.threads(full)
+        if m <= 1: return one(ids, tab, rng, lay, chunks, sc, ams)
+        t0 = PACE.clock(); r = on_threads(m, full, threaded, ids, tab, rng, lay, chunks, sc, ams)
+        if r < 0: PACE.note(key, n, PACE.clock() - t0, m)
+        return r
+    def update(tab, chunks, sc, ams): return PACE.run(key, n, up1, upn, tab, chunks, sc, ams)
+    return step, update
+
 class _Group:
     "The tensors of one dtype `S`: their constants in `S`, their chunks, and the compiled calls."
     def __init__(self, opt, S, idx, tab, hyper, k):
@@ -288,7 +305,8 @@ class _Group:
         sizes = tab[ROW["size"], idx]
         self.chunks = loop_chunks(sizes)
         threads = int(sizes.sum()) >= PARALLEL_MIN and k["threads"] > 1
-        self.step, self.update = (k[S]["pstep_ids"], k[S]["pupdate"]) if threads else (k[S]["step_ids"], k[S]["update"])
+        self.step, self.update = k[S]["step_ids"], k[S]["update"]
+        if threads: self.step, self.update = _paced(k[S], ("loop", np.dtype(S).name), int(sizes.sum()))
         self.whole = len(idx) == tab.shape[1]
 
     def table(self, tab): return tab if self.whole else tab[:, self.idx]

@@ -13,6 +13,8 @@ import math
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 import traceback
 import tracemalloc
@@ -28,8 +30,8 @@ __all__ = ['LR', 'B1', 'B2', 'EPS', 'BYTES_PER_PARAM', 'K_SETS', 'MLP', 'TWO_LAY
            'make_adam_lit_same', 'make_adam_lit_flat', 'make_optax', 'make_adam_lit_torch', 'make_adam_lit_jit',
            'make_keras_jit', 'make_lazy', 'make_dense_table', 'make_torch_sparse', 'make_front_torch',
            'make_front_lazy', 'make_front_optax', 'factories', 'skipped', 'StreamProbe', 'bandwidth', 'machine', 'run',
-           'tables', 'print_table', 'parse_targets', 'targets', 'print_targets', 'plot', 'time_gpu', 'gpu_bandwidth',
-           'gpu_machine', 'run_gpu', 'gpu_targets', 'print_gpu_table']
+           'tables', 'print_table', 'parse_targets', 'targets', 'print_targets', 'plot', 'busy', 'print_busy',
+           'time_gpu', 'gpu_bandwidth', 'gpu_machine', 'run_gpu', 'gpu_targets', 'print_gpu_table']
 
 # %% ../nbs/10_bench.ipynb #beeeca7a
 LR, B1, B2, EPS = 1e-3, 0.9, 0.999, 1e-7
@@ -1035,6 +1037,83 @@ def plot(
     fig.suptitle(f"One fp32 Adam step: {who}, {results['date']}; roofline {results['bandwidth']['bytes_per_s'] / 1e9:.1f} GB/s", fontsize=11)
     fig.savefig(path, dpi=110)
     return path
+
+# %% ../nbs/10_bench.ipynb #busy-code
+# (a long cell: longer than one screen only by its docstring, which lists every parameter and result)
+def busy(
+    n: int = 1_000_000,
+    others: int = 1,
+    seconds: float = 2.0,
+    rounds: int = 3,
+) -> dict:
+    """Steps per second of one fp32 tensor of `n` parameters (fresh gradients at each step) while `others` processes
+    keep cores busy: adam_lit's step (threads paced by `kernels.PACE`), the same with the threads always on, and torch
+    fused where PyTorch is installed, in turns of `seconds`, `rounds` times.
+
+    Parameters
+    ----------
+    n : int
+        Parameters of the tensor.
+    others : int
+        Processes that spin beside the run (`python -c "while True: pass"`), killed at its end.
+    seconds : float
+        Length of one implementation's turn.
+    rounds : int
+        Turns of each implementation, interleaved.
+
+    Returns
+    -------
+    dict
+        `n`, `others`, `seconds`, `rounds`, `cores`; `impls`: per implementation its `steps_per_s` (1 / the mean step),
+        `mean`, `median` and `p90` (seconds); `stalls`: the stalls the pace saw in adam_lit's turns.
+    """
+    from adam_lit.kernels import PACE
+    p0 = np.random.default_rng(0).standard_normal(n, np.float32)
+    sets = grad_sets(((n,),))
+    steps = {"adam_lit": make_adam_lit([p0.copy()], sets), "adam_lit, threads always": make_adam_lit([p0.copy()], sets)}
+    if _installed("torch"): steps["torch fused"] = _make_torch("fused")([p0.copy()], sets)
+    times, stalls, enabled = {k: [] for k in steps}, 0, PACE.enabled
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(others)]
+    try:
+        for s in steps.values():
+            for _ in range(3): s()                               # (compiled, built, warm)
+        for _ in range(rounds):
+            for name, s in steps.items():
+                PACE.enabled = name != "adam_lit, threads always"
+                before, ts, end = PACE.stalls, times[name], time.perf_counter() + seconds
+                while time.perf_counter() < end:
+                    t = time.perf_counter(); s(); ts.append(time.perf_counter() - t)
+                if name == "adam_lit": stalls += PACE.stalls - before
+    finally:
+        PACE.enabled = enabled
+        for p in procs: p.kill(); p.wait()
+    impls = {k: {"steps_per_s": 1 / float(np.mean(ts)), "mean": float(np.mean(ts)), "median": float(np.median(ts)),
+                 "p90": float(np.percentile(ts, 90))} for k, ts in times.items()}
+    return {"n": n, "others": others, "seconds": seconds, "rounds": rounds, "cores": os.cpu_count(), "impls": impls,
+            "stalls": stalls}
+
+def print_busy(
+    res: dict,
+    file: TextIO | None = None,
+):
+    """`busy`'s results as a markdown table, with each implementation's mean step time ÷ adam_lit's (above 1: adam_lit
+    is faster).
+
+    Parameters
+    ----------
+    res : dict
+        What `busy` returned.
+    file : file-like or None
+        Where to print (None: stdout).
+    """
+    file = file or sys.stdout
+    lit = res["impls"]["adam_lit"]["mean"]
+    rows = [[k, f"{v['steps_per_s']:.0f}", _fmt_time(v["mean"]), _fmt_time(v["median"]), _fmt_time(v["p90"]),
+             f"{v['mean'] / lit:.2f}"] for k, v in res["impls"].items()]
+    print(f"{res['n']:,} parameters, fresh gradients, {res['others']} busy process(es) beside the run on "
+          f"{res['cores']} cores; {res['rounds']} turns of {res['seconds']:g} s each; the pace saw {res['stalls']} "
+          "stall(s) in adam_lit's turns\n", file=file)
+    print(_md(["implementation", "steps/s", "mean", "median", "p90", "mean ÷ adam_lit's"], rows), file=file)
 
 # %% ../nbs/10_bench.ipynb #30a1a2e3
 # (a long cell: the GPU cases side by side, each a few lines, so the comparison reads in one place)

@@ -10,13 +10,14 @@ from __future__ import annotations
 import ctypes
 import math
 import sys
+import time
 
 import numpy as np
 
 # %% auto #0
-__all__ = ['BLOCK_BYTES', 'BLOCK', 'PARALLEL_MIN', 'CHUNK', 'ROW', 'adam_inplace', 'adam_inplace_fast', 'fused_loop',
-           'array_module', 'flatten', 'flat_like', 'tiled_base', 'loop_kernels', 'loop_constants', 'loop_table',
-           'loop_chunks']
+__all__ = ['BLOCK_BYTES', 'BLOCK', 'PARALLEL_MIN', 'PACE_STALL', 'PACE_SLACK', 'PACE_BACKOFF', 'PACE', 'CHUNK', 'ROW',
+           'adam_inplace', 'Pace', 'on_threads', 'adam_inplace_fast', 'fused_loop', 'array_module', 'flatten',
+           'flat_like', 'tiled_base', 'loop_kernels', 'loop_constants', 'loop_table', 'loop_chunks']
 
 # %% ../nbs/08_kernels.ipynb #ddd0594b
 # (a long cell: longer than one screen only by its docstrings, which list every parameter (for help() and the parameter table))
@@ -147,6 +148,72 @@ def _numba_kernels():
                    "decay": decay, "threads": numba.get_num_threads()}
     return _NUMBA["k"]
 
+# %% ../nbs/08_kernels.ipynb #pace-code
+PACE_STALL = 4.0             # a threaded step this many times slower per element than its best (plus PACE_SLACK) stalled
+PACE_SLACK = 5e-4            # seconds: less than a scheduler's time slice, more than an idle machine's jitter
+PACE_BACKOFF = (0.05, 2.0)   # seconds on fewer threads after a stall: the first, doubled by each stalled probe up to the second
+
+class Pace:
+    """How many of numba's threads a large step may use now: all, unless threaded steps stalled (another process held
+    a core, and the step waited a time slice for one of its threads); then half as many for a while, and again half
+    after each stalled probe.
+
+    Parameters
+    ----------
+    clock : callable
+        Seconds, monotonic (`time.perf_counter`; a test passes its own).
+    """
+    def __init__(self, clock=time.perf_counter):
+        self.clock, self.enabled = clock, True
+        self.level, self.until, self.backoff, self.probing = 0, 0.0, PACE_BACKOFF[0], False
+        self.best, self.stalls = {}, 0
+
+    def threads(self, full: int) -> int:
+        """Threads for a large step now, of the `full` numba has: `full >> level`, at least 1. When the wait after a
+        stall is over, one level less (twice the threads): the next step is a probe."""
+        if not self.enabled or self.level == 0: return full
+        if self.clock() >= self.until:
+            self.level -= 1; self.probing = True; self.until = self.clock() + self.backoff
+        return max(1, full >> self.level)
+
+    def note(self, key, n: int, seconds: float, threads: int) -> None:
+        """A step of kind `key` on `n` elements took `seconds` on `threads` threads: compared with the best time per
+        element of its kind and size (within a factor 2) on that many threads, or on c others scaled by c / threads
+        (a first step on fewer threads is judged by what more did). A stall halves the threads (one level more) for a
+        while; a clean probe ends the doubling of that while."""
+        seen, per = self.best.setdefault((key, int(n).bit_length()), {}), seconds / max(int(n), 1)
+        if per < seen.get(threads, math.inf): seen[threads] = per
+        best = min(b * c / threads for c, b in seen.items())
+        if seconds > PACE_STALL * best * n + PACE_SLACK:
+            self.stalls += 1
+            if self.probing: self.backoff = min(2 * self.backoff, PACE_BACKOFF[1])
+            self.level, self.probing = min(self.level + 1, 30), False
+            self.until = self.clock() + self.backoff
+        elif self.probing:
+            self.probing, self.backoff = False, PACE_BACKOFF[0]
+
+    def run(self, key, n: int, one, threaded, *args):
+        """`threaded(*args)` on the threads `threads()` allows, timed, or `one(*args)` when that is one (the same bits);
+        returns what the kernel returns. For kernels that always do their whole work (a kernel that may return early
+        is timed by its caller)."""
+        import numba
+        full = numba.get_num_threads()
+        if not self.enabled: return threaded(*args)
+        k = self.threads(full)
+        if k <= 1: return one(*args)
+        t0 = self.clock(); r = on_threads(k, full, threaded, *args); self.note(key, n, self.clock() - t0, k)
+        return r
+
+def on_threads(k: int, full: int, f, *args):
+    "`f(*args)` with numba's thread count set to `k` for this call (this thread's setting, `full` again after)."
+    if k == full: return f(*args)
+    import numba
+    numba.set_num_threads(k)
+    try: return f(*args)
+    finally: numba.set_num_threads(full)
+
+PACE = Pace()      # one for the process: a busy machine is busy for every optimizer in it
+
 # %% ../nbs/08_kernels.ipynb #6bcb16ca
 # (a long cell: longer than one screen only by its docstrings, which list every parameter (for help() and the parameter table))
 _FUSED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -211,8 +278,9 @@ def adam_inplace_fast(
     else: fx, fg, fm, fv = x.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1)
     fh = fv if vhat is None else vhat.reshape(-1)
     if weight_decay is not None: k["decay"](fx, S(weight_decay), S(lr))
-    parallel = fx.size >= PARALLEL_MIN and k["threads"] > 1
-    k[(vhat is not None, parallel)](fx, fg, fm, fv, fh, S(alpha), S(c1), S(c2), S(epsilon))
+    ams, args = vhat is not None, (fx, fg, fm, fv, fh, S(alpha), S(c1), S(c2), S(epsilon))
+    if fx.size >= PARALLEL_MIN and k["threads"] > 1: PACE.run(("fused", ams, dt.name), fx.size, k[(ams, False)], k[(ams, True)], *args)
+    else: k[(ams, False)](*args)
     return x
 
 # %% ../nbs/08_kernels.ipynb #c5c94939
@@ -250,9 +318,14 @@ def fused_loop(
     if k is None or dt not in _FUSED_DTYPES or any(type(a) is not np.ndarray or a.ndim != 1 or a.size != x.size or not _ok(a, dt)
                                                    for a in arrays):
         return None
-    fh = v if vhat is None else vhat
-    run, dec = k[(vhat is not None, x.size >= PARALLEL_MIN and k["threads"] > 1)], k["decay"]
-    return (lambda alpha, c1, c2, epsilon: run(x, g, m, v, fh, alpha, c1, c2, epsilon)), (lambda weight_decay, lr: dec(x, weight_decay, lr))
+    fh, ams, dec = (v if vhat is None else vhat), vhat is not None, k["decay"]
+    one = k[(ams, False)]
+    if x.size >= PARALLEL_MIN and k["threads"] > 1:       # (threads paced: `Pace`)
+        key, n, par = ("fused", ams, dt.name), x.size, k[(ams, True)]
+        step = lambda alpha, c1, c2, epsilon: PACE.run(key, n, one, par, x, g, m, v, fh, alpha, c1, c2, epsilon)
+    else:
+        step = lambda alpha, c1, c2, epsilon: one(x, g, m, v, fh, alpha, c1, c2, epsilon)
+    return step, (lambda weight_decay, lr: dec(x, weight_decay, lr))
 
 # %% ../nbs/08_kernels.ipynb #2a515934
 def array_module(a):

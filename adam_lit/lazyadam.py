@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 
 from .adam import Adam, _numpy_rows_ok, _row_order, _summed_rows
-from .kernels import PARALLEL_MIN
+from .kernels import PACE, PARALLEL_MIN
 from .optimizer import _patch_into
 from array_api_compat import device as _dev
 
@@ -107,9 +107,14 @@ def _threads() -> int:
 
 def _run_rows(kernel, x2, g2, indices, order, ends, m2, v2, h2, alpha, consts, lr, threads: int):
     """The compiled row loop `kernel` (`_rows_kernel`'s pair) on the 2-d views: one thread below `PARALLEL_MIN` touched
-    elements, else `threads`; `consts`: beta_1, beta_2, c1, c2, epsilon, weight decay, in the table's dtype."""
-    parts = threads if indices.shape[0] * x2.shape[1] >= PARALLEL_MIN else 1     # the dense kernels' threshold
-    kernel[parts > 1](x2, g2, indices, order, ends, m2, v2, h2, alpha, *consts, lr, parts)
+    elements, else `threads`, unless `kernels.PACE` says the threads stall (the same bits); `consts`: beta_1, beta_2,
+    c1, c2, epsilon, weight decay, in the table's dtype."""
+    n = indices.shape[0] * x2.shape[1]
+    parts = (PACE.threads(threads) if PACE.enabled else threads) if threads > 1 and n >= PARALLEL_MIN else 1  # (the dense kernels' threshold)
+    if parts <= 1: return kernel[0](x2, g2, indices, order, ends, m2, v2, h2, alpha, *consts, lr, 1)
+    t0 = PACE.clock()
+    kernel[1](x2, g2, indices, order, ends, m2, v2, h2, alpha, *consts, lr, parts)   # (`parts` threads of numba's)
+    PACE.note(("rows", x2.dtype.name), n, PACE.clock() - t0, parts)
 
 
 # %% ../nbs/07_lazyadam.ipynb #d09ee07b
