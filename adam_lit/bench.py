@@ -1073,6 +1073,7 @@ def busy(
     steps = {"adam_lit": make_adam_lit([p0.copy()], sets), "adam_lit, threads always": make_adam_lit([p0.copy()], sets)}
     if _installed("torch"): steps["torch fused"] = _make_torch("fused")([p0.copy()], sets)
     times, stalls, enabled = {k: [] for k in steps}, 0, PACE.enabled
+    PACE.reset()                                                 # (no stalls of an earlier run carried into this one)
     procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(others)]
     try:
         for s in steps.values():

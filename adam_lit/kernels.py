@@ -15,8 +15,8 @@ import time
 import numpy as np
 
 # %% auto #0
-__all__ = ['BLOCK_BYTES', 'BLOCK', 'PARALLEL_MIN', 'PACE_STALL', 'PACE_SLACK', 'PACE_BACKOFF', 'PACE', 'CHUNK', 'ROW',
-           'adam_inplace', 'Pace', 'on_threads', 'adam_inplace_fast', 'fused_loop', 'array_module', 'flatten',
+__all__ = ['BLOCK_BYTES', 'BLOCK', 'PARALLEL_MIN', 'PACE_STALL', 'PACE_SLACK', 'PACE_BACKOFF', 'PACE_CONFIRM', 'PACE', 'CHUNK',
+           'ROW', 'adam_inplace', 'Pace', 'on_threads', 'adam_inplace_fast', 'fused_loop', 'array_module', 'flatten',
            'flat_like', 'tiled_base', 'loop_kernels', 'loop_constants', 'loop_table', 'loop_chunks']
 
 # %% ../nbs/08_kernels.ipynb #ddd0594b
@@ -150,8 +150,9 @@ def _numba_kernels():
 
 # %% ../nbs/08_kernels.ipynb #pace-code
 PACE_STALL = 4.0             # a threaded step this many times slower per element than its best (plus PACE_SLACK) stalled
-PACE_SLACK = 5e-4            # seconds: less than a scheduler's time slice, more than an idle machine's jitter
-PACE_BACKOFF = (0.05, 2.0)   # seconds on fewer threads after a stall: the first, doubled by each stalled probe up to the second
+PACE_SLACK = 1e-3            # seconds: less than a scheduler's time slice (a few ms), more than an idle machine's jitter
+PACE_BACKOFF = (0.05, 1.0)   # seconds on fewer threads after a stall: the first, doubled by each stalled probe up to the second
+PACE_CONFIRM = 16            # a stall counts when another came within this many threaded steps (a lone one is a hiccup)
 
 class Pace:
     """How many of numba's threads a large step may use now: all, unless threaded steps stalled (another process held
@@ -164,9 +165,12 @@ class Pace:
         Seconds, monotonic (`time.perf_counter`; a test passes its own).
     """
     def __init__(self, clock=time.perf_counter):
-        self.clock, self.enabled = clock, True
-        self.level, self.until, self.backoff, self.probing = 0, 0.0, PACE_BACKOFF[0], False
-        self.best, self.stalls = {}, 0
+        self.clock, self.enabled, self.best, self.stalls = clock, True, {}, 0
+        self.reset()
+
+    def reset(self) -> None:
+        "All the threads again, as if no step had stalled (the best times are kept)."
+        self.level, self.until, self.backoff, self.probing, self.since = 0, 0.0, PACE_BACKOFF[0], False, PACE_CONFIRM
 
     def threads(self, full: int) -> int:
         """Threads for a large step now, of the `full` numba has: `full >> level`, at least 1. When the wait after a
@@ -179,18 +183,22 @@ class Pace:
     def note(self, key, n: int, seconds: float, threads: int) -> None:
         """A step of kind `key` on `n` elements took `seconds` on `threads` threads: compared with the best time per
         element of its kind and size (within a factor 2) on that many threads, or on c others scaled by c / threads
-        (a first step on fewer threads is judged by what more did). A stall halves the threads (one level more) for a
-        while; a clean probe ends the doubling of that while."""
+        (a first step on fewer threads is judged by what more did). A stall that follows another within `PACE_CONFIRM`
+        threaded steps, or stalls a probe, halves the threads (one level more) for a while; a clean probe ends the
+        doubling of that while."""
         seen, per = self.best.setdefault((key, int(n).bit_length()), {}), seconds / max(int(n), 1)
         if per < seen.get(threads, math.inf): seen[threads] = per
         best = min(b * c / threads for c, b in seen.items())
         if seconds > PACE_STALL * best * n + PACE_SLACK:
             self.stalls += 1
+            again, self.since = self.since < PACE_CONFIRM, 0
+            if not (again or self.probing): return
             if self.probing: self.backoff = min(2 * self.backoff, PACE_BACKOFF[1])
             self.level, self.probing = min(self.level + 1, 30), False
             self.until = self.clock() + self.backoff
-        elif self.probing:
-            self.probing, self.backoff = False, PACE_BACKOFF[0]
+        else:
+            self.since += 1
+            if self.probing: self.probing, self.backoff = False, PACE_BACKOFF[0]
 
     def run(self, key, n: int, one, threaded, *args):
         """`threaded(*args)` on the threads `threads()` allows, timed, or `one(*args)` when that is one (the same bits);
