@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import math
+import os
 import sys
 import time
 from typing import TextIO
@@ -565,8 +566,11 @@ def main(
         unknown = sorted(set(args.cases or ()) - {c.key for c in bench_cases()})
         if unknown: parser.error(f"--cases: unknown case {unknown[0]!r} (the cases: {', '.join(c.key for c in bench_cases())})")
         if args.cases and args.gpu: parser.error("--cases selects CPU cases; it does not apply with --gpu")
-        if args.busy is not None and (args.busy < 0 or args.gpu or args.cases):
-            parser.error("--busy N takes N >= 0 busy processes, and neither --gpu nor --cases (it times its own case)")
+        if args.busy is not None and (args.busy < 0 or args.gpu or args.cases or args.reps is not None):
+            parser.error("--busy N takes N >= 0 busy processes, and none of --gpu, --cases, --reps (it times its own case, "
+                         "in turns of 2 s; no plot)")
+        if args.busy is not None and args.busy > 4 * (os.cpu_count() or 1):
+            parser.error(f"--busy N: at most 4 x the cores ({4 * (os.cpu_count() or 1)}) busy processes, got {args.busy}")
         try: bench(quick=args.quick, reps=args.reps, out=args.out, gpu=args.gpu, cases=args.cases, json_path=args.json,
                    busy=args.busy)
         except RuntimeError as e:

@@ -1068,14 +1068,18 @@ def busy(
         `mean`, `median` and `p90` (seconds); `stalls`: the stalls the pace saw in adam_lit's turns.
     """
     from adam_lit.kernels import PACE
+    if not (n >= 1 and 0 <= others <= 4 * (os.cpu_count() or 1) and seconds > 0 and rounds >= 1):
+        raise ValueError(f"busy needs n >= 1, 0 <= others <= 4 x the cores ({4 * (os.cpu_count() or 1)}), seconds > 0 and "
+                         f"rounds >= 1; got n={n}, others={others}, seconds={seconds}, rounds={rounds}")
     p0 = np.random.default_rng(0).standard_normal(n, np.float32)
     sets = grad_sets(((n,),))
     steps = {"adam_lit": make_adam_lit([p0.copy()], sets), "adam_lit, threads always": make_adam_lit([p0.copy()], sets)}
     if _installed("torch"): steps["torch fused"] = _make_torch("fused")([p0.copy()], sets)
     times, stalls, enabled = {k: [] for k in steps}, 0, PACE.enabled
     PACE.reset()                                                 # (no stalls of an earlier run carried into this one)
-    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(others)]
+    procs = []
     try:
+        for _ in range(others): procs.append(subprocess.Popen([sys.executable, "-c", "while True: pass"]))
         for s in steps.values():
             for _ in range(3): s()                               # (compiled, built, warm)
         for _ in range(rounds):
@@ -1086,7 +1090,7 @@ def busy(
                     t = time.perf_counter(); s(); ts.append(time.perf_counter() - t)
                 if name == "adam_lit": stalls += PACE.stalls - before
     finally:
-        PACE.enabled = enabled
+        PACE.enabled = enabled; PACE.reset()                     # (the spinners stop here: so does their load)
         for p in procs: p.kill(); p.wait()
     impls = {k: {"steps_per_s": 1 / float(np.mean(ts)), "mean": float(np.mean(ts)), "median": float(np.median(ts)),
                  "p90": float(np.percentile(ts, 90))} for k, ts in times.items()}

@@ -175,20 +175,25 @@ class Pace:
     def threads(self, full: int) -> int:
         """Threads for a large step now, of the `full` numba has: `full >> level`, at least 1. When the wait after a
         stall is over, one level less (twice the threads): the next step is a probe."""
-        if not self.enabled or self.level == 0: return full
+        if not self.enabled or self.level <= 0: return full
         if self.clock() >= self.until:
-            self.level -= 1; self.probing = True; self.until = self.clock() + self.backoff
-        return max(1, full >> self.level)
+            self.level = max(0, self.level - 1); self.probing = True; self.until = self.clock() + self.backoff
+        return max(1, full >> max(0, self.level))     # (never a negative shift, even if steps of two threads raced here)
 
     def note(self, key, n: int, seconds: float, threads: int) -> None:
         """A step of kind `key` on `n` elements took `seconds` on `threads` threads: compared with the best time per
-        element of its kind and size (within a factor 2) on that many threads, or on c others scaled by c / threads
-        (a first step on fewer threads is judged by what more did). A stall that follows another within `PACE_CONFIRM`
+        element of its kind and size (within a factor 2) on that many threads; the first step on a thread count, by the
+        best on c others scaled by c / threads (a first step on fewer threads is judged by what more did). A stall that follows another within `PACE_CONFIRM`
         threaded steps, or stalls a probe, halves the threads (one level more) for a while; a clean probe ends the
         doubling of that while."""
         seen, per = self.best.setdefault((key, int(n).bit_length()), {}), seconds / max(int(n), 1)
-        if per < seen.get(threads, math.inf): seen[threads] = per
-        best = min(b * c / threads for c, b in seen.items())
+        own = seen.get(threads)
+        if own is None:               # (a copy of the items: another thread may add a count meanwhile)
+            others = [b * c / threads for c, b in list(seen.items())]
+            best = min(others) if others else per
+        else:
+            best = min(own, per)
+        if own is None or per < own: seen[threads] = per
         if seconds > PACE_STALL * best * n + PACE_SLACK:
             self.stalls += 1
             again, self.since = self.since < PACE_CONFIRM, 0

@@ -114,7 +114,7 @@ def _run_rows(kernel, x2, g2, indices, order, ends, m2, v2, h2, alpha, consts, l
     if parts <= 1: return kernel[0](x2, g2, indices, order, ends, m2, v2, h2, alpha, *consts, lr, 1)
     t0 = PACE.clock()
     kernel[1](x2, g2, indices, order, ends, m2, v2, h2, alpha, *consts, lr, parts)   # (`parts` threads of numba's)
-    PACE.note(("rows", x2.dtype.name), n, PACE.clock() - t0, parts)
+    if PACE.enabled: PACE.note(("rows", x2.dtype.name), n, PACE.clock() - t0, parts)
 
 
 # %% ../nbs/07_lazyadam.ipynb #d09ee07b

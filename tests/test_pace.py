@@ -178,3 +178,50 @@ def test_on_threads_sets_the_count_for_the_call_only():
     with pytest.raises(ZeroDivisionError):
         K.on_threads(1, full, lambda: 1 / 0)
     assert numba.get_num_threads() == full                  # (restored after an error too)
+
+
+def test_busy_kills_the_spinners_it_started_when_a_later_one_fails(monkeypatch):
+    "If starting the k-th busy process fails, the ones already started are killed, and the pace is left as it was."
+    import subprocess
+    import adam_lit.bench as B
+    real, started = subprocess.Popen, []
+    def popen(*a, **k):
+        if started: raise OSError(11, "no more processes")
+        started.append(real(*a, **k)); return started[-1]
+    monkeypatch.setattr(B.subprocess, "Popen", popen)
+    with pytest.raises(OSError, match="no more processes"):
+        B.busy(n=1000, others=2, seconds=0.01, rounds=1)
+    assert len(started) == 1 and started[0].poll() is not None, "the first busy process is still running"
+    assert PACE.enabled
+    for bad in (dict(seconds=0), dict(rounds=0), dict(n=0), dict(others=-1)):
+        with pytest.raises(ValueError, match="busy needs"):
+            B.busy(**bad)
+
+
+def test_row_loop_does_not_note_when_the_pace_is_off(pace, monkeypatch):
+    "With `PACE.enabled = False` the row loop runs on all threads and leaves the pace alone (as the dense kernels do)."
+    _threads(); pace.kind = "rows"
+    t = [0.0]
+    def ticking():                                          # every read 1 s later: any timed step would look stalled
+        t[0] += 1.0; return t[0]
+    monkeypatch.setattr(PACE, "clock", ticking)
+    PACE.enabled = False
+    r = np.random.default_rng(5)
+    x = r.standard_normal((5000, 64)).astype(np.float32); o = LazyAdam()
+    for _ in range(3):
+        o.apply([IndexedSlices(r.standard_normal((2000, 64)).astype(np.float32), r.integers(0, 5000, 2000), x.shape)], [x])
+    assert pace.noted() == 0 and PACE.level == 0 and pace.ways() == {"threads"}
+
+
+def test_pace_level_never_shifts_negative_and_judges_a_count_by_its_own_best(pace):
+    """A level driven below 0 (two threads racing in `threads`) still gives all the threads; the first step on a thread
+    count is judged by the others scaled, later ones by its own best (a poorly scaling count is no stall for ever)."""
+    PACE.level, PACE.until = -1, 0.0
+    assert PACE.threads(8) == 8
+    PACE.reset()
+    n = 1_000_000
+    PACE.note("s", n, 1.0, 1)                               # 1 thread: 1 µs per element
+    PACE.note("s", n, 0.6, 8)                               # 8 threads, memory-bound: 0.6 µs, 4.8 x the scaled 0.125
+    assert PACE.stalls == 1
+    for _ in range(3): PACE.note("s", n, 0.6, 8)            # judged by the 8 threads' own best from now on
+    assert PACE.stalls == 1 and PACE.level == 0
