@@ -14,7 +14,7 @@ import sys
 import numpy as np
 
 from .backend import IndexedSlices, host_float
-from .kernels import PACE, PARALLEL_MIN, ROW, on_threads, array_module, loop_chunks, loop_constants, loop_kernels, loop_table, tiled_base
+from .kernels import PACE, PARALLEL_MIN, ROW, array_module, loop_chunks, loop_constants, loop_kernels, loop_table, tiled_base
 from .rules import _hyper, moment_constants
 from .schedules import LearningRateSchedule
 
@@ -279,17 +279,10 @@ def _paced(k: dict, key, n: int):
     """A group's `(step, update)` on `n` elements from the compiled calls `k` of its dtype: threaded unless
     `kernels.PACE` says the threads stall (the same bits either way). `step` checks the gradients first, and is timed
     only when it updated (a refused step does no work)."""
-    import numba
     one, threaded, up1, upn = k["step_ids"], k["pstep_ids"], k["update"], k["pupdate"]
-    def step(ids, tab, rng, lay, chunks, sc, ams):
-        full = numba.get_num_threads()
-        if not PACE.enabled: return threaded(ids, tab, rng, lay, chunks, sc, ams)
-        m = PACE.threads(full)
-        if m <= 1: return one(ids, tab, rng, lay, chunks, sc, ams)
-        t0 = PACE.clock(); r = on_threads(m, full, threaded, ids, tab, rng, lay, chunks, sc, ams)
-        if r < 0: PACE.note(key, n, PACE.clock() - t0, m)
-        return r
-    def update(tab, chunks, sc, ams): return PACE.run(key, n, up1, upn, tab, chunks, sc, ams)
+    updated = lambda r: r < 0                         # (`step_ids` returns the first refused gradient, or -1)
+    def step(*args): return PACE.run(key, n, one, threaded, *args, done=updated)
+    def update(*args): return PACE.run(key, n, up1, upn, *args)
     return step, update
 
 class _Group:

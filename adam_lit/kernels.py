@@ -183,9 +183,9 @@ class Pace:
     def note(self, key, n: int, seconds: float, threads: int) -> None:
         """A step of kind `key` on `n` elements took `seconds` on `threads` threads: compared with the best time per
         element of its kind and size (within a factor 2) on that many threads; the first step on a thread count, by the
-        best on c others scaled by c / threads (a first step on fewer threads is judged by what more did). A stall that follows another within `PACE_CONFIRM`
-        threaded steps, or stalls a probe, halves the threads (one level more) for a while; a clean probe ends the
-        doubling of that while."""
+        best on c others scaled by c / threads (a first step on fewer threads is judged by what more did). A stall that
+        follows another within `PACE_CONFIRM` threaded steps, or stalls a probe, halves the threads (one level more)
+        for a while; a clean probe ends the doubling of that while."""
         seen, per = self.best.setdefault((key, int(n).bit_length()), {}), seconds / max(int(n), 1)
         own = seen.get(threads)
         if own is None:               # (a copy of the items: another thread may add a count meanwhile)
@@ -205,16 +205,17 @@ class Pace:
             self.since += 1
             if self.probing: self.probing, self.backoff = False, PACE_BACKOFF[0]
 
-    def run(self, key, n: int, one, threaded, *args):
+    def run(self, key, n: int, one, threaded, *args, done=None):
         """`threaded(*args)` on the threads `threads()` allows, timed, or `one(*args)` when that is one (the same bits);
-        returns what the kernel returns. For kernels that always do their whole work (a kernel that may return early
-        is timed by its caller)."""
+        returns what the kernel returns. `done(result)`: whether the call did its work (a kernel that checks its input
+        first and may return early is not timed then: a refused call would make the best time 0)."""
+        if not self.enabled: return threaded(*args)
         import numba
         full = numba.get_num_threads()
-        if not self.enabled: return threaded(*args)
         k = self.threads(full)
         if k <= 1: return one(*args)
-        t0 = self.clock(); r = on_threads(k, full, threaded, *args); self.note(key, n, self.clock() - t0, k)
+        t0 = self.clock(); r = on_threads(k, full, threaded, *args)
+        if done is None or done(r): self.note(key, n, self.clock() - t0, k)
         return r
 
 def on_threads(k: int, full: int, f, *args):

@@ -110,11 +110,10 @@ def _run_rows(kernel, x2, g2, indices, order, ends, m2, v2, h2, alpha, consts, l
     elements, else `threads`, unless `kernels.PACE` says the threads stall (the same bits); `consts`: beta_1, beta_2,
     c1, c2, epsilon, weight decay, in the table's dtype."""
     n = indices.shape[0] * x2.shape[1]
-    parts = (PACE.threads(threads) if PACE.enabled else threads) if threads > 1 and n >= PARALLEL_MIN else 1  # (the dense kernels' threshold)
-    if parts <= 1: return kernel[0](x2, g2, indices, order, ends, m2, v2, h2, alpha, *consts, lr, 1)
-    t0 = PACE.clock()
-    kernel[1](x2, g2, indices, order, ends, m2, v2, h2, alpha, *consts, lr, parts)   # (`parts` threads of numba's)
-    if PACE.enabled: PACE.note(("rows", x2.dtype.name), n, PACE.clock() - t0, parts)
+    if threads < 2 or n < PARALLEL_MIN: return kernel[0](x2, g2, indices, order, ends, m2, v2, h2, alpha, *consts, lr, 1)
+    # (the `threads` runs of groups, each computed alone: the same bits on one thread or on as many as the pace allows)
+    PACE.run(("rows", x2.dtype.name), n, kernel[0], kernel[1], x2, g2, indices, order, ends, m2, v2, h2, alpha, *consts,
+             lr, threads)
 
 
 # %% ../nbs/07_lazyadam.ipynb #d09ee07b
